@@ -1,0 +1,728 @@
+//! Request decoding: TF Serving's `instances` / `inputs` / `examples` bodies parsed once,
+//! straight into the flat `f32` rows the batcher takes — no intermediate JSON tree for
+//! numeric tensors. Named features go through the model's fitted preprocessing here.
+//!
+//! Every error says where: `instances[2][1]: expected a number, got the string "x"`.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::model::format::{InputDType, LayerSpec};
+use crate::model::Model;
+use crate::preprocess::{Preprocessing, RawValue};
+
+/// What a request must look like for one model.
+pub struct InputSpec<'a> {
+    shape: &'a [usize],
+    dtype: InputDType,
+    features: Option<&'a [String]>,
+    prep: Option<&'a Preprocessing>,
+    /// Exclusive upper bound of ids for an embedding input.
+    vocab: Option<usize>,
+    row_len: usize,
+}
+
+impl<'a> InputSpec<'a> {
+    pub fn of(model: &'a Model) -> Self {
+        let spec = model.spec();
+        let vocab = match spec.layers.first() {
+            Some(LayerSpec::Embedding { input_dim, .. }) => Some(*input_dim),
+            _ => None,
+        };
+        InputSpec {
+            shape: &spec.input.shape,
+            dtype: spec.input.dtype,
+            features: spec.input.features.as_deref(),
+            prep: spec.preprocessing.as_ref(),
+            vocab,
+            row_len: spec.row_len(),
+        }
+    }
+}
+
+/// How the request was laid out; the answer uses the same layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `instances` → `predictions`.
+    Row,
+    /// `inputs` → `outputs`.
+    Columnar,
+}
+
+/// Decoded model input.
+#[derive(Debug)]
+pub struct Decoded {
+    pub rows: Vec<f32>,
+    pub n_rows: usize,
+    pub layout: Layout,
+    /// Per-instance warnings (unknown categories), with the instance named.
+    pub warnings: Vec<String>,
+}
+
+/// Which top-level body is expected.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Body {
+    Predict,
+    Examples,
+}
+
+struct Ctx<'a> {
+    spec: &'a InputSpec<'a>,
+    rows: Vec<f32>,
+    n_rows: usize,
+    layout: Option<Layout>,
+    warnings: Vec<String>,
+    /// Index path of the value being read, for error messages.
+    path: Vec<usize>,
+    /// `instances`, `inputs` or `examples`.
+    root: &'static str,
+}
+
+impl Ctx<'_> {
+    fn here(&self) -> String {
+        let mut s = String::from(self.root);
+        for i in &self.path {
+            s.push_str(&format!("[{i}]"));
+        }
+        s
+    }
+
+    fn err<E: de::Error>(&self, msg: impl fmt::Display) -> E {
+        E::custom(format!("{}: {msg}", self.here()))
+    }
+
+    fn shape_str(&self) -> String {
+        format!("{:?}", self.spec.shape)
+    }
+
+    /// Encodes one named instance: `values` are (name, value) pairs as sent.
+    fn push_named<E: de::Error>(&mut self, values: &[(String, RawValue)]) -> Result<(), E> {
+        let Some(features) = self.spec.features else {
+            return Err(self.err(format!(
+                "this model has no feature names; send each instance as an array of shape {}",
+                self.shape_str()
+            )));
+        };
+        for (i, (name, _)) in values.iter().enumerate() {
+            if !features.contains(name) {
+                return Err(self.err(format!(
+                    "unknown feature '{name}'; the model's features are {features:?}"
+                )));
+            }
+            if values[..i].iter().any(|(n, _)| n == name) {
+                return Err(self.err(format!("feature '{name}' is given twice")));
+            }
+        }
+        let lookup = |name: &str| values.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        self.push_lookup(lookup)
+    }
+
+    fn push_lookup<'v, E: de::Error>(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<&'v RawValue>,
+    ) -> Result<(), E> {
+        let features = self.spec.features.expect("checked by callers");
+        match self.spec.prep {
+            Some(prep) => {
+                let mut warnings = Vec::new();
+                prep.apply(lookup, &mut self.rows, &mut warnings)
+                    .map_err(|m| self.err(m))?;
+                for w in warnings {
+                    let at = self.here();
+                    self.warnings.push(format!("{at}: {w}"));
+                }
+            }
+            None => {
+                for f in features {
+                    let x = match lookup(f) {
+                        Some(RawValue::Number(x)) => *x,
+                        Some(RawValue::Bool(b)) => f64::from(u8::from(*b)),
+                        Some(RawValue::Text(s)) => s.trim().parse::<f64>().map_err(|_| {
+                            self.err(format!(
+                                "feature '{f}': expected a number, got the string {s:?}"
+                            ))
+                        })?,
+                        Some(RawValue::Missing) | None => {
+                            return Err(self.err(format!(
+                                "feature '{f}' is missing (this model has no fill values)"
+                            )))
+                        }
+                    };
+                    let x = self
+                        .check_number(x)
+                        .map_err(|m| self.err(format!("feature '{f}': {m}")))?;
+                    self.rows.push(x);
+                }
+            }
+        }
+        self.n_rows += 1;
+        Ok(())
+    }
+
+    /// Validates one tensor element for the input dtype.
+    fn check_number(&self, x: f64) -> Result<f32, String> {
+        let v = x as f32;
+        if !v.is_finite() {
+            return Err(format!("value {x} is not a finite 32-bit float"));
+        }
+        if self.spec.dtype == InputDType::Int64 {
+            if x.fract() != 0.0 || x < 0.0 {
+                return Err(format!("expected a non-negative integer id, got {x}"));
+            }
+            if let Some(n) = self.spec.vocab {
+                if x >= n as f64 {
+                    return Err(format!(
+                        "id {x} is out of range: the embedding has {n} entries"
+                    ));
+                }
+            }
+            if x > 16_777_216.0 {
+                return Err(format!("id {x} is too large"));
+            }
+        }
+        Ok(v)
+    }
+}
+
+/// Parses a `:predict` body: `{"instances": [...]}` or `{"inputs": ...}`.
+pub fn decode_predict(body: &[u8], spec: &InputSpec) -> Result<Decoded, Error> {
+    decode(body, spec, Body::Predict)
+}
+
+/// Parses a `:classify` / `:regress` body: `{"examples": [{...}], "context": {...}}`.
+pub fn decode_examples(body: &[u8], spec: &InputSpec) -> Result<Decoded, Error> {
+    if spec.features.is_none() {
+        return Err(Error::InvalidInput(
+            "this model has no feature names, so it takes no examples: use :predict with instances"
+                .into(),
+        ));
+    }
+    decode(body, spec, Body::Examples)
+}
+
+fn decode(body: &[u8], spec: &InputSpec, kind: Body) -> Result<Decoded, Error> {
+    let mut ctx = Ctx {
+        spec,
+        rows: Vec::new(),
+        n_rows: 0,
+        layout: None,
+        warnings: Vec::new(),
+        path: Vec::with_capacity(4),
+        root: "instances",
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let result = Top {
+        ctx: &mut ctx,
+        kind,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end());
+    result.map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Error::InvalidInput(e.to_string()),
+        serde_json::error::Category::Syntax
+        | serde_json::error::Category::Eof
+        | serde_json::error::Category::Io => Error::MalformedJson(e.to_string()),
+    })?;
+    let layout = ctx.layout.expect("set by Top on success");
+    debug_assert_eq!(ctx.rows.len(), ctx.n_rows * spec.row_len);
+    Ok(Decoded {
+        rows: ctx.rows,
+        n_rows: ctx.n_rows,
+        layout,
+        warnings: ctx.warnings,
+    })
+}
+
+// === the top-level object ===
+
+struct Top<'c, 'a> {
+    ctx: &'c mut Ctx<'a>,
+    kind: Body,
+}
+
+impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Top<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.kind {
+            Body::Predict => f.write_str(r#"an object with "instances" or "inputs""#),
+            Body::Examples => f.write_str(r#"an object with "examples""#),
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut context: Option<Vec<(String, RawValue)>> = None;
+        let mut examples: Option<Vec<NamedRaw>> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match (self.kind, key.as_str()) {
+                (Body::Predict, "instances" | "inputs") => {
+                    if self.ctx.layout.is_some() {
+                        return Err(de::Error::custom(
+                            r#"give either "instances" or "inputs", not both"#,
+                        ));
+                    }
+                    if key == "instances" {
+                        self.ctx.root = "instances";
+                        self.ctx.layout = Some(Layout::Row);
+                        map.next_value_seed(Instances { ctx: self.ctx })?;
+                    } else {
+                        self.ctx.root = "inputs";
+                        self.ctx.layout = Some(Layout::Columnar);
+                        map.next_value_seed(Inputs { ctx: self.ctx })?;
+                    }
+                }
+                (Body::Examples, "examples") => {
+                    // Examples may come before the context: keep them raw until the end.
+                    self.ctx.root = "examples";
+                    self.ctx.layout = Some(Layout::Row);
+                    examples = Some(map.next_value()?);
+                }
+                (Body::Examples, "context") => {
+                    context = Some(map.next_value::<NamedRaw>()?.0);
+                }
+                (_, "signature_name") => {
+                    let s: String = map.next_value()?;
+                    if !s.is_empty() && s != "serving_default" {
+                        return Err(de::Error::custom(format!(
+                            "unknown signature_name {s:?}: this model has one signature, \"serving_default\""
+                        )));
+                    }
+                }
+                (Body::Examples, "model_spec") => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                (Body::Predict, other) => {
+                    return Err(de::Error::custom(format!(
+                        r#"unknown field "{other}": expected "instances" or "inputs" (and optionally "signature_name")"#
+                    )))
+                }
+                (Body::Examples, other) => {
+                    return Err(de::Error::custom(format!(
+                        r#"unknown field "{other}": expected "examples" (and optionally "context", "signature_name")"#
+                    )))
+                }
+            }
+        }
+        if self.kind == Body::Examples {
+            let Some(examples) = examples else {
+                return Err(de::Error::custom(r#"missing field "examples""#));
+            };
+            encode_examples(self.ctx, examples, context.as_deref())?;
+        }
+        match self.ctx.layout {
+            None => Err(de::Error::custom(
+                r#"missing field: expected "instances" or "inputs""#,
+            )),
+            Some(_) if self.ctx.n_rows == 0 => {
+                Err(de::Error::custom(format!("{} is empty", self.ctx.root)))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// Encodes examples once the whole body (and so the context) has been read.
+fn encode_examples<E: de::Error>(
+    ctx: &mut Ctx,
+    examples: Vec<NamedRaw>,
+    context: Option<&[(String, RawValue)]>,
+) -> Result<(), E> {
+    for (i, ex) in examples.into_iter().enumerate() {
+        ctx.path.push(i);
+        let mut values = ex.0;
+        if let Some(c) = context {
+            for (k, v) in c {
+                if !values.iter().any(|(n, _)| n == k) {
+                    values.push((k.clone(), v.clone()));
+                }
+            }
+        }
+        ctx.push_named(&values)?;
+        ctx.path.pop();
+    }
+    Ok(())
+}
+
+// === instances: a list of instances ===
+
+struct Instances<'c, 'a> {
+    ctx: &'c mut Ctx<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for Instances<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Instances<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of instances")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        loop {
+            self.ctx.path.push(i);
+            let more = seq.next_element_seed(Instance { ctx: self.ctx })?.is_some();
+            self.ctx.path.pop();
+            if !more {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+}
+
+/// One instance: a tensor (nested arrays), a list of raw feature values, an object of
+/// named features, or a bare number when the instance shape is `[1]`.
+struct Instance<'c, 'a> {
+    ctx: &'c mut Ctx<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for Instance<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Instance<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an instance: an array, or an object of named features")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let ctx = self.ctx;
+        if let (Some(features), Some(_)) = (ctx.spec.features, ctx.spec.prep) {
+            // Raw feature values in the signature's order.
+            let mut values = Vec::with_capacity(features.len());
+            while let Some(v) = seq.next_element::<RawValue>()? {
+                if values.len() == features.len() {
+                    return Err(ctx.err(format!(
+                        "expected {} feature values {features:?}, got more",
+                        features.len()
+                    )));
+                }
+                values.push(v);
+            }
+            if values.len() != features.len() {
+                return Err(ctx.err(format!(
+                    "expected {} feature values {features:?}, got {}",
+                    features.len(),
+                    values.len()
+                )));
+            }
+            return ctx
+                .push_lookup(|name| features.iter().position(|f| f == name).map(|i| &values[i]));
+        }
+        read_dim(ctx, &mut seq, 0)?;
+        ctx.n_rows += 1;
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut values = Vec::new();
+        while let Some((k, v)) = map.next_entry::<String, RawValue>()? {
+            values.push((k, v));
+        }
+        self.ctx.push_named(&values)
+    }
+
+    fn visit_f64<E: de::Error>(self, x: f64) -> Result<(), E> {
+        if self.ctx.spec.row_len != 1 || self.ctx.spec.prep.is_some() {
+            return Err(self.ctx.err(format!(
+                "expected an array of shape {}, got a number",
+                self.ctx.shape_str()
+            )));
+        }
+        let v = self.ctx.check_number(x).map_err(|m| self.ctx.err(m))?;
+        self.ctx.rows.push(v);
+        self.ctx.n_rows += 1;
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, x: i64) -> Result<(), E> {
+        self.visit_f64(x as f64)
+    }
+    fn visit_u64<E: de::Error>(self, x: u64) -> Result<(), E> {
+        self.visit_f64(x as f64)
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
+        Err(self.ctx.err(format!(
+            "expected an array or an object, got the string {s:?}"
+        )))
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<(), E> {
+        Err(self
+            .ctx
+            .err(format!("expected an array or an object, got {b}")))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(self.ctx.err("expected an array or an object, got null"))
+    }
+}
+
+/// Reads dimension `depth` of a tensor instance from `seq`, checking its length.
+fn read_dim<'de, A: SeqAccess<'de>>(
+    ctx: &mut Ctx,
+    seq: &mut A,
+    depth: usize,
+) -> Result<(), A::Error> {
+    let want = ctx.spec.shape[depth];
+    let last = depth + 1 == ctx.spec.shape.len();
+    let mut n = 0;
+    loop {
+        if n == want {
+            // One element too many is enough to say so (and bounds the work).
+            ctx.path.push(n);
+            let extra = seq.next_element::<IgnoredAny>()?.is_some();
+            ctx.path.pop();
+            if extra {
+                return Err(ctx.err(format!(
+                    "expected {want} values at dimension {depth} of shape {}, got more",
+                    ctx.shape_str()
+                )));
+            }
+            return Ok(());
+        }
+        ctx.path.push(n);
+        let got = if last {
+            seq.next_element_seed(Element { ctx: &mut *ctx })?
+        } else {
+            seq.next_element_seed(Dim {
+                ctx: &mut *ctx,
+                depth: depth + 1,
+            })?
+        };
+        ctx.path.pop();
+        if got.is_none() {
+            return Err(ctx.err(format!(
+                "expected {want} values at dimension {depth} of shape {}, got {n}",
+                ctx.shape_str()
+            )));
+        }
+        n += 1;
+    }
+}
+
+struct Dim<'c, 'a> {
+    ctx: &'c mut Ctx<'a>,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Dim<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Dim<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "an array for dimension {}", self.depth)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        read_dim(self.ctx, &mut seq, self.depth)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Err(self.ctx.err(format!(
+            "expected an array at dimension {} of shape {}, got a number",
+            self.depth,
+            self.ctx.shape_str()
+        )))
+    }
+    fn visit_i64<E: de::Error>(self, x: i64) -> Result<(), E> {
+        self.visit_f64(x as f64)
+    }
+    fn visit_u64<E: de::Error>(self, x: u64) -> Result<(), E> {
+        self.visit_f64(x as f64)
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
+        Err(self
+            .ctx
+            .err(format!("expected an array, got the string {s:?}")))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(self.ctx.err("expected an array, got null"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(self.ctx.err("expected an array, got an object"))
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<(), E> {
+        Err(self.ctx.err(format!("expected an array, got {b}")))
+    }
+}
+
+/// One number of a tensor.
+struct Element<'c, 'a> {
+    ctx: &'c mut Ctx<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for Element<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Element<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a number")
+    }
+    fn visit_f64<E: de::Error>(self, x: f64) -> Result<(), E> {
+        let v = self.ctx.check_number(x).map_err(|m| self.ctx.err(m))?;
+        self.ctx.rows.push(v);
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, x: i64) -> Result<(), E> {
+        self.visit_f64(x as f64)
+    }
+    fn visit_u64<E: de::Error>(self, x: u64) -> Result<(), E> {
+        self.visit_f64(x as f64)
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
+        Err(self
+            .ctx
+            .err(format!("expected a number, got the string {s:?}")))
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<(), E> {
+        Err(self.ctx.err(format!("expected a number, got {b}")))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(self.ctx.err("expected a number, got null"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(self.ctx.err(format!(
+            "expected a number, got an array (the instance shape is {})",
+            self.ctx.shape_str()
+        )))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(self.ctx.err("expected a number, got an object"))
+    }
+}
+
+// === inputs: a batched tensor, or columns of named features ===
+
+struct Inputs<'c, 'a> {
+    ctx: &'c mut Ctx<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for Inputs<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Inputs<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a batched tensor, or an object of feature columns")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        Instances { ctx: self.ctx }.visit_seq(seq)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut columns: Vec<(String, Vec<RawValue>)> = Vec::new();
+        while let Some((k, v)) = map.next_entry::<String, Vec<RawValue>>()? {
+            columns.push((k, v));
+        }
+        let Some((_, first)) = columns.first() else {
+            return Err(de::Error::custom("inputs is an empty object"));
+        };
+        let n = first.len();
+        if let Some((name, col)) = columns.iter().find(|(_, c)| c.len() != n) {
+            return Err(de::Error::custom(format!(
+                "inputs: column '{name}' has {} values but '{}' has {n}",
+                col.len(),
+                columns[0].0
+            )));
+        }
+        for i in 0..n {
+            self.ctx.path.push(i);
+            let row: Vec<(String, RawValue)> = columns
+                .iter()
+                .map(|(k, c)| (k.clone(), c[i].clone()))
+                .collect();
+            self.ctx.push_named(&row)?;
+            self.ctx.path.pop();
+        }
+        Ok(())
+    }
+}
+
+// === raw scalar values ===
+
+impl<'de> Deserialize<'de> for RawValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number, string, boolean or null")
+            }
+            fn visit_f64<E: de::Error>(self, x: f64) -> Result<RawValue, E> {
+                Ok(RawValue::Number(x))
+            }
+            fn visit_i64<E: de::Error>(self, x: i64) -> Result<RawValue, E> {
+                Ok(RawValue::Number(x as f64))
+            }
+            fn visit_u64<E: de::Error>(self, x: u64) -> Result<RawValue, E> {
+                Ok(RawValue::Number(x as f64))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawValue, E> {
+                Ok(RawValue::Text(s.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<RawValue, E> {
+                Ok(RawValue::Text(s))
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<RawValue, E> {
+                Ok(RawValue::Bool(b))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawValue, E> {
+                Ok(RawValue::Missing)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<RawValue, E> {
+                Ok(RawValue::Missing)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An object of named raw values, in the order sent.
+struct NamedRaw(Vec<(String, RawValue)>);
+
+impl<'de> Deserialize<'de> for NamedRaw {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NamedRaw;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of named feature values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NamedRaw, A::Error> {
+                let mut v = Vec::new();
+                while let Some(e) = map.next_entry::<String, RawValue>()? {
+                    v.push(e);
+                }
+                Ok(NamedRaw(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}

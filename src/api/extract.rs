@@ -1,0 +1,107 @@
+//! Extractors with our error shape: the JSON body (content type, size limit) and the
+//! `name:verb` path segment (axum cannot route `{name}:predict`, so one segment is split).
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
+
+use super::error::ApiError;
+use crate::error::Error;
+use crate::registry::valid_model_name;
+use crate::state::AppState;
+
+/// A request body that claims (or does not deny) to be JSON, read up to the body limit.
+///
+/// Accepted content types: none, `application/json`, `*/*+json`, `text/plain`, and
+/// `application/x-www-form-urlencoded` — what `curl -d` sends without `-H`.
+pub struct JsonBody(pub Bytes);
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            let ok = essence == "application/json"
+                || essence.ends_with("+json")
+                || essence == "application/x-www-form-urlencoded"
+                || essence == "text/plain"
+                || essence.is_empty();
+            if !ok {
+                return Err(Error::UnsupportedMediaType(essence.to_owned()).into());
+            }
+        }
+        let limit = state.config.body_limit;
+        let body: Body = req.into_body();
+        let bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| Error::BodyTooLarge { limit })?;
+        Ok(JsonBody(bytes))
+    }
+}
+
+/// The verbs a `POST /v1/models/{name}:{verb}` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Predict,
+    Classify,
+    Regress,
+}
+
+/// Splits `name:verb` on the last colon.
+pub fn split_verb(segment: &str) -> Result<(&str, Verb), Error> {
+    let Some((name, verb)) = segment.rsplit_once(':') else {
+        return Err(Error::InvalidInput(format!(
+            "'{segment}' names no method: POST to {segment}:predict, :classify or :regress"
+        )));
+    };
+    let verb = match verb {
+        "predict" => Verb::Predict,
+        "classify" => Verb::Classify,
+        "regress" => Verb::Regress,
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "unknown method ':{other}': expected :predict, :classify or :regress"
+            )))
+        }
+    };
+    Ok((name, verb))
+}
+
+/// Refuses names that cannot exist before anything looks them up.
+pub fn check_name(name: &str) -> Result<(), Error> {
+    if valid_model_name(name) {
+        Ok(())
+    } else {
+        Err(Error::InvalidModelName(name.to_owned()))
+    }
+}
+
+/// Parses a version path segment (a positive integer).
+pub fn parse_version(name: &str, v: &str) -> Result<u64, Error> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| Error::VersionNotFound {
+            name: name.to_owned(),
+            version: v.to_owned(),
+            detail: ": versions are positive integers".into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_on_the_last_colon() {
+        assert_eq!(split_verb("iris:predict").unwrap(), ("iris", Verb::Predict));
+        assert_eq!(split_verb("a:b:classify").unwrap(), ("a:b", Verb::Classify));
+        assert!(split_verb("iris").is_err());
+        assert!(split_verb("iris:explode")
+            .unwrap_err()
+            .to_string()
+            .contains(":explode"));
+    }
+}

@@ -1,0 +1,74 @@
+//! The HTTP edge: routes, extractors, wire types and the error mapping. Handlers only
+//! validate and convert; model math runs on worker threads behind the registry.
+
+pub mod decode;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod models;
+pub mod predict;
+pub mod types;
+
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+
+use crate::error::Error;
+use crate::state::AppState;
+use error::ApiError;
+
+/// Every route kiln serves. `tests` enumerate this router; keep routes here only.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{name}", get(models::status).post(predict::verb))
+        .route("/v1/models/{name}/metadata", get(models::metadata))
+        .route(
+            "/v1/models/{name}/versions/{version}",
+            get(models::version_status).post(predict::version_verb),
+        )
+        .route(
+            "/v1/models/{name}/versions/{version}/metadata",
+            get(models::version_metadata),
+        )
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(timing))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError(Error::RouteNotFound {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    })
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError(Error::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    })
+}
+
+/// Every answer carries `x-total-time`, `x-queue-time` and `x-inference-time` (ms); the
+/// predict handler sets the last two, everything else computes nothing and says 0.
+async fn timing(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    for name in ["x-queue-time", "x-inference-time"] {
+        if !h.contains_key(name) {
+            h.insert(name, HeaderValue::from_static("0.000"));
+        }
+    }
+    h.insert("x-total-time", predict::ms_header(start.elapsed()));
+    res
+}

@@ -1,0 +1,183 @@
+//! Model listing, TF Serving's status and metadata endpoints.
+
+use axum::extract::{Path, State};
+use axum::Json;
+
+use super::error::ApiError;
+use super::extract::{check_name, parse_version};
+use super::types::*;
+use crate::error::Error;
+use crate::model::format::Task;
+use crate::registry::{LoadedVersion, ModelView, VersionState};
+use crate::state::AppState;
+
+/// `GET /v1/models`
+pub async fn list(State(state): State<AppState>) -> Json<ModelListResponse> {
+    let models = state.registry.list().into_iter().map(summary).collect();
+    Json(ModelListResponse { models })
+}
+
+fn summary(m: ModelView) -> ModelSummaryView {
+    ModelSummaryView {
+        name: m.name,
+        default_version: m.default_version.map(|v| v.to_string()),
+        versions: m
+            .versions
+            .into_iter()
+            .map(|(v, s)| VersionSummaryView {
+                version: v.to_string(),
+                state: s.name(),
+                error: match &s {
+                    VersionState::Failed(e) => Some(e.clone()),
+                    _ => None,
+                },
+                path: match &s {
+                    VersionState::Available(lv) => Some(lv.path.display().to_string()),
+                    _ => None,
+                },
+                stats: match &s {
+                    VersionState::Available(lv) => Some(stats_view(lv)),
+                    _ => None,
+                },
+            })
+            .collect(),
+    }
+}
+
+fn stats_view(lv: &LoadedVersion) -> BatchStatsView {
+    let s = lv.batcher.stats();
+    BatchStatsView {
+        requests: s.requests,
+        batches: s.batches,
+        rows: s.rows,
+        mean_batch_rows: if s.batches == 0 {
+            0.0
+        } else {
+            s.rows as f64 / s.batches as f64
+        },
+        max_batch_rows: s.max_batch_rows,
+        queue_depth: lv.batcher.queue_depth(),
+        rejected_queue_full: s.rejected_queue_full,
+        rejected_deadline: s.rejected_deadline,
+    }
+}
+
+fn status_of(v: u64, s: &VersionState) -> VersionStatusView {
+    let (error_code, error_message) = match s {
+        VersionState::Failed(m) => ("INVALID_ARGUMENT", m.clone()),
+        _ => ("OK", String::new()),
+    };
+    VersionStatusView {
+        version: v.to_string(),
+        state: s.name(),
+        status: StatusView {
+            error_code,
+            error_message,
+        },
+    }
+}
+
+/// `GET /v1/models/{name}`: status of every version.
+pub async fn status(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ModelStatusResponse>, ApiError> {
+    if name.contains(':') {
+        return Err(
+            Error::InvalidInput(format!("'{name}': methods like :predict take POST")).into(),
+        );
+    }
+    check_name(&name)?;
+    let view = state.registry.view(&name)?;
+    Ok(Json(ModelStatusResponse {
+        model_version_status: view
+            .versions
+            .iter()
+            .map(|(v, s)| status_of(*v, s))
+            .collect(),
+    }))
+}
+
+/// `GET /v1/models/{name}/versions/{version}`
+pub async fn version_status(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<ModelStatusResponse>, ApiError> {
+    check_name(&name)?;
+    let v = parse_version(&name, &version)?;
+    let view = state.registry.view(&name)?;
+    let (_, s) =
+        view.versions
+            .iter()
+            .find(|(n, _)| *n == v)
+            .ok_or_else(|| Error::VersionNotFound {
+                name: name.clone(),
+                version,
+                detail: String::new(),
+            })?;
+    Ok(Json(ModelStatusResponse {
+        model_version_status: vec![status_of(v, s)],
+    }))
+}
+
+/// `GET /v1/models/{name}/metadata`
+pub async fn metadata(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_name(&name)?;
+    let lv = state.registry.get(&name, None)?;
+    Ok(Json(metadata_of(&lv)))
+}
+
+/// `GET /v1/models/{name}/versions/{version}/metadata`
+pub async fn version_metadata(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_name(&name)?;
+    let v = parse_version(&name, &version)?;
+    let lv = state.registry.get(&name, Some(v))?;
+    Ok(Json(metadata_of(&lv)))
+}
+
+fn metadata_of(lv: &LoadedVersion) -> serde_json::Value {
+    let spec = lv.model.spec();
+    let batched = |shape: &[usize]| {
+        std::iter::once(-1)
+            .chain(shape.iter().map(|&d| d as i64))
+            .collect()
+    };
+    let response = MetadataResponse {
+        model_spec: ModelSpecView {
+            name: lv.name.clone(),
+            version: lv.version.to_string(),
+            signature_name: "serving_default",
+        },
+        metadata: MetadataView {
+            signature_def: SignatureView {
+                task: match spec.task {
+                    Task::Classification => "classification",
+                    Task::Regression => "regression",
+                },
+                inputs: vec![TensorView {
+                    name: "input",
+                    dtype: spec.input.dtype.as_str(),
+                    shape: batched(&spec.input.shape),
+                    features: spec.input.features.as_deref(),
+                }],
+                outputs: vec![TensorView {
+                    name: "output",
+                    dtype: "float32",
+                    shape: batched(lv.model.output_shape()),
+                    features: None,
+                }],
+                labels: &spec.labels,
+                preprocessing: spec.preprocessing.as_ref(),
+                layers: &spec.layers,
+            },
+            training: spec.training.as_ref(),
+        },
+    };
+    serde_json::to_value(response).expect("metadata views serialize")
+}

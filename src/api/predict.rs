@@ -1,0 +1,256 @@
+//! `POST /v1/models/{name}[/versions/{v}]:predict | :classify | :regress`.
+//!
+//! extract → decode and validate (named features through the fitted preprocessing) →
+//! the version's batcher → encode. The handler never runs the model.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
+use super::decode::{decode_examples, decode_predict, Decoded, InputSpec, Layout};
+use super::error::ApiError;
+use super::extract::{check_name, parse_version, split_verb, JsonBody, Verb};
+use super::types::{ClassifyResponse, Nested, PredictResponse, RegressResponse};
+use crate::batcher::Computed;
+use crate::error::Error;
+use crate::model::format::Task;
+use crate::registry::LoadedVersion;
+use crate::state::AppState;
+
+/// Per-request deadline header, in milliseconds.
+pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
+
+/// Bodies above this size are decoded on a blocking thread, not on the async runtime.
+const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
+
+/// `POST /v1/models/{name}:{verb}`
+pub async fn verb(
+    State(state): State<AppState>,
+    Path(segment): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let (name, verb) = split_verb(&segment)?;
+    handle(&state, name, None, verb, &headers, body).await
+}
+
+/// `POST /v1/models/{name}/versions/{version}:{verb}`
+pub async fn version_verb(
+    State(state): State<AppState>,
+    Path((name, segment)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let (version, verb) = split_verb(&segment)?;
+    check_name(&name)?;
+    let version = parse_version(&name, version)?;
+    handle(&state, &name, Some(version), verb, &headers, body).await
+}
+
+fn request_timeout(headers: &HeaderMap, default: Duration) -> Result<Duration, Error> {
+    let Some(v) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(default);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "header {TIMEOUT_HEADER}: expected a positive number of milliseconds"
+            ))
+        })
+}
+
+async fn handle(
+    state: &AppState,
+    name: &str,
+    version: Option<u64>,
+    verb: Verb,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_name(name)?;
+    let lv = state.registry.get(name, version)?;
+    let timeout = request_timeout(headers, lv.batcher.config().request_timeout)?;
+    check_task(&lv, verb)?;
+    let decoded = if body.len() > BLOCKING_DECODE_BYTES {
+        let lv2 = lv.clone();
+        tokio::task::spawn_blocking(move || decode(&lv2, verb, &body))
+            .await
+            .map_err(|e| Error::Forward(format!("decoder task failed: {e}")))??
+    } else {
+        decode(&lv, verb, &body)?
+    };
+    let span = tracing::info_span!("predict", model = %lv.name, version = lv.version, rows = decoded.n_rows);
+    let computed = lv
+        .batcher
+        .run(
+            decoded.rows,
+            decoded.n_rows,
+            lv.model.spec().row_len(),
+            timeout,
+            &span,
+        )
+        .await?;
+    Ok(encode(
+        &lv,
+        verb,
+        decoded.layout,
+        decoded.n_rows,
+        &decoded.warnings,
+        computed,
+    ))
+}
+
+fn decode(lv: &LoadedVersion, verb: Verb, body: &[u8]) -> Result<Decoded, Error> {
+    let spec = InputSpec::of(&lv.model);
+    match verb {
+        Verb::Predict => decode_predict(body, &spec),
+        Verb::Classify | Verb::Regress => decode_examples(body, &spec),
+    }
+}
+
+fn check_task(lv: &LoadedVersion, verb: Verb) -> Result<(), Error> {
+    let task = lv.model.spec().task;
+    match (verb, task) {
+        (Verb::Predict, _) | (Verb::Classify, Task::Classification) => Ok(()),
+        (Verb::Regress, Task::Regression) if lv.model.output_len() == 1 => Ok(()),
+        (Verb::Regress, Task::Regression) => Err(Error::InvalidInput(format!(
+            "model '{}' outputs {} values per instance; :regress needs one: use :predict",
+            lv.name,
+            lv.model.output_len()
+        ))),
+        (Verb::Classify, Task::Regression) => Err(Error::InvalidInput(format!(
+            "model '{}' is a regression model: use :regress or :predict",
+            lv.name
+        ))),
+        (Verb::Regress, Task::Classification) => Err(Error::InvalidInput(format!(
+            "model '{}' is a classifier: use :classify or :predict",
+            lv.name
+        ))),
+    }
+}
+
+fn encode(
+    lv: &LoadedVersion,
+    verb: Verb,
+    layout: Layout,
+    n_rows: usize,
+    warnings: &[String],
+    mut c: Computed,
+) -> Response {
+    let model = &lv.model;
+    let spec = model.spec();
+    if spec.task == Task::Regression {
+        if let Some(p) = &spec.preprocessing {
+            for y in &mut c.outputs {
+                *y = p.untransform_target(*y);
+            }
+        }
+    }
+    let body = match verb {
+        Verb::Predict => {
+            let mut shape = Vec::with_capacity(model.output_shape().len() + 1);
+            shape.push(n_rows);
+            shape.extend_from_slice(model.output_shape());
+            let nested = Nested {
+                data: &c.outputs,
+                shape: &shape,
+            };
+            let (predictions, outputs) = match layout {
+                Layout::Row => (Some(nested), None),
+                Layout::Columnar => (None, Some(nested)),
+            };
+            serde_json::to_vec(&PredictResponse {
+                predictions,
+                outputs,
+                warnings,
+            })
+        }
+        Verb::Classify => {
+            let labels: Vec<String> = if spec.labels.is_empty() {
+                (0..model.output_len().max(2))
+                    .map(|i| i.to_string())
+                    .collect()
+            } else {
+                spec.labels.clone()
+            };
+            let per_row = model.output_len();
+            let probabilities = model.outputs_probabilities();
+            let results = c
+                .outputs
+                .chunks(per_row)
+                .map(|row| {
+                    let scores = class_scores(row, probabilities);
+                    let mut pairs: Vec<(&str, f32)> =
+                        labels.iter().map(String::as_str).zip(scores).collect();
+                    pairs.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    pairs
+                })
+                .collect();
+            serde_json::to_vec(&ClassifyResponse { results, warnings })
+        }
+        Verb::Regress => serde_json::to_vec(&RegressResponse {
+            results: &c.outputs,
+            warnings,
+        }),
+    }
+    .expect("responses serialize");
+    let mut res = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    let h = res.headers_mut();
+    h.insert("x-queue-time", ms_header(c.queue_time));
+    h.insert("x-inference-time", ms_header(c.compute_time));
+    h.insert("x-batch-size", HeaderValue::from(c.batch_rows));
+    res
+}
+
+/// Scores per class: probabilities as the model gives them, a sigmoid's `[1-p, p]`, or a
+/// softmax over logits.
+fn class_scores(row: &[f32], probabilities: bool) -> Vec<f32> {
+    match (row.len(), probabilities) {
+        (1, true) => vec![1.0 - row[0], row[0]],
+        (1, false) => {
+            let p = 1.0 / (1.0 + (-row[0]).exp());
+            vec![1.0 - p, p]
+        }
+        (_, true) => row.to_vec(),
+        (_, false) => {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exps: Vec<f32> = row.iter().map(|x| (x - max).exp()).collect();
+            let sum: f32 = exps.iter().sum();
+            exps.into_iter().map(|e| e / sum).collect()
+        }
+    }
+}
+
+/// Milliseconds with microsecond precision, as a header value.
+pub fn ms_header(d: Duration) -> HeaderValue {
+    HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1000.0))
+        .expect("a number is a valid header")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::class_scores;
+
+    #[test]
+    fn scores() {
+        assert_eq!(class_scores(&[0.25], true), vec![0.75, 0.25]);
+        let s = class_scores(&[0.0, 0.0], false);
+        assert!((s[0] - 0.5).abs() < 1e-6);
+        let s = class_scores(&[1.0, 2.0, 3.0], false);
+        assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6 && s[2] > s[1]);
+    }
+}

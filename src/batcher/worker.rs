@@ -1,0 +1,94 @@
+//! Worker threads: dedicated OS threads (never tokio's) that own an `Arc<Model>` and run
+//! one forward pass per batch: one input tensor, one copy back, rows scattered in order.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{Batch, Computed, Stats};
+use crate::error::Error;
+use crate::model::Model;
+
+type Inbox = std::sync::mpsc::Receiver<(Batch, OwnedSemaphorePermit)>;
+
+/// The worker loop; returns when the batcher task has ended (its sender dropped).
+pub(super) fn run(model: &Model, inbox: &Arc<Mutex<Inbox>>, stats: &Stats) {
+    loop {
+        // The lock is held only by idle workers waiting for the next batch.
+        let msg = inbox
+            .lock()
+            .expect("no worker panics while holding the inbox")
+            .recv();
+        let Ok((batch, permit)) = msg else { return };
+        compute(model, batch, stats);
+        drop(permit); // this worker is idle again: the batcher may form the next batch
+    }
+}
+
+fn compute(model: &Model, batch: Batch, stats: &Stats) {
+    let start = Instant::now();
+    // Skip entries whose client left or whose deadline passed while the batch waited.
+    let mut entries = Vec::with_capacity(batch.entries.len());
+    for e in batch.entries {
+        if e.reply.is_closed() {
+            continue;
+        }
+        if e.deadline <= start {
+            stats.rejected_deadline.fetch_add(1, Ordering::Relaxed);
+            let waited = start - e.enqueued;
+            e.expire(waited);
+            continue;
+        }
+        entries.push(e);
+    }
+    if entries.is_empty() {
+        return;
+    }
+    let n_rows: usize = entries.iter().map(|e| e.n_rows).sum();
+    let input = if entries.len() == 1 {
+        std::mem::take(&mut entries[0].rows)
+    } else {
+        let mut rows = Vec::with_capacity(n_rows * model.spec().row_len());
+        for e in &mut entries {
+            rows.extend_from_slice(&e.rows);
+            e.rows = Vec::new();
+        }
+        rows
+    };
+    // A panic inside candle must not take the worker (and every later request) down.
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| model.run_rows(input, n_rows)));
+    let compute_time = start.elapsed();
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.rows.fetch_add(n_rows as u64, Ordering::Relaxed);
+    stats
+        .max_batch_rows
+        .fetch_max(n_rows as u64, Ordering::Relaxed);
+    let outputs = match result {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return fail(entries, &e.to_string()),
+        Err(_) => return fail(entries, "the forward pass panicked"),
+    };
+    let out_len = model.output_len();
+    let mut offset = 0;
+    for e in entries {
+        let len = e.n_rows * out_len;
+        let computed = Computed {
+            outputs: outputs[offset..offset + len].to_vec(),
+            queue_time: start - e.enqueued,
+            compute_time,
+            batch_rows: n_rows,
+        };
+        offset += len;
+        let _ = e.reply.send(Ok(computed));
+    }
+}
+
+fn fail(entries: Vec<super::Entry>, message: &str) {
+    for e in entries {
+        tracing::error!(parent: &e.span, error = message, "forward pass failed");
+        let _ = e.reply.send(Err(Error::Forward(message.to_owned())));
+    }
+}

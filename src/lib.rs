@@ -1,0 +1,95 @@
+//! kiln trains neural networks and serves them over HTTP, in one binary.
+//!
+//! # Layout
+//! - [`config`]: defaults → `config/kiln.toml` → `KILN_*` → flags, validated.
+//! - [`model`]: `model.json` + safetensors → candle layers; the device.
+//! - [`preprocess`]: fitted transforms applied to named-feature instances.
+//! - [`registry`]: name → version → state; the loader (the only way in) and the watcher.
+//! - [`batcher`]: per-version queue, batching policy and worker threads.
+//! - [`api`]: the HTTP edge (TF Serving's REST API, health).
+//!
+//! # The prediction flow
+//! ```text
+//! POST /v1/models/iris:predict
+//!   api: name:verb → registry.get (clone an Arc) → decode + preprocess → batcher.run
+//!   batcher task: wait for an idle worker, take what is queued (≤ max_batch_size rows)
+//!   worker thread: one tensor → forward → one copy back → rows scattered to the replies
+//!   api: {"predictions": …} with x-queue-time / x-inference-time / x-total-time
+//! ```
+//!
+//! The two doors tests use: [`serve`] (a real socket) and [`api::router`].
+
+pub mod api;
+pub mod batcher;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod preprocess;
+pub mod registry;
+pub mod shutdown;
+pub mod state;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// Serves until `shutdown` resolves, then stops accepting, answers every request already
+/// accepted (bounded by `drain_timeout`) and returns.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let device = config.device.open().context("opening the compute device")?;
+    let config = Arc::new(config);
+    let registry = Arc::new(registry::Registry::new(config.clone(), device));
+    let health = Arc::new(state::Health::default());
+    let state = state::AppState {
+        config: config.clone(),
+        registry: registry.clone(),
+        health: health.clone(),
+    };
+    if !config.models_dir.is_dir() {
+        tracing::warn!(dir = %config.models_dir.display(), "models directory does not exist; it will be watched for models");
+    }
+    let watcher = registry::spawn_watcher(registry);
+    let addr = listener
+        .local_addr()
+        .context("reading the listening address")?;
+    tracing::info!(%addr, models = %config.models_dir.display(), device = %config.device, workers = config.workers, threads = config.threads, "kiln listening");
+
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_health = health.clone();
+    let app = api::router(state);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        drain_health.start_draining();
+        let _ = signalled_tx.send(());
+    });
+    let mut server = tokio::spawn(async move { server.await });
+    let result = tokio::select! {
+        r = &mut server => r,
+        _ = signalled_rx => {
+            // Listening has stopped; in-flight requests finish within the drain timeout.
+            match tokio::time::timeout(config.drain_timeout, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(timeout_ms = config.drain_timeout.as_millis() as u64, "drain timeout passed; exiting with requests in flight");
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
+    watcher.abort();
+    result
+        .context("the server task failed")?
+        .context("serving HTTP")?;
+    tracing::info!("kiln stopped");
+    Ok(())
+}

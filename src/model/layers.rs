@@ -1,0 +1,724 @@
+//! Layer specs → candle-nn modules, with every shape checked when the model is built.
+//!
+//! Building walks the layer list with the current per-instance shape (no batch dimension),
+//! checks each layer against it and asks the `VarBuilder` for tensors of the exact expected
+//! shapes, so a misshapen or missing tensor is reported with its layer and name at load time.
+//! The same code builds trainable layers over a `VarMap` (training) and frozen ones over
+//! loaded safetensors (serving). Forward passes run only on worker threads.
+
+use candle_core::{DType, Module, ModuleT, Tensor, D};
+use candle_nn::{rnn::RNN, Init, VarBuilder};
+
+use crate::error::ModelError;
+use crate::model::format::{Activation, Initializer, InputDType, LayerSpec, Padding, PaddingMode};
+
+/// An activation with its parameter (slope of leaky_relu, alpha of elu).
+#[derive(Debug, Clone, Copy)]
+pub struct Act {
+    pub kind: Activation,
+    pub alpha: f64,
+}
+
+impl Act {
+    fn new(kind: Activation) -> Self {
+        Act { kind, alpha: 0.01 }
+    }
+
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        match self.kind {
+            Activation::Linear => Ok(xs.clone()),
+            Activation::Relu => xs.relu(),
+            Activation::LeakyRelu => candle_nn::ops::leaky_relu(xs, self.alpha),
+            Activation::Elu => xs.elu(self.alpha),
+            Activation::Gelu => xs.gelu_erf(),
+            Activation::Sigmoid => candle_nn::ops::sigmoid(xs),
+            Activation::Tanh => xs.tanh(),
+            // The fused kernel has no backward (CANDLE-NOTES): training takes the composite op.
+            Activation::Softmax if train => candle_nn::ops::softmax(xs, D::Minus1),
+            Activation::Softmax => candle_nn::ops::softmax_last_dim(xs),
+        }
+    }
+}
+
+/// A built layer, ready for `forward_t`.
+#[derive(Debug, Clone)]
+pub enum Layer {
+    Dense(candle_nn::Linear, Option<Act>),
+    Activation(Act),
+    Dropout(f32),
+    Flatten,
+    Reshape(Vec<usize>),
+    Conv1d(candle_nn::Conv1d, Option<Act>),
+    Conv2d(candle_nn::Conv2d, Option<Act>),
+    MaxPool2d {
+        size: usize,
+        stride: usize,
+    },
+    AvgPool2d {
+        size: usize,
+        stride: usize,
+    },
+    BatchNorm(candle_nn::BatchNorm),
+    LayerNorm {
+        weight: Tensor,
+        bias: Tensor,
+        eps: f64,
+    },
+    Embedding(candle_nn::Embedding),
+    Lstm(candle_nn::LSTM, bool),
+    Gru(candle_nn::GRU, bool),
+}
+
+fn apply_act(xs: Tensor, act: &Option<Act>, train: bool) -> candle_core::Result<Tensor> {
+    match act {
+        Some(a) => a.forward_t(&xs, train),
+        None => Ok(xs),
+    }
+}
+
+impl Layer {
+    /// `xs` has the batch dimension first. `train` turns on dropout and batch statistics.
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        match self {
+            Layer::Dense(l, act) => apply_act(l.forward(xs)?, act, train),
+            Layer::Activation(a) => a.forward_t(xs, train),
+            Layer::Dropout(rate) if train && *rate > 0.0 => candle_nn::ops::dropout(xs, *rate),
+            Layer::Dropout(_) => Ok(xs.clone()),
+            Layer::Flatten => xs.flatten_from(1),
+            Layer::Reshape(shape) => {
+                let mut dims = Vec::with_capacity(shape.len() + 1);
+                dims.push(xs.dim(0)?);
+                dims.extend_from_slice(shape);
+                xs.reshape(dims)
+            }
+            Layer::Conv1d(c, act) => apply_act(c.forward(xs)?, act, train),
+            Layer::Conv2d(c, act) => apply_act(c.forward(xs)?, act, train),
+            Layer::MaxPool2d { size, stride } => xs.max_pool2d_with_stride(*size, *stride),
+            Layer::AvgPool2d { size, stride } => xs.avg_pool2d_with_stride(*size, *stride),
+            Layer::BatchNorm(bn) => bn.forward_t(xs, train),
+            // Composite ops, not the fused `ops::layer_norm`, which drops gradients (CANDLE-NOTES).
+            Layer::LayerNorm { weight, bias, eps } => {
+                candle_nn::ops::layer_norm_slow(xs, weight, bias, *eps as f32)
+            }
+            Layer::Embedding(e) => e.forward(&xs.to_dtype(DType::U32)?),
+            Layer::Lstm(l, full) => {
+                let states = l.seq(&xs.contiguous()?)?;
+                if *full {
+                    l.states_to_tensor(&states)
+                } else {
+                    Ok(states
+                        .last()
+                        .expect("sequence length checked > 0 at load")
+                        .h()
+                        .clone())
+                }
+            }
+            Layer::Gru(g, full) => {
+                let states = g.seq(&xs.contiguous()?)?;
+                if *full {
+                    g.states_to_tensor(&states)
+                } else {
+                    Ok(states
+                        .last()
+                        .expect("sequence length checked > 0 at load")
+                        .h()
+                        .clone())
+                }
+            }
+        }
+    }
+}
+
+/// Turns an initializer into candle's `Init` for a tensor with these fans.
+pub fn init_for(init: Initializer, fan_in: usize, fan_out: usize) -> Init {
+    let (fi, fo) = (fan_in.max(1) as f64, fan_out.max(1) as f64);
+    match init {
+        Initializer::GlorotUniform => {
+            let b = (6.0 / (fi + fo)).sqrt();
+            Init::Uniform { lo: -b, up: b }
+        }
+        Initializer::GlorotNormal => Init::Randn {
+            mean: 0.0,
+            stdev: (2.0 / (fi + fo)).sqrt(),
+        },
+        Initializer::HeUniform => {
+            let b = (6.0 / fi).sqrt();
+            Init::Uniform { lo: -b, up: b }
+        }
+        Initializer::HeNormal => Init::Randn {
+            mean: 0.0,
+            stdev: (2.0 / fi).sqrt(),
+        },
+        Initializer::Normal => Init::Randn {
+            mean: 0.0,
+            stdev: 0.05,
+        },
+        Initializer::Uniform => Init::Uniform {
+            lo: -0.05,
+            up: 0.05,
+        },
+        Initializer::Zeros => Init::Const(0.0),
+    }
+}
+
+/// Output length of a convolution or pooling along one axis, if positive.
+fn conv_out(
+    len: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+) -> Option<usize> {
+    let span = dilation * (kernel - 1) + 1;
+    (len + 2 * pad).checked_sub(span).map(|x| x / stride + 1)
+}
+
+fn resolve_padding(
+    p: Padding,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<usize, String> {
+    match p {
+        Padding::Explicit(n) => Ok(n),
+        Padding::Named(PaddingMode::Valid) => Ok(0),
+        Padding::Named(PaddingMode::Same) => {
+            if stride != 1 || (dilation * (kernel - 1)) % 2 != 0 {
+                return Err(
+                    "padding \"same\" needs stride 1 and an odd effective kernel size".into(),
+                );
+            }
+            Ok(dilation * (kernel - 1) / 2)
+        }
+    }
+}
+
+/// The built layers and the per-instance output shape.
+pub struct Built {
+    pub layers: Vec<Layer>,
+    pub output_shape: Vec<usize>,
+    /// Every tensor name the layers read (to report unused tensors in a weights file).
+    pub tensor_names: Vec<String>,
+}
+
+/// Builds `specs` for instances of `input_shape`, checking every shape on the way.
+pub fn build(
+    specs: &[LayerSpec],
+    input_shape: &[usize],
+    dtype: InputDType,
+    vb: &VarBuilder,
+) -> Result<Built, ModelError> {
+    if input_shape.is_empty() || input_shape.contains(&0) {
+        return Err(ModelError::Invalid(format!(
+            "input shape {input_shape:?} must have at least one dimension and no zero dimension"
+        )));
+    }
+    if specs.is_empty() {
+        return Err(ModelError::Invalid("the layer list is empty".into()));
+    }
+    let mut shape = input_shape.to_vec();
+    let mut layers = Vec::with_capacity(specs.len());
+    let mut names = Vec::new();
+    for (index, spec) in specs.iter().enumerate() {
+        let prefix = spec.tensor_prefix(index);
+        let err = |message: String| ModelError::Layer {
+            index,
+            kind: spec.kind(),
+            name: prefix.clone(),
+            message,
+        };
+        if dtype == InputDType::Int64 && index == 0 && !matches!(spec, LayerSpec::Embedding { .. })
+        {
+            return Err(err(
+                "an int64 input must go into an embedding layer first".into()
+            ));
+        }
+        let lvb = vb.pp(&prefix);
+        let (layer, out) =
+            build_one(spec, &shape, &lvb, index, dtype, &mut names, &prefix).map_err(err)?;
+        layers.push(layer);
+        shape = out;
+    }
+    Ok(Built {
+        layers,
+        output_shape: shape,
+        tensor_names: names,
+    })
+}
+
+/// Fetches a tensor of an exact shape, naming it fully in the error.
+fn get(
+    vb: &VarBuilder,
+    names: &mut Vec<String>,
+    prefix: &str,
+    name: &str,
+    shape: &[usize],
+    init: Init,
+) -> Result<Tensor, String> {
+    names.push(format!("{prefix}.{name}"));
+    vb.get_with_hints(shape, name, init)
+        .map_err(|e| format!("tensor '{prefix}.{name}' (expected shape {shape:?}): {e}"))
+}
+
+fn build_one(
+    spec: &LayerSpec,
+    shape: &[usize],
+    vb: &VarBuilder,
+    index: usize,
+    dtype: InputDType,
+    names: &mut Vec<String>,
+    prefix: &str,
+) -> Result<(Layer, Vec<usize>), String> {
+    let rank = shape.len();
+    let need_rank = |want: usize, what: &str| -> Result<(), String> {
+        if rank == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "expects a {what} input of rank {want} per instance, got shape {shape:?}"
+            ))
+        }
+    };
+    let zero_bias = Init::Const(0.0);
+    Ok(match *spec {
+        LayerSpec::Dense {
+            units,
+            activation,
+            use_bias,
+            initializer,
+            ..
+        } => {
+            if units == 0 {
+                return Err("units must be positive".into());
+            }
+            let fan_in = shape[rank - 1];
+            let init = init_for(initializer.unwrap_or_default(), fan_in, units);
+            let w = get(vb, names, prefix, "weight", &[units, fan_in], init)?;
+            let b = if use_bias {
+                Some(get(vb, names, prefix, "bias", &[units], zero_bias)?)
+            } else {
+                None
+            };
+            let mut out = shape.to_vec();
+            out[rank - 1] = units;
+            (
+                Layer::Dense(candle_nn::Linear::new(w, b), activation.map(Act::new)),
+                out,
+            )
+        }
+        LayerSpec::Activation {
+            activation, alpha, ..
+        } => (
+            Layer::Activation(Act {
+                kind: activation,
+                alpha,
+            }),
+            shape.to_vec(),
+        ),
+        LayerSpec::Dropout { rate, .. } => {
+            if !(0.0..1.0).contains(&rate) {
+                return Err(format!("rate must be in [0, 1), got {rate}"));
+            }
+            (Layer::Dropout(rate as f32), shape.to_vec())
+        }
+        LayerSpec::Flatten { .. } => (Layer::Flatten, vec![shape.iter().product()]),
+        LayerSpec::Reshape {
+            shape: ref target, ..
+        } => {
+            let (from, to): (usize, usize) = (shape.iter().product(), target.iter().product());
+            if from != to || target.is_empty() {
+                return Err(format!(
+                    "cannot reshape {shape:?} ({from} values) into {target:?} ({to} values)"
+                ));
+            }
+            (Layer::Reshape(target.clone()), target.clone())
+        }
+        LayerSpec::Conv1d {
+            filters,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            activation,
+            use_bias,
+            initializer,
+            ..
+        } => {
+            need_rank(2, "[channels, length]")?;
+            if filters == 0 || kernel_size == 0 || stride == 0 || dilation == 0 {
+                return Err("filters, kernel_size, stride and dilation must be positive".into());
+            }
+            let (c, l) = (shape[0], shape[1]);
+            let pad = resolve_padding(padding, kernel_size, stride, dilation)?;
+            let lout = conv_out(l, kernel_size, stride, pad, dilation)
+                .ok_or_else(|| format!("kernel {kernel_size} (dilation {dilation}) is longer than the padded input length {}", l + 2 * pad))?;
+            let init = init_for(
+                initializer.unwrap_or_default(),
+                c * kernel_size,
+                filters * kernel_size,
+            );
+            let w = get(
+                vb,
+                names,
+                prefix,
+                "weight",
+                &[filters, c, kernel_size],
+                init,
+            )?;
+            let b = if use_bias {
+                Some(get(vb, names, prefix, "bias", &[filters], zero_bias)?)
+            } else {
+                None
+            };
+            let cfg = candle_nn::Conv1dConfig {
+                padding: pad,
+                stride,
+                dilation,
+                ..Default::default()
+            };
+            (
+                Layer::Conv1d(candle_nn::Conv1d::new(w, b, cfg), activation.map(Act::new)),
+                vec![filters, lout],
+            )
+        }
+        LayerSpec::Conv2d {
+            filters,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            activation,
+            use_bias,
+            initializer,
+            ..
+        } => {
+            need_rank(3, "[channels, height, width]")?;
+            if filters == 0 || kernel_size == 0 || stride == 0 || dilation == 0 {
+                return Err("filters, kernel_size, stride and dilation must be positive".into());
+            }
+            let (c, h, w_) = (shape[0], shape[1], shape[2]);
+            let pad = resolve_padding(padding, kernel_size, stride, dilation)?;
+            let too_big = || {
+                format!("kernel {kernel_size} (dilation {dilation}) is larger than the padded input {}x{}", h + 2 * pad, w_ + 2 * pad)
+            };
+            let hout = conv_out(h, kernel_size, stride, pad, dilation).ok_or_else(too_big)?;
+            let wout = conv_out(w_, kernel_size, stride, pad, dilation).ok_or_else(too_big)?;
+            let k2 = kernel_size * kernel_size;
+            let init = init_for(initializer.unwrap_or_default(), c * k2, filters * k2);
+            let w = get(
+                vb,
+                names,
+                prefix,
+                "weight",
+                &[filters, c, kernel_size, kernel_size],
+                init,
+            )?;
+            let b = if use_bias {
+                Some(get(vb, names, prefix, "bias", &[filters], zero_bias)?)
+            } else {
+                None
+            };
+            let cfg = candle_nn::Conv2dConfig {
+                padding: pad,
+                stride,
+                dilation,
+                ..Default::default()
+            };
+            (
+                Layer::Conv2d(candle_nn::Conv2d::new(w, b, cfg), activation.map(Act::new)),
+                vec![filters, hout, wout],
+            )
+        }
+        LayerSpec::MaxPool2d {
+            pool_size, stride, ..
+        }
+        | LayerSpec::AvgPool2d {
+            pool_size, stride, ..
+        } => {
+            need_rank(3, "[channels, height, width]")?;
+            let stride = stride.unwrap_or(pool_size);
+            if pool_size == 0 || stride == 0 {
+                return Err("pool_size and stride must be positive".into());
+            }
+            let too_big = || {
+                format!(
+                    "pool size {pool_size} is larger than the input {}x{}",
+                    shape[1], shape[2]
+                )
+            };
+            let hout = conv_out(shape[1], pool_size, stride, 0, 1).ok_or_else(too_big)?;
+            let wout = conv_out(shape[2], pool_size, stride, 0, 1).ok_or_else(too_big)?;
+            let layer = if matches!(spec, LayerSpec::MaxPool2d { .. }) {
+                Layer::MaxPool2d {
+                    size: pool_size,
+                    stride,
+                }
+            } else {
+                Layer::AvgPool2d {
+                    size: pool_size,
+                    stride,
+                }
+            };
+            (layer, vec![shape[0], hout, wout])
+        }
+        LayerSpec::BatchNorm { eps, momentum, .. } => {
+            // Channels are the first per-instance dimension, as in PyTorch's BatchNorm1d/2d.
+            let c = shape[0];
+            let running_mean = get(vb, names, prefix, "running_mean", &[c], Init::Const(0.0))?;
+            let running_var = get(vb, names, prefix, "running_var", &[c], Init::Const(1.0))?;
+            let weight = get(vb, names, prefix, "weight", &[c], Init::Const(1.0))?;
+            let bias = get(vb, names, prefix, "bias", &[c], Init::Const(0.0))?;
+            let bn = candle_nn::BatchNorm::new(c, running_mean, running_var, weight, bias, eps)
+                .map_err(|e| e.to_string())?;
+            let _ = momentum; // used by training to update the running statistics
+            (Layer::BatchNorm(bn), shape.to_vec())
+        }
+        LayerSpec::LayerNorm { eps, .. } => {
+            let n = shape[rank - 1];
+            let weight = get(vb, names, prefix, "weight", &[n], Init::Const(1.0))?;
+            let bias = get(vb, names, prefix, "bias", &[n], Init::Const(0.0))?;
+            (Layer::LayerNorm { weight, bias, eps }, shape.to_vec())
+        }
+        LayerSpec::Embedding {
+            input_dim,
+            output_dim,
+            ..
+        } => {
+            if index != 0 || dtype != InputDType::Int64 {
+                return Err(
+                    "an embedding must be the first layer of a model whose input dtype is int64"
+                        .into(),
+                );
+            }
+            need_rank(1, "[sequence length]")?;
+            let w = get(
+                vb,
+                names,
+                prefix,
+                "weight",
+                &[input_dim, output_dim],
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+            )?;
+            (
+                Layer::Embedding(candle_nn::Embedding::new(w, output_dim)),
+                vec![shape[0], output_dim],
+            )
+        }
+        LayerSpec::Lstm {
+            units,
+            return_sequences,
+            ..
+        }
+        | LayerSpec::Gru {
+            units,
+            return_sequences,
+            ..
+        } => {
+            need_rank(2, "[steps, features]")?;
+            let (steps, feat) = (shape[0], shape[1]);
+            let gates = if matches!(spec, LayerSpec::Lstm { .. }) {
+                4
+            } else {
+                3
+            };
+            let k = 1.0 / (units as f64).sqrt();
+            let u = Init::Uniform { lo: -k, up: k };
+            for (n, s) in [
+                ("weight_ih_l0", vec![gates * units, feat]),
+                ("weight_hh_l0", vec![gates * units, units]),
+                ("bias_ih_l0", vec![gates * units]),
+                ("bias_hh_l0", vec![gates * units]),
+            ] {
+                // Fetch once here so a missing or misshapen tensor is named precisely.
+                get(vb, names, prefix, n, &s, u)?;
+            }
+            let out = if return_sequences {
+                vec![steps, units]
+            } else {
+                vec![units]
+            };
+            let layer = if gates == 4 {
+                let cfg = candle_nn::LSTMConfig {
+                    w_ih_init: u,
+                    w_hh_init: u,
+                    b_ih_init: Some(u),
+                    b_hh_init: Some(u),
+                    ..Default::default()
+                };
+                Layer::Lstm(
+                    candle_nn::lstm(feat, units, cfg, vb.clone()).map_err(|e| e.to_string())?,
+                    return_sequences,
+                )
+            } else {
+                let cfg = candle_nn::GRUConfig {
+                    w_ih_init: u,
+                    w_hh_init: u,
+                    b_ih_init: Some(u),
+                    b_hh_init: Some(u),
+                    ..Default::default()
+                };
+                Layer::Gru(
+                    candle_nn::gru(feat, units, cfg, vb.clone()).map_err(|e| e.to_string())?,
+                    return_sequences,
+                )
+            };
+            (layer, out)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    fn built(
+        json: &str,
+        input: &[usize],
+        dtype: InputDType,
+    ) -> Result<(Built, VarMap), ModelError> {
+        let specs: Vec<LayerSpec> = serde_json::from_str(json).unwrap();
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        build(&specs, input, dtype, &vb).map(|b| (b, vm))
+    }
+
+    fn run(b: &Built, input: &Tensor) -> Tensor {
+        b.layers
+            .iter()
+            .fold(input.clone(), |x, l| l.forward_t(&x, false).unwrap())
+    }
+
+    #[test]
+    fn dense_stack_shapes_and_names() {
+        let (b, vm) = built(
+            r#"[{"type":"dense","units":8,"activation":"relu","name":"fc1"},{"type":"dropout","rate":0.2},
+                {"type":"dense","units":3},{"type":"activation","activation":"softmax"}]"#,
+            &[5],
+            InputDType::Float32,
+        )
+        .unwrap();
+        assert_eq!(b.output_shape, vec![3]);
+        assert_eq!(
+            b.tensor_names,
+            vec!["fc1.weight", "fc1.bias", "2.weight", "2.bias"]
+        );
+        assert_eq!(vm.all_vars().len(), 4);
+        let y = run(&b, &Tensor::ones((2, 5), DType::F32, &Device::Cpu).unwrap());
+        assert_eq!(y.dims(), &[2, 3]);
+        let sums: Vec<f32> = y.sum(1).unwrap().to_vec1().unwrap();
+        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
+    }
+
+    #[test]
+    fn conv_pool_flatten_shapes() {
+        let (b, _) = built(
+            r#"[{"type":"conv2d","filters":4,"kernel_size":3,"padding":"same","activation":"relu"},
+                {"type":"batch_norm"},{"type":"max_pool2d","pool_size":2},
+                {"type":"conv2d","filters":6,"kernel_size":3},{"type":"avg_pool2d","pool_size":2,"stride":1},
+                {"type":"flatten"},{"type":"layer_norm"},{"type":"dense","units":10}]"#,
+            &[1, 8, 8],
+            InputDType::Float32,
+        )
+        .unwrap();
+        // 8x8 same → 8x8 → pool 4x4 → conv3 valid 2x2 → avg(2, stride 1) 1x1 → flatten 6.
+        assert_eq!(b.output_shape, vec![10]);
+        let y = run(
+            &b,
+            &Tensor::ones((3, 1, 8, 8), DType::F32, &Device::Cpu).unwrap(),
+        );
+        assert_eq!(y.dims(), &[3, 10]);
+        let (b, _) = built(
+            r#"[{"type":"conv1d","filters":2,"kernel_size":3,"stride":2}]"#,
+            &[3, 9],
+            InputDType::Float32,
+        )
+        .unwrap();
+        assert_eq!(b.output_shape, vec![2, 4]);
+    }
+
+    #[test]
+    fn recurrent_and_embedding_shapes() {
+        let (b, _) = built(
+            r#"[{"type":"embedding","input_dim":20,"output_dim":4},{"type":"lstm","units":5,"return_sequences":true},
+                {"type":"gru","units":3}]"#,
+            &[7],
+            InputDType::Int64,
+        )
+        .unwrap();
+        assert_eq!(b.output_shape, vec![3]);
+        let ids = Tensor::new(&[[1f32, 2., 3., 4., 5., 6., 19.]], &Device::Cpu).unwrap();
+        assert_eq!(run(&b, &ids).dims(), &[1, 3]);
+        let (b, _) = built(
+            r#"[{"type":"lstm","units":5},{"type":"reshape","shape":[5,1]}]"#,
+            &[6, 2],
+            InputDType::Float32,
+        )
+        .unwrap();
+        assert_eq!(b.output_shape, vec![5, 1]);
+    }
+
+    #[test]
+    fn shape_errors_name_the_layer() {
+        let err = built(
+            r#"[{"type":"dense","units":4},{"type":"conv2d","filters":2,"kernel_size":3}]"#,
+            &[5],
+            InputDType::Float32,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("layer 1 (conv2d '1')") && err.contains("rank 3"),
+            "{err}"
+        );
+        let err = built(
+            r#"[{"type":"conv2d","filters":2,"kernel_size":9}]"#,
+            &[1, 4, 4],
+            InputDType::Float32,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("larger than the padded input"), "{err}");
+        let err = built(
+            r#"[{"type":"reshape","shape":[3,3]}]"#,
+            &[10],
+            InputDType::Float32,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("cannot reshape"), "{err}");
+        let err = built(r#"[{"type":"dense","units":4}]"#, &[5], InputDType::Int64)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("embedding"), "{err}");
+    }
+
+    #[test]
+    fn misshapen_tensor_is_named() {
+        let mut ts = std::collections::HashMap::new();
+        ts.insert(
+            "fc.weight".to_string(),
+            Tensor::zeros((3, 4), DType::F32, &Device::Cpu).unwrap(),
+        );
+        ts.insert(
+            "fc.bias".to_string(),
+            Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+        );
+        let vb = VarBuilder::from_tensors(ts, DType::F32, &Device::Cpu);
+        let specs: Vec<LayerSpec> =
+            serde_json::from_str(r#"[{"type":"dense","units":3,"name":"fc"}]"#).unwrap();
+        let err = build(&specs, &[5], InputDType::Float32, &vb)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("fc.weight") && err.contains("[3, 5]"), "{err}");
+    }
+}

@@ -1,0 +1,216 @@
+//! A loaded model: its spec, its built layers and its device.
+//!
+//! `Model` is immutable once built and shared as `Arc<Model>` by a version's worker threads,
+//! which are the only callers of `forward` (async code never runs the model).
+
+pub mod device;
+pub mod format;
+pub mod layers;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::error::ModelError;
+use format::{Activation, LayerSpec, ModelSpec, Task};
+use layers::{Built, Layer};
+
+pub use device::DeviceSpec;
+
+/// File names inside a version directory.
+pub const SPEC_FILE: &str = "model.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// A model ready to run.
+#[derive(Debug)]
+pub struct Model {
+    spec: ModelSpec,
+    layers: Vec<Layer>,
+    device: Device,
+    output_shape: Vec<usize>,
+    /// Tensors present in the weights file that no layer reads (reported, not fatal).
+    unused_tensors: Vec<String>,
+}
+
+impl Model {
+    /// Reads `model.json` + `model.safetensors` from a version directory and builds the model.
+    pub fn load(dir: &Path, device: &Device) -> Result<Model, ModelError> {
+        let spec_path = dir.join(SPEC_FILE);
+        let text = std::fs::read_to_string(&spec_path).map_err(|source| ModelError::Io {
+            path: spec_path.clone(),
+            source,
+        })?;
+        let spec = ModelSpec::from_json(&text).map_err(|message| ModelError::Spec {
+            path: spec_path,
+            message,
+        })?;
+        let weights_path = dir.join(WEIGHTS_FILE);
+        let bytes = std::fs::read(&weights_path).map_err(|source| ModelError::Io {
+            path: weights_path.clone(),
+            source,
+        })?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
+            ModelError::Weights {
+                path: weights_path,
+                message: format!("not a valid safetensors file: {e}"),
+            }
+        })?;
+        Model::from_tensors(spec, tensors, device)
+    }
+
+    /// Builds a model from a spec and named tensors (PyTorch names), checking every shape.
+    pub fn from_tensors(
+        spec: ModelSpec,
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Model, ModelError> {
+        let present: Vec<String> = tensors.keys().cloned().collect();
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let built = Self::check_and_build(&spec, &vb)?;
+        let used: HashSet<&str> = built.tensor_names.iter().map(String::as_str).collect();
+        let mut unused_tensors: Vec<String> = present
+            .into_iter()
+            .filter(|n| !used.contains(n.as_str()) && !n.ends_with(".num_batches_tracked"))
+            .collect();
+        unused_tensors.sort();
+        Ok(Model {
+            spec,
+            layers: built.layers,
+            device: device.clone(),
+            output_shape: built.output_shape,
+            unused_tensors,
+        })
+    }
+
+    /// Checks the spec's own consistency (labels, features, preprocessing width, output
+    /// width) and builds its layers over `vb`. Training uses this with a `VarMap`.
+    pub fn check_and_build(spec: &ModelSpec, vb: &VarBuilder) -> Result<Built, ModelError> {
+        let built = layers::build(&spec.layers, &spec.input.shape, spec.input.dtype, vb)?;
+        let row_len = spec.row_len();
+        let invalid = |m: String| Err(ModelError::Invalid(m));
+        if let Some(features) = &spec.input.features {
+            let mut seen = HashSet::new();
+            if let Some(dup) = features.iter().find(|f| !seen.insert(f.as_str())) {
+                return invalid(format!(
+                    "feature name '{dup}' appears twice in input.features"
+                ));
+            }
+            match &spec.preprocessing {
+                Some(p) => {
+                    let names: Vec<&str> = p.features.iter().map(|f| f.name()).collect();
+                    if names != features.iter().map(String::as_str).collect::<Vec<_>>() {
+                        return invalid(format!(
+                            "preprocessing features {names:?} differ from input.features {features:?}"
+                        ));
+                    }
+                }
+                None if features.len() != row_len => {
+                    return invalid(format!(
+                        "input.features names {} features but the input shape {:?} holds {row_len} values",
+                        features.len(),
+                        spec.input.shape
+                    ))
+                }
+                None => {}
+            }
+        }
+        if let Some(p) = &spec.preprocessing {
+            if spec.input.features.is_none() {
+                return invalid(
+                    "preprocessing needs input.features (the raw feature names)".into(),
+                );
+            }
+            if p.width() != row_len {
+                return invalid(format!(
+                    "preprocessing produces {} values per instance but the input shape {:?} holds {row_len}",
+                    p.width(),
+                    spec.input.shape
+                ));
+            }
+        }
+        let out_len: usize = built.output_shape.iter().product();
+        match spec.task {
+            Task::Classification => {
+                if built.output_shape.len() != 1 {
+                    return invalid(format!(
+                        "a classifier must output one vector per instance, got shape {:?}",
+                        built.output_shape
+                    ));
+                }
+                let n = spec.labels.len();
+                let binary_ok = out_len == 1 && n == 2;
+                if n != 0 && n != out_len && !binary_ok {
+                    return invalid(format!("{n} labels but the last layer has {out_len} units"));
+                }
+            }
+            Task::Regression => {
+                if !spec.labels.is_empty() {
+                    return invalid("a regression model has no labels".into());
+                }
+            }
+        }
+        Ok(built)
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Per-instance output shape.
+    pub fn output_shape(&self) -> &[usize] {
+        &self.output_shape
+    }
+
+    /// Values per instance in the output.
+    pub fn output_len(&self) -> usize {
+        self.output_shape.iter().product()
+    }
+
+    pub fn unused_tensors(&self) -> &[String] {
+        &self.unused_tensors
+    }
+
+    /// True when the last layer already produces probabilities (softmax or sigmoid), so
+    /// `:classify` reports the output as is; otherwise it applies a softmax to the logits.
+    pub fn outputs_probabilities(&self) -> bool {
+        let last_act = match self.spec.layers.last() {
+            Some(LayerSpec::Activation { activation, .. }) => Some(*activation),
+            Some(LayerSpec::Dense { activation, .. }) => *activation,
+            _ => None,
+        };
+        matches!(last_act, Some(Activation::Softmax | Activation::Sigmoid))
+    }
+
+    /// Runs the layers on a batch tensor (batch dimension first).
+    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.layers
+            .iter()
+            .try_fold(xs.clone(), |x, l| l.forward_t(&x, false))
+    }
+
+    /// Runs `n` rows given as one flat row-major buffer, and returns the flat output: one
+    /// tensor built, one forward, one copy back to the host.
+    pub fn run_rows(&self, rows: Vec<f32>, n: usize) -> candle_core::Result<Vec<f32>> {
+        let mut dims = Vec::with_capacity(self.spec.input.shape.len() + 1);
+        dims.push(n);
+        dims.extend_from_slice(&self.spec.input.shape);
+        let xs = Tensor::from_vec(rows, dims, &self.device)?;
+        let ys = self.forward(&xs)?;
+        ys.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+    }
+
+    /// One forward pass on a zero instance: proves the model runs before it serves.
+    pub fn warm_up(&self) -> Result<(), ModelError> {
+        let out = self.run_rows(vec![0.0; self.spec.row_len()], 1)?;
+        if out.len() != self.output_len() {
+            return Err(ModelError::Invalid(format!(
+                "warm-up produced {} values, expected {}",
+                out.len(),
+                self.output_len()
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,24 @@
+//! Signals: the future that resolves on SIGTERM or SIGINT (Ctrl-C), which `serve` takes as
+//! its shutdown trigger.
+
+/// Resolves when the process receives SIGTERM or SIGINT.
+pub async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received: draining"),
+        () = term => tracing::info!("SIGTERM received: draining"),
+    }
+}
