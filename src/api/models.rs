@@ -1,6 +1,8 @@
 //! Model listing, TF Serving's status and metadata endpoints.
 
 use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::ApiError;
@@ -124,24 +126,24 @@ pub async fn version_status(
 pub async fn metadata(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     check_name(&name)?;
     let lv = state.registry.get(&name, None)?;
-    Ok(Json(metadata_of(&lv)))
+    Ok(metadata_of(&lv))
 }
 
 /// `GET /v1/models/{name}/versions/{version}/metadata`
 pub async fn version_metadata(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     check_name(&name)?;
     let v = parse_version(&name, &version)?;
     let lv = state.registry.get(&name, Some(v))?;
-    Ok(Json(metadata_of(&lv)))
+    Ok(metadata_of(&lv))
 }
 
-fn metadata_of(lv: &LoadedVersion) -> serde_json::Value {
+fn metadata_of(lv: &LoadedVersion) -> Response {
     let spec = lv.model.spec();
     let batched = |shape: &[usize]| {
         std::iter::once(-1)
@@ -179,5 +181,13 @@ fn metadata_of(lv: &LoadedVersion) -> serde_json::Value {
             training: spec.training.as_ref(),
         },
     };
-    serde_json::to_value(response).expect("metadata views serialize")
+    let body = serde_json::to_vec(&response).expect("metadata views serialize");
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }

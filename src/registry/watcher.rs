@@ -104,9 +104,14 @@ impl Registry {
             for v in wanted(&policy, &present) {
                 let (dir, fp) = &versions[&v];
                 let needs_load = match current.get(&v) {
-                    None => true,
+                    None
+                    | Some(Slot {
+                        state: VersionState::End,
+                        ..
+                    }) => true,
+                    // A failed version is retried only once its files change.
                     Some(Slot {
-                        state: VersionState::Failed(_) | VersionState::End,
+                        state: VersionState::Failed(_),
                         fingerprint,
                     }) => fingerprint != fp,
                     Some(_) => false,
