@@ -27,7 +27,7 @@ enum Command {
         #[arg(long, env = "KILN_CONFIG")]
         config: Option<PathBuf>,
         #[command(flatten)]
-        overrides: Overrides,
+        overrides: Box<Overrides>,
     },
     /// Load a model version directory, run one forward pass and print its signature.
     Check {
@@ -37,6 +37,15 @@ enum Command {
         #[arg(long, env = "KILN_DEVICE", default_value = "cpu")]
         device: String,
     },
+    /// Probe a running server's readiness (for container HEALTHCHECKs): exit 0 on HTTP 200.
+    Health {
+        /// Address of the server.
+        #[arg(long, env = "KILN_HEALTH_ADDR", default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Path to probe.
+        #[arg(long, default_value = "/health/ready")]
+        path: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +53,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, overrides } => serve(config, &overrides),
         Command::Check { dir, device } => check(&dir, &device),
+        Command::Health { addr, path } => health(&addr, &path),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,4 +124,34 @@ fn check(dir: &std::path::Path, device: &str) -> anyhow::Result<()> {
         println!("warning: tensor '{t}' is not used by any layer");
     }
     Ok(())
+}
+
+/// A minimal HTTP/1.1 GET over a TCP socket: no client library, no shell, no curl needed in
+/// the runtime image.
+fn health(addr: &str, path: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let timeout = std::time::Duration::from_secs(3);
+    let sock = addr
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&sock, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head)?;
+    let status_line = String::from_utf8_lossy(&head[..n]);
+    let code = status_line.split_whitespace().nth(1).unwrap_or("");
+    if code == "200" {
+        println!("{path}: 200");
+        Ok(())
+    } else {
+        anyhow::bail!("{path} answered {code:?}")
+    }
 }

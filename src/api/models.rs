@@ -29,18 +29,9 @@ fn summary(m: ModelView) -> ModelSummaryView {
             .map(|(v, s)| VersionSummaryView {
                 version: v.to_string(),
                 state: s.name(),
-                error: match &s {
-                    VersionState::Failed(e) => Some(e.clone()),
-                    _ => None,
-                },
-                path: match &s {
-                    VersionState::Available(lv) => Some(lv.path.display().to_string()),
-                    _ => None,
-                },
-                stats: match &s {
-                    VersionState::Available(lv) => Some(stats_view(lv)),
-                    _ => None,
-                },
+                error: s.error().map(str::to_owned),
+                path: s.loaded().map(|lv| lv.path.display().to_string()),
+                stats: s.loaded().map(|lv| stats_view(lv)),
             })
             .collect(),
     }
@@ -65,9 +56,9 @@ fn stats_view(lv: &LoadedVersion) -> BatchStatsView {
 }
 
 fn status_of(v: u64, s: &VersionState) -> VersionStatusView {
-    let (error_code, error_message) = match s {
-        VersionState::Failed(m) => ("INVALID_ARGUMENT", m.clone()),
-        _ => ("OK", String::new()),
+    let (error_code, error_message) = match s.error() {
+        Some(m) => ("INVALID_ARGUMENT", m.to_owned()),
+        None => ("OK", String::new()),
     };
     VersionStatusView {
         version: v.to_string(),

@@ -558,7 +558,6 @@ fn build_one(
                     w_hh_init: u,
                     b_ih_init: Some(u),
                     b_hh_init: Some(u),
-                    ..Default::default()
                 };
                 Layer::Gru(
                     candle_nn::gru(feat, units, cfg, vb.clone()).map_err(|e| e.to_string())?,

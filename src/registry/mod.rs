@@ -50,6 +50,24 @@ pub enum VersionState {
 }
 
 impl VersionState {
+    /// The loaded version, if this one serves.
+    pub fn loaded(&self) -> Option<&Arc<LoadedVersion>> {
+        if let VersionState::Available(lv) = self {
+            Some(lv)
+        } else {
+            None
+        }
+    }
+
+    /// Why the load failed, if it did.
+    pub fn error(&self) -> Option<&str> {
+        if let VersionState::Failed(m) = self {
+            Some(m)
+        } else {
+            None
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             VersionState::Loading => "LOADING",
@@ -132,10 +150,7 @@ impl Registry {
             None => versions
                 .values()
                 .rev()
-                .find_map(|s| match &s.state {
-                    VersionState::Available(lv) => Some(lv.clone()),
-                    _ => None,
-                })
+                .find_map(|s| s.state.loaded().cloned())
                 .ok_or_else(|| Error::ModelUnavailable {
                     name: name.to_owned(),
                     reason: describe_unavailable(versions),
@@ -202,9 +217,9 @@ impl Registry {
 fn describe_unavailable(versions: &BTreeMap<u64, Slot>) -> String {
     let parts: Vec<String> = versions
         .iter()
-        .map(|(v, s)| match &s.state {
-            VersionState::Failed(m) => format!("version {v} failed to load: {m}"),
-            other => format!("version {v} is {}", other.name()),
+        .map(|(v, s)| match s.state.error() {
+            Some(m) => format!("version {v} failed to load: {m}"),
+            None => format!("version {v} is {}", s.state.name()),
         })
         .collect();
     if parts.is_empty() {
