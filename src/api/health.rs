@@ -41,3 +41,48 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthRes
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use crate::config::Config;
+    use crate::registry::Registry;
+    use crate::state::{AppState, Health};
+
+    fn state() -> AppState {
+        let config = Arc::new(Config::default());
+        AppState {
+            registry: Arc::new(Registry::new(config.clone(), candle_core::Device::Cpu)),
+            config,
+            health: Arc::new(Health::default()),
+        }
+    }
+
+    async fn status(state: &AppState, path: &str) -> u16 {
+        let req = Request::get(path).body(Body::empty()).unwrap();
+        crate::api::router(state.clone())
+            .oneshot(req)
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test]
+    async fn ready_waits_for_the_startup_load_and_turns_503_when_draining() {
+        let state = state();
+        // The watcher has not finished its first scan: live but not ready.
+        assert_eq!(status(&state, "/health/live").await, 200);
+        assert_eq!(status(&state, "/health/ready").await, 503);
+        state.registry.mark_initial_load_done();
+        assert_eq!(status(&state, "/health/ready").await, 200);
+        state.health.start_draining();
+        assert_eq!(status(&state, "/health/ready").await, 503);
+        assert_eq!(status(&state, "/health/live").await, 200);
+    }
+}

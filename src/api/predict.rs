@@ -86,7 +86,7 @@ async fn handle(
     } else {
         decode(&lv, verb, &body)?
     };
-    let span = tracing::info_span!("predict", model = %lv.name, version = lv.version, rows = decoded.n_rows);
+    let span = tracing::debug_span!("predict", model = %lv.name, version = lv.version, rows = decoded.n_rows);
     let computed = lv
         .batcher
         .run(

@@ -114,6 +114,11 @@ impl Registry {
         }
     }
 
+    /// Releases the readiness latch (the watcher does this after its first scan).
+    pub fn mark_initial_load_done(&self) {
+        self.initial_load_done.store(true, Ordering::Release);
+    }
+
     pub fn is_initial_load_done(&self) -> bool {
         self.initial_load_done.load(Ordering::Acquire)
     }

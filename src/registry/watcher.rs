@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{valid_model_name, Fingerprint, Registry, Slot, VersionState};
@@ -22,7 +21,7 @@ pub fn spawn_watcher(registry: Arc<Registry>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let poll = registry.config.poll_interval;
         registry.sync().await;
-        registry.initial_load_done.store(true, Ordering::Release);
+        registry.mark_initial_load_done();
         tracing::info!(models = registry.list().len(), "initial model load done");
         loop {
             tokio::time::sleep(poll).await;
