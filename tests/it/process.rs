@@ -73,7 +73,14 @@ async fn sigterm_answers_every_request_in_flight_then_exits_0() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let addr = base.trim_start_matches("http://").to_owned();
-    let probe = |addr: &str| Command::new(KILN).args(["health", "--addr", addr]).output().unwrap().status.success();
+    let probe = |addr: &str| {
+        Command::new(KILN)
+            .args(["health", "--addr", addr])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
     assert!(probe(&addr), "kiln health failed against a ready server");
     let body = Arc::new(slow_body(4));
     let n = 6;
