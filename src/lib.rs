@@ -22,6 +22,7 @@
 pub mod api;
 pub mod batcher;
 pub mod config;
+pub mod dataset;
 pub mod error;
 pub mod model;
 pub mod preprocess;
@@ -29,6 +30,7 @@ pub mod registry;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+pub mod training;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,0 +1,241 @@
+//! In-process forward throughput of kiln's `Model`, single-threaded.
+//!
+//! ```text
+//! cargo bench --bench forward
+//! ```
+//!
+//! Models (random weights, built by kiln's own layer builder, run through `Model::run_rows`,
+//! the call a worker thread makes per batch: flat rows in → one tensor → forward → flat rows
+//! out):
+//! - the compute-bound MLP 784→1024 relu→1024 relu→10, at batch 1, 32 and 256, with GFLOP/s
+//!   (2·(784·1024 + 1024·1024 + 1024·10) FLOPs per row);
+//! - the seed model 100→64 relu→32 relu→10 softmax, at batch 1, 32 and 256.
+//!
+//! Also, as references: `Model::forward` on a prebuilt tensor (no input copy, no copy back),
+//! and one bare candle matmul of the MLP's middle layer shape (256×1024 · 1024×1024ᵀ).
+//!
+//! `RAYON_NUM_THREADS=1` and `CANDLE_NUM_THREADS=1` are set first thing (kiln's default
+//! `threads = 1`): every figure is one core. Timing: rounds interleaved over all cases
+//! (each round ≈ `KILN_BENCH_ROUND_MS` of calls), median over `KILN_BENCH_ROUNDS` rounds.
+//!
+//! Environment: `KILN_BENCH_ROUNDS` (7), `KILN_BENCH_ROUND_MS` (300), `KILN_BENCH_FILTER`
+//! (run only the cases whose name contains it, e.g. `seed`).
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use kiln::model::format::ModelSpec;
+use kiln::model::Model;
+use serde_json::json;
+
+const MLP_FLOPS_PER_ROW: f64 = 2.0 * (784.0 * 1024.0 + 1024.0 * 1024.0 + 1024.0 * 10.0);
+const SEED_FLOPS_PER_ROW: f64 = 2.0 * (100.0 * 64.0 + 64.0 * 32.0 + 32.0 * 10.0);
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// A model built from `spec` with random weights (candle's default initialisers).
+fn build(spec: serde_json::Value) -> Model {
+    let spec = ModelSpec::from_json(&spec.to_string()).expect("bench spec parses");
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    Model::check_and_build(&spec, &vb).expect("bench spec builds");
+    // Plain tensors (copied out of the Vars), as a served model holds them.
+    let tensors: HashMap<String, Tensor> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
+        .collect();
+    Model::from_tensors(spec, tensors, &Device::Cpu).expect("bench model builds")
+}
+
+fn mlp() -> Model {
+    build(json!({
+        "format_version": 1,
+        "task": "classification",
+        "input": {"shape": [784]},
+        "layers": [
+            {"type": "dense", "units": 1024, "activation": "relu"},
+            {"type": "dense", "units": 1024, "activation": "relu"},
+            {"type": "dense", "units": 10}
+        ]
+    }))
+}
+
+fn seed() -> Model {
+    build(json!({
+        "format_version": 1,
+        "task": "classification",
+        "input": {"shape": [100]},
+        "layers": [
+            {"type": "dense", "units": 64, "activation": "relu"},
+            {"type": "dense", "units": 32, "activation": "relu"},
+            {"type": "dense", "units": 10},
+            {"type": "activation", "activation": "softmax"}
+        ]
+    }))
+}
+
+fn rows(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005) | 1;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// One benchmarked call: runs `batch` rows once.
+struct Case {
+    name: String,
+    batch: usize,
+    flops_per_row: f64,
+    run: Box<dyn FnMut()>,
+    /// Calls per round, calibrated once.
+    iters: u64,
+    /// Seconds per call, one entry per round.
+    samples: Vec<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() {
+    // Before anything touches candle (its pools read these once).
+    std::env::set_var("RAYON_NUM_THREADS", "1");
+    std::env::set_var("CANDLE_NUM_THREADS", "1");
+    let rounds: usize = env_or("KILN_BENCH_ROUNDS", 7);
+    let round = Duration::from_millis(env_or("KILN_BENCH_ROUND_MS", 300));
+
+    println!(
+        "kiln forward benchmark: 1 thread (RAYON_NUM_THREADS=1, CANDLE_NUM_THREADS=1); avx512f detected: {}, avx2: {}, fma: {}",
+        std::is_x86_feature_detected!("avx512f"),
+        std::is_x86_feature_detected!("avx2"),
+        std::is_x86_feature_detected!("fma"),
+    );
+    println!("{rounds} interleaved rounds of ~{} ms per case; medians", round.as_millis());
+
+    let mlp = std::rc::Rc::new(mlp());
+    let seed = std::rc::Rc::new(seed());
+    let mut cases: Vec<Case> = Vec::new();
+    for (label, model, width, flops) in [
+        ("mlp 784-1024-1024-10", &mlp, 784usize, MLP_FLOPS_PER_ROW),
+        ("seed 100-64-32-10", &seed, 100usize, SEED_FLOPS_PER_ROW),
+    ] {
+        for batch in [1usize, 32, 256] {
+            let input = rows(batch * width, batch as u64);
+            let m = model.clone();
+            cases.push(Case {
+                name: format!("{label} run_rows"),
+                batch,
+                flops_per_row: flops,
+                run: Box::new(move || {
+                    let out = m.run_rows(input.clone(), batch).unwrap();
+                    black_box(out);
+                }),
+                iters: 0,
+                samples: Vec::new(),
+            });
+        }
+        // The same at batch 256 without the host copies in and out.
+        let batch = 256;
+        let xs = Tensor::from_vec(rows(batch * width, 9), (batch, width), &Device::Cpu).unwrap();
+        let m = model.clone();
+        cases.push(Case {
+            name: format!("{label} forward (tensor in/out)"),
+            batch,
+            flops_per_row: flops,
+            run: Box::new(move || {
+                black_box(m.forward(&xs).unwrap());
+            }),
+            iters: 0,
+            samples: Vec::new(),
+        });
+    }
+    // Bare candle GEMM of the MLP's middle layer, as Linear calls it (x · wᵀ).
+    {
+        let x = Tensor::from_vec(rows(256 * 1024, 3), (256, 1024), &Device::Cpu).unwrap();
+        let w = Tensor::from_vec(rows(1024 * 1024, 4), (1024, 1024), &Device::Cpu).unwrap();
+        cases.push(Case {
+            name: "bare candle matmul 256x1024 . (1024x1024)^T".into(),
+            batch: 256,
+            flops_per_row: 2.0 * 1024.0 * 1024.0,
+            run: Box::new(move || {
+                black_box(x.matmul(&w.t().unwrap()).unwrap());
+            }),
+            iters: 0,
+            samples: Vec::new(),
+        });
+    }
+
+    if let Ok(filter) = std::env::var("KILN_BENCH_FILTER") {
+        cases.retain(|c| c.name.contains(filter.as_str()));
+    }
+    // Warm up and calibrate: calls per round ≈ round duration.
+    for c in &mut cases {
+        for _ in 0..3 {
+            (c.run)();
+        }
+        let t = Instant::now();
+        let mut n = 0u64;
+        while t.elapsed() < round / 4 {
+            (c.run)();
+            n += 1;
+        }
+        let per = t.elapsed().as_secs_f64() / n as f64;
+        c.iters = ((round.as_secs_f64() / per) as u64).max(1);
+    }
+    let started = Instant::now();
+    for _ in 0..rounds {
+        for c in &mut cases {
+            let t = Instant::now();
+            for _ in 0..c.iters {
+                (c.run)();
+            }
+            c.samples.push(t.elapsed().as_secs_f64() / c.iters as f64);
+        }
+    }
+
+    println!(
+        "\n{:<44} {:>6} {:>12} {:>13} {:>9} {:>10}",
+        "case", "batch", "µs/call", "rows/s", "GFLOP/s", "spread"
+    );
+    for c in &cases {
+        let med = median(c.samples.clone());
+        let lo = c.samples.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = c.samples.iter().copied().fold(0.0, f64::max);
+        let rows_ps = c.batch as f64 / med;
+        println!(
+            "{:<44} {:>6} {:>12.1} {:>13.0} {:>9.1} {:>9.0}%",
+            c.name,
+            c.batch,
+            med * 1e6,
+            rows_ps,
+            rows_ps * c.flops_per_row / 1e9,
+            (hi - lo) / med * 100.0
+        );
+    }
+    println!(
+        "\n(spread: (slowest − fastest round) / median. Targets: MLP batch 256 ≥ 90 GFLOP/s, half of ~180 GFLOP/s AVX-512 FMA peak per core.)"
+    );
+    println!("measured in {:.0} s", started.elapsed().as_secs_f64());
+}

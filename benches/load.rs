@@ -1,0 +1,766 @@
+//! Load benchmark: kiln against a bare-axum "ceiling", over loopback.
+//!
+//! ```text
+//! cargo bench --bench load
+//! ```
+//!
+//! 1. The real binary (`CARGO_BIN_EXE_kiln`, built by `cargo bench` in the bench profile):
+//!    time from spawn to `/health/ready` 200 (with the seed model to load), and its resident
+//!    memory (VmRSS) idle and after each of two consecutive load runs.
+//! 2. In this process: kiln (`kiln::serve` on its own multi-threaded tokio runtime) and a
+//!    ceiling (a bare axum server that parses the same JSON into `instances: Vec<Vec<f32>>`
+//!    and answers a fixed `predictions` array of the same shape), both on 127.0.0.1:0. The
+//!    load generator (hyper HTTP/1.1 client, keep-alive, N connections each sending
+//!    back-to-back) drives them interleaved, ceiling then kiln, for a few rounds per scenario,
+//!    and prints the medians and the kiln/ceiling ratios.
+//!
+//! Everything shares the machine's cores: the load generator, the server under test and
+//! kiln's worker threads. Ratios against the ceiling are the figure to trust.
+//!
+//! Environment (all optional):
+//! - `KILN_BENCH_SECS` (5): measured seconds per run; `KILN_BENCH_WARMUP_SECS` (1).
+//! - `KILN_BENCH_ROUNDS` (3): ceiling/kiln pairs per scenario.
+//! - `KILN_BENCH_CLIENTS` (64): connections in the single-row scenario;
+//!   `KILN_BENCH_BATCH_CLIENTS` (16) and `KILN_BENCH_BATCH_ROWS` (32) for the batched one.
+//! - `KILN_BENCH_CLIENT_THREADS` (1): tokio worker threads of the load generator.
+//! - `KILN_BENCH_SERVER_THREADS` (2): tokio worker threads of each in-process server.
+//! - `KILN_BENCH_RSS_SECS` (3): seconds per scenario in each load run on the spawned binary.
+//! - `KILN_BENCH_STARTS` (5): spawns of the binary timed to readiness.
+//! - `KILN_BENCH_ONLY` (`all`): `binary` or `inproc` to run one half.
+//! - `KILN_BENCH_SCENARIOS` (`single,batch`): which in-process scenarios to run.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
+use kiln::config::{Config, LogFormat, Overrides};
+use kiln::model::format::ModelSpec;
+use kiln::model::Model;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+const MODEL: &str = "seed";
+const ROW_LEN: usize = 100;
+const OUT_LEN: usize = 10;
+
+fn env_or<T: FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v}: not a valid value")),
+        Err(_) => default,
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Settings {
+    secs: f64,
+    warmup: f64,
+    rounds: usize,
+    clients: usize,
+    batch_clients: usize,
+    batch_rows: usize,
+    client_threads: usize,
+    server_threads: usize,
+    rss_secs: f64,
+    starts: usize,
+    only: String,
+    scenarios: String,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        Settings {
+            secs: env_or("KILN_BENCH_SECS", 5.0),
+            warmup: env_or("KILN_BENCH_WARMUP_SECS", 1.0),
+            rounds: env_or("KILN_BENCH_ROUNDS", 3),
+            clients: env_or("KILN_BENCH_CLIENTS", 64),
+            batch_clients: env_or("KILN_BENCH_BATCH_CLIENTS", 16),
+            batch_rows: env_or("KILN_BENCH_BATCH_ROWS", 32),
+            client_threads: env_or("KILN_BENCH_CLIENT_THREADS", 1),
+            server_threads: env_or("KILN_BENCH_SERVER_THREADS", 2),
+            rss_secs: env_or("KILN_BENCH_RSS_SECS", 3.0),
+            starts: env_or("KILN_BENCH_STARTS", 5),
+            only: env_or("KILN_BENCH_ONLY", "all".to_owned()),
+            scenarios: env_or("KILN_BENCH_SCENARIOS", "single,batch".to_owned()),
+        }
+    }
+}
+
+/// One load scenario: `clients` connections, `rows` instances per request.
+#[derive(Clone, Copy, Debug)]
+struct Scenario {
+    clients: usize,
+    rows: usize,
+}
+
+impl Scenario {
+    fn label(&self) -> String {
+        format!("{} clients x {} row(s)", self.clients, self.rows)
+    }
+}
+
+// === the model fixture ===
+
+fn seed_spec() -> Value {
+    json!({
+        "format_version": 1,
+        "task": "classification",
+        "input": {"shape": [ROW_LEN]},
+        "layers": [
+            {"type": "dense", "units": 64, "activation": "relu"},
+            {"type": "dense", "units": 32, "activation": "relu"},
+            {"type": "dense", "units": OUT_LEN},
+            {"type": "activation", "activation": "softmax"}
+        ]
+    })
+}
+
+/// Writes `<models>/seed/1/{model.json, model.safetensors}` with random weights.
+fn write_seed_model(models: &Path) {
+    let spec_json = seed_spec();
+    let spec = ModelSpec::from_json(&spec_json.to_string()).expect("the seed spec parses");
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    Model::check_and_build(&spec, &vb).expect("the seed spec builds");
+    let tensors: HashMap<String, Tensor> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    let dir = models.join(MODEL).join("1");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("model.json"),
+        serde_json::to_vec_pretty(&spec_json).unwrap(),
+    )
+    .unwrap();
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+}
+
+/// `{"instances": [[100 floats] × n]}` with deterministic values in [-1, 1).
+fn request_body(n: usize, seed: u64) -> Bytes {
+    let mut s = seed.wrapping_mul(6364136223846793005) | 1;
+    let rows: Vec<Vec<f32>> = (0..n)
+        .map(|_| {
+            (0..ROW_LEN)
+                .map(|_| {
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect()
+        })
+        .collect();
+    Bytes::from(serde_json::to_vec(&json!({ "instances": rows })).unwrap())
+}
+
+// === the ceiling: bare axum, same JSON in, same shape out ===
+
+#[derive(Deserialize)]
+struct CeilingRequest {
+    instances: Vec<Vec<f32>>,
+}
+
+#[derive(Serialize)]
+struct CeilingResponse {
+    predictions: Vec<[f32; OUT_LEN]>,
+}
+
+/// Probabilities with as many digits as a real softmax output, so the ceiling formats floats
+/// as expensive (and as long) as kiln's.
+const FIXED_ROW: [f32; OUT_LEN] = [
+    0.087_342_16,
+    0.119_023_55,
+    0.064_187_93,
+    0.102_948_77,
+    0.093_751_24,
+    0.131_806_42,
+    0.078_215_36,
+    0.110_473_89,
+    0.095_618_07,
+    0.116_632_61,
+];
+
+async fn ceiling_predict(
+    axum::Json(req): axum::Json<CeilingRequest>,
+) -> axum::Json<CeilingResponse> {
+    axum::Json(CeilingResponse {
+        predictions: vec![FIXED_ROW; req.instances.len()],
+    })
+}
+
+fn ceiling_router() -> axum::Router {
+    axum::Router::new().route("/v1/models/{name}", axum::routing::post(ceiling_predict))
+}
+
+// === the load generator ===
+
+/// What one run measured (requests completed inside the measured window).
+#[derive(Clone, Debug, Default)]
+struct RunResult {
+    requests: u64,
+    errors: u64,
+    secs: f64,
+    rows_per_request: usize,
+    /// Sorted latencies, microseconds.
+    latencies_us: Vec<u32>,
+    /// Sum of `x-batch-size` over measured requests that carried it.
+    batch_header_sum: u64,
+    batch_header_n: u64,
+    /// rows / batches from `GET /v1/models` over the measured window (kiln only).
+    stats_mean_batch: Option<f64>,
+}
+
+impl RunResult {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.secs
+    }
+    fn rows_ps(&self) -> f64 {
+        self.rps() * self.rows_per_request as f64
+    }
+    fn pct_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+    /// Mean `x-batch-size` per request (request-weighted: a request in a batch of 64 says 64).
+    fn header_mean_batch(&self) -> Option<f64> {
+        (self.batch_header_n > 0).then(|| self.batch_header_sum as f64 / self.batch_header_n as f64)
+    }
+}
+
+struct ConnResult {
+    requests: u64,
+    errors: u64,
+    latencies_us: Vec<u32>,
+    batch_sum: u64,
+    batch_n: u64,
+}
+
+/// One keep-alive connection sending requests back to back until `end`.
+async fn connection(
+    addr: SocketAddr,
+    path: &'static str,
+    body: Bytes,
+    measure_from: Instant,
+    end: Instant,
+) -> anyhow::Result<ConnResult> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let driver = tokio::spawn(conn);
+    let host = addr.to_string();
+    let mut r = ConnResult {
+        requests: 0,
+        errors: 0,
+        latencies_us: Vec::with_capacity(1 << 14),
+        batch_sum: 0,
+        batch_n: 0,
+    };
+    while Instant::now() < end {
+        sender.ready().await?;
+        let req = hyper::Request::post(path)
+            .header(HOST, host.as_str())
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(body.clone()))?;
+        let start = Instant::now();
+        let res = sender.send_request(req).await?;
+        let ok = res.status() == hyper::StatusCode::OK;
+        let batch: Option<u64> = res
+            .headers()
+            .get("x-batch-size")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let answer = res.into_body().collect().await?.to_bytes();
+        let done = Instant::now();
+        if start >= measure_from && done <= end {
+            if ok && !answer.is_empty() {
+                r.requests += 1;
+                r.latencies_us
+                    .push((done - start).as_micros().min(u32::MAX as u128) as u32);
+                if let Some(b) = batch {
+                    r.batch_sum += b;
+                    r.batch_n += 1;
+                }
+            } else {
+                r.errors += 1;
+            }
+        }
+    }
+    drop(sender);
+    let _ = driver.await;
+    Ok(r)
+}
+
+/// `(batches, rows)` of the seed model's version 1, from `GET /v1/models`.
+async fn kiln_stats(client: &reqwest::Client, addr: SocketAddr) -> Option<(u64, u64)> {
+    let v: Value = client
+        .get(format!("http://{addr}/v1/models"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let model = v["models"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == MODEL)?;
+    let stats = &model["versions"].as_array()?.first()?["stats"];
+    Some((stats["batches"].as_u64()?, stats["rows"].as_u64()?))
+}
+
+/// Drives `addr` with a scenario for warm-up + `secs`; `is_kiln` also reads the batch stats.
+async fn load_run(
+    addr: SocketAddr,
+    sc: Scenario,
+    body: Bytes,
+    warmup: f64,
+    secs: f64,
+    is_kiln: bool,
+) -> RunResult {
+    let path: &'static str = "/v1/models/seed:predict";
+    let begin = Instant::now();
+    let measure_from = begin + Duration::from_secs_f64(warmup);
+    let end = measure_from + Duration::from_secs_f64(secs);
+    let tasks: Vec<_> = (0..sc.clients)
+        .map(|_| tokio::spawn(connection(addr, path, body.clone(), measure_from, end)))
+        .collect();
+    let mut stats_mean_batch = None;
+    if is_kiln {
+        let control = reqwest::Client::new();
+        tokio::time::sleep_until(measure_from.into()).await;
+        let before = kiln_stats(&control, addr).await;
+        tokio::time::sleep_until(end.into()).await;
+        let after = kiln_stats(&control, addr).await;
+        if let (Some((b0, r0)), Some((b1, r1))) = (before, after) {
+            if b1 > b0 {
+                stats_mean_batch = Some((r1 - r0) as f64 / (b1 - b0) as f64);
+            }
+        }
+    }
+    let mut out = RunResult {
+        secs,
+        rows_per_request: sc.rows,
+        stats_mean_batch,
+        ..Default::default()
+    };
+    for t in tasks {
+        match t.await {
+            Ok(Ok(r)) => {
+                out.requests += r.requests;
+                out.errors += r.errors;
+                out.latencies_us.extend(r.latencies_us);
+                out.batch_header_sum += r.batch_sum;
+                out.batch_header_n += r.batch_n;
+            }
+            Ok(Err(e)) => {
+                eprintln!("  connection failed: {e:#}");
+                out.errors += 1;
+            }
+            Err(e) => {
+                eprintln!("  connection task failed: {e}");
+                out.errors += 1;
+            }
+        }
+    }
+    out.latencies_us.sort_unstable();
+    out
+}
+
+fn print_run(target: &str, sc: Scenario, r: &RunResult) {
+    let batch = match (r.stats_mean_batch, r.header_mean_batch()) {
+        (Some(s), Some(h)) => format!("  mean batch {s:.1} rows (per request: {h:.1})"),
+        (None, Some(h)) => format!("  mean batch per request {h:.1}"),
+        _ => String::new(),
+    };
+    println!(
+        "  {target:<8} {:<22} {:>9.0} req/s {:>10.0} rows/s  p50 {:>7.3} ms  p99 {:>7.3} ms{}{batch}",
+        sc.label(),
+        r.rps(),
+        r.rows_ps(),
+        r.pct_ms(0.50),
+        r.pct_ms(0.99),
+        if r.errors > 0 {
+            format!("  ERRORS {}", r.errors)
+        } else {
+            String::new()
+        },
+    );
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+// === the real binary: start-up and memory ===
+
+/// What the spawned binary's log said, and when (since spawn).
+#[derive(Default, Debug)]
+struct Boot {
+    addr: Option<SocketAddr>,
+    listening: Option<Duration>,
+    model_load_ms: Option<u64>,
+}
+
+/// Spawns `kiln serve` on 127.0.0.1:0 with JSON logs; a thread reads stderr (and keeps
+/// draining it) and reports the listening address.
+fn spawn_kiln(models: &Path, cwd: &Path) -> (Child, Instant, mpsc::Receiver<(String, Value, Instant)>) {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--models"])
+        .arg(models)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the kiln binary");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let at = Instant::now();
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let msg = v["message"].as_str().unwrap_or("").to_owned();
+                let _ = tx.send((msg, v, at));
+            } else {
+                let _ = tx.send((line, Value::Null, at));
+            }
+        }
+    });
+    (child, started, rx)
+}
+
+/// A blocking `GET` that returns the status code (0 when nothing answered).
+fn http_status(addr: SocketAddr, path: &str) -> u16 {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = s.set_nodelay(true);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let head = String::from_utf8_lossy(&buf[..buf.len().min(16)]);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Spawns the binary and returns it once `/health/ready` says 200, with the timings.
+fn boot_binary(models: &Path, cwd: &Path) -> (Child, Duration, Boot, mpsc::Receiver<(String, Value, Instant)>) {
+    let (mut child, started, rx) = spawn_kiln(models, cwd);
+    let mut boot = Boot::default();
+    let deadline = started + Duration::from_secs(30);
+    // Learn the port from the "kiln listening" line.
+    while boot.addr.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((msg, v, at)) => {
+                if msg == "kiln listening" {
+                    boot.listening = Some(at - started);
+                    boot.addr = v["addr"].as_str().and_then(|a| a.parse().ok());
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the kiln binary did not log its address in 30 s");
+            }
+        }
+    }
+    let addr = boot.addr.unwrap();
+    let ready = loop {
+        if http_status(addr, "/health/ready") == 200 {
+            break started.elapsed();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the kiln binary was not ready in 30 s");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    while let Ok((msg, v, _)) = rx.try_recv() {
+        if msg == "version available" {
+            boot.model_load_ms = v["ms"].as_u64();
+        }
+    }
+    (child, ready, boot, rx)
+}
+
+/// (VmRSS, VmHWM) in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn bench_binary(s: &Settings, models: &Path, cwd: &Path, client_rt: &tokio::runtime::Runtime) {
+    println!("\n== the kiln binary ({}) ==", env!("CARGO_BIN_EXE_kiln"));
+    let mut readies = Vec::new();
+    let mut listens = Vec::new();
+    let mut loads = Vec::new();
+    let mut kept = None;
+    for i in 0..s.starts.max(1) {
+        let (mut child, ready, boot, rx) = boot_binary(models, cwd);
+        let ms = ready.as_secs_f64() * 1e3;
+        let listen_ms = boot.listening.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+        println!(
+            "  start {}: ready in {ms:.1} ms (listening at {listen_ms:.1} ms; model load + warm-up {} ms)",
+            i + 1,
+            boot.model_load_ms.map_or("?".to_owned(), |m| m.to_string())
+        );
+        readies.push(ms);
+        listens.push(listen_ms);
+        if let Some(m) = boot.model_load_ms {
+            loads.push(m as f64);
+        }
+        if i + 1 == s.starts.max(1) {
+            kept = Some((child, boot.addr.unwrap(), rx));
+        } else {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    println!(
+        "  start-up to ready: median {:.1} ms, min {:.1} ms over {} starts (listening: median {:.1} ms)",
+        median(readies.clone()),
+        readies.iter().copied().fold(f64::INFINITY, f64::min),
+        readies.len(),
+        median(listens),
+    );
+
+    let (mut child, addr, _log) = kept.unwrap();
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(500));
+    let (idle, _) = rss_kib(pid);
+    println!("  RSS idle (after ready + 0.5 s): {:.1} MiB", mib(idle));
+    let scenarios = [
+        Scenario { clients: s.clients, rows: 1 },
+        Scenario { clients: s.batch_clients, rows: s.batch_rows },
+    ];
+    let mut after = Vec::new();
+    for run in 1..=2 {
+        for sc in scenarios {
+            let body = request_body(sc.rows, 7);
+            let r = client_rt.block_on(load_run(addr, sc, body, s.warmup.min(0.5), s.rss_secs, true));
+            print_run("binary", sc, &r);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let (rss, hwm) = rss_kib(pid);
+        println!(
+            "  RSS after load run {run}: {:.1} MiB (peak so far {:.1} MiB)",
+            mib(rss),
+            mib(hwm)
+        );
+        after.push(rss);
+    }
+    println!(
+        "  RSS growth idle → run 1: {:+.1} MiB; run 1 → run 2: {:+.1} MiB",
+        mib(after[0]) - mib(idle),
+        mib(after[1]) - mib(after[0])
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+// === in-process: kiln vs the ceiling, interleaved ===
+
+fn bench_inprocess(s: &Settings, models: &Path, client_rt: &tokio::runtime::Runtime) {
+    let server_rt = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(s.server_threads)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // kiln, as the binary runs it (logs at info to stderr, like `kiln serve`).
+    let kiln_rt = server_rt("kiln-rt");
+    let overrides = Overrides {
+        models_dir: Some(models.to_owned()),
+        ..Default::default()
+    };
+    let config = Config::from_toml("", &overrides).expect("the default config is valid");
+    println!(
+        "\n== in-process: kiln (workers {}, threads {}, max_batch_size {}, max_queue_delay {:?}) vs bare axum ==",
+        config.workers, config.threads, config.batching.max_batch_size, config.batching.max_queue_delay
+    );
+    kiln::telemetry::init(LogFormat::Text);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let kiln_listener = kiln_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let kiln_addr = kiln_listener.local_addr().unwrap();
+    let kiln_task = kiln_rt.spawn(kiln::serve(config, kiln_listener, async move {
+        let _ = stop_rx.await;
+    }));
+    let ready_deadline = Instant::now() + Duration::from_secs(30);
+    while http_status(kiln_addr, "/health/ready") != 200 {
+        assert!(Instant::now() < ready_deadline, "in-process kiln not ready");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    let ceiling_rt = server_rt("ceiling-rt");
+    let ceiling_listener = ceiling_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let ceiling_addr = ceiling_listener.local_addr().unwrap();
+    ceiling_rt.spawn(async move { axum::serve(ceiling_listener, ceiling_router()).await });
+
+    let mut scenarios = Vec::new();
+    if s.scenarios.contains("single") {
+        scenarios.push(Scenario { clients: s.clients, rows: 1 });
+    }
+    if s.scenarios.contains("batch") {
+        scenarios.push(Scenario { clients: s.batch_clients, rows: s.batch_rows });
+    }
+    let mut summary = Vec::new();
+    for sc in scenarios {
+        let body = request_body(sc.rows, 42);
+        println!(
+            "-- {} ({} bytes per request), {} rounds of {:.0} s (+{:.0} s warm-up) --",
+            sc.label(),
+            body.len(),
+            s.rounds,
+            s.secs,
+            s.warmup
+        );
+        let mut ceil = Vec::new();
+        let mut kiln = Vec::new();
+        for _ in 0..s.rounds {
+            let r = client_rt.block_on(load_run(ceiling_addr, sc, body.clone(), s.warmup, s.secs, false));
+            print_run("ceiling", sc, &r);
+            ceil.push(r);
+            let r = client_rt.block_on(load_run(kiln_addr, sc, body.clone(), s.warmup, s.secs, true));
+            print_run("kiln", sc, &r);
+            kiln.push(r);
+        }
+        summary.push((sc, ceil, kiln));
+    }
+
+    println!("\n== summary: medians over rounds (in-process, loopback) ==");
+    println!(
+        "  {:<22} {:<8} {:>9} {:>10} {:>9} {:>9} {:>11}",
+        "scenario", "target", "req/s", "rows/s", "p50 ms", "p99 ms", "mean batch"
+    );
+    for (sc, ceil, kiln) in &summary {
+        for (name, runs) in [("ceiling", ceil), ("kiln", kiln)] {
+            let mb = median(runs.iter().filter_map(|r| r.stats_mean_batch).collect());
+            println!(
+                "  {:<22} {:<8} {:>9.0} {:>10.0} {:>9.3} {:>9.3} {:>11}",
+                sc.label(),
+                name,
+                median(runs.iter().map(RunResult::rps).collect()),
+                median(runs.iter().map(RunResult::rows_ps).collect()),
+                median(runs.iter().map(|r| r.pct_ms(0.5)).collect()),
+                median(runs.iter().map(|r| r.pct_ms(0.99)).collect()),
+                if mb.is_finite() {
+                    format!("{mb:.1}")
+                } else {
+                    "-".to_owned()
+                },
+            );
+        }
+        let per_round: Vec<f64> = ceil
+            .iter()
+            .zip(kiln.iter())
+            .map(|(c, k)| k.rps() / c.rps())
+            .collect();
+        let of_medians = median(kiln.iter().map(RunResult::rps).collect())
+            / median(ceil.iter().map(RunResult::rps).collect());
+        println!(
+            "  {:<22} kiln/ceiling: {:.2} (req/s and rows/s; median of rounds {:.2}; rounds {})",
+            sc.label(),
+            of_medians,
+            median(per_round.clone()),
+            per_round
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    let _ = stop_tx.send(());
+    let _ = kiln_rt.block_on(kiln_task);
+    ceiling_rt.shutdown_background();
+    kiln_rt.shutdown_background();
+}
+
+fn main() {
+    // kiln's default `threads = 1`, as `kiln serve` sets it: before anything touches candle.
+    std::env::set_var("RAYON_NUM_THREADS", "1");
+    std::env::set_var("CANDLE_NUM_THREADS", "1");
+    // `cargo bench` passes `--bench`; a filter argument is not supported.
+    let s = Settings::from_env();
+    println!(
+        "kiln load benchmark: {} cores; run {:.0} s + {:.0} s warm-up, {} rounds; load generator: hyper http1, {} tokio thread(s); servers: {} tokio threads",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        s.secs,
+        s.warmup,
+        s.rounds,
+        s.client_threads,
+        s.server_threads
+    );
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    write_seed_model(&models);
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(s.client_threads)
+        .thread_name("loadgen")
+        .enable_all()
+        .build()
+        .unwrap();
+    if s.only != "inproc" {
+        bench_binary(&s, &models, tmp.path(), &client_rt);
+    }
+    if s.only != "binary" {
+        bench_inprocess(&s, &models, &client_rt);
+    }
+    println!("\ntotal bench time {:.0} s", started.elapsed().as_secs_f64());
+}

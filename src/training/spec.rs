@@ -1,0 +1,481 @@
+//! The training job spec: what a client POSTs to `/v1/training-jobs` (and `kiln train
+//! --spec` reads). Every field but `model`, `dataset` and `target` has a default;
+//! [`JobSpec::resolve`] fills them in from the dataset and checks everything that can be
+//! checked before the job is queued, so a bad spec is a 400, not a failed job.
+
+use serde::{Deserialize, Serialize};
+
+use super::losses::Loss;
+use super::optim::{OptimizerConfig, ScheduleConfig};
+use crate::dataset::{ColumnType, ColumnValues, Table};
+use crate::model::format::{
+    Activation, InputDType, InputSignature, LayerSpec, ModelSpec, Task, FORMAT_VERSION,
+};
+use crate::model::Model;
+use crate::preprocess::{Encoding, PreprocessOptions};
+use crate::registry::valid_model_name;
+
+/// A job spec as sent. Field names are an API: clients script against them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Name of the model to produce (a new version is published under it).
+    pub model: String,
+    /// Dataset id (`ds_…`) to train on.
+    pub dataset: String,
+    /// Target column.
+    pub target: String,
+    /// Inferred from the target column when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Task>,
+    /// Feature columns; default: every column but the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
+    #[serde(default)]
+    pub preprocessing: PreprocessOptions,
+    /// The network; default: an MLP sized for the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<LayerSpec>>,
+    #[serde(default)]
+    pub training: TrainingOptions,
+}
+
+/// Keras' `compile` + `fit` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingOptions {
+    pub optimizer: OptimizerConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleConfig>,
+    /// Default: sparse categorical cross-entropy (classification) or MSE (regression).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Loss>,
+    /// Reported every epoch (the final report has them all).
+    pub metrics: Vec<MetricName>,
+    pub epochs: u32,
+    pub batch_size: usize,
+    /// Fraction held out for validation (stratified for classification); 0 disables it.
+    pub validation_split: f64,
+    pub seed: u64,
+    pub shuffle: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
+}
+
+impl Default for TrainingOptions {
+    fn default() -> Self {
+        TrainingOptions {
+            optimizer: OptimizerConfig::default(),
+            schedule: None,
+            loss: None,
+            metrics: Vec::new(),
+            epochs: 50,
+            batch_size: 32,
+            validation_split: 0.2,
+            seed: 42,
+            shuffle: true,
+            early_stopping: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricName {
+    Accuracy,
+    Precision,
+    Recall,
+    F1,
+    Mae,
+    Rmse,
+    R2,
+}
+
+impl MetricName {
+    fn for_classification(self) -> bool {
+        matches!(
+            self,
+            MetricName::Accuracy | MetricName::Precision | MetricName::Recall | MetricName::F1
+        )
+    }
+}
+
+/// Stop when the monitored value has not improved for `patience` epochs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EarlyStopping {
+    /// `loss`, `val_loss`, or `val_<metric>` / `<metric>` of the reported metrics.
+    pub monitor: String,
+    pub patience: u32,
+    pub restore_best: bool,
+    pub min_delta: f64,
+}
+
+impl Default for EarlyStopping {
+    fn default() -> Self {
+        EarlyStopping {
+            monitor: "val_loss".into(),
+            patience: 5,
+            restore_best: true,
+            min_delta: 0.0,
+        }
+    }
+}
+
+impl EarlyStopping {
+    /// Losses and errors improve downwards, scores upwards.
+    pub fn higher_is_better(&self) -> bool {
+        let m = self.monitor.trim_start_matches("val_");
+        matches!(m, "accuracy" | "precision" | "recall" | "f1" | "r2")
+    }
+}
+
+/// A spec with every default filled in and checked against its dataset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResolvedSpec {
+    #[serde(flatten)]
+    pub spec: JobSpec,
+    /// Classes in output order (classification), as strings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+}
+
+/// Why a spec is refused (answered 400 before the job is queued).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(pub String);
+
+fn bad<T>(msg: impl Into<String>) -> Result<T, SpecError> {
+    Err(SpecError(msg.into()))
+}
+
+/// Most classes a classifier may have (a guard against a continuous target).
+const MAX_CLASSES: usize = 1000;
+
+/// The class names of a target column, in output order: sorted categories, or sorted
+/// distinct numbers printed without a trailing `.0`.
+pub fn class_labels(table: &Table, target: &str) -> Vec<String> {
+    let Some(col) = table.column(target) else {
+        return Vec::new();
+    };
+    match &col.values {
+        ColumnValues::Category { codes, levels } => {
+            let mut used = vec![false; levels.len()];
+            for &c in codes {
+                if let Some(u) = used.get_mut(c as usize) {
+                    *u = true;
+                }
+            }
+            levels
+                .iter()
+                .zip(used)
+                .filter(|(_, u)| *u)
+                .map(|(l, _)| l.clone())
+                .collect()
+        }
+        ColumnValues::Numeric(v) => {
+            let mut xs: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+            xs.sort_by(f64::total_cmp);
+            xs.dedup();
+            xs.into_iter()
+                .take(MAX_CLASSES + 1)
+                .map(number_label)
+                .collect()
+        }
+    }
+}
+
+/// A number as a class label: `1`, not `1.0`.
+pub fn number_label(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        x.to_string()
+    }
+}
+
+impl JobSpec {
+    /// Parses a spec; the error says which field is wrong (serde's message, with position).
+    pub fn from_json(bytes: &[u8]) -> Result<JobSpec, SpecError> {
+        serde_json::from_slice(bytes).map_err(|e| SpecError(format!("invalid job spec: {e}")))
+    }
+
+    /// Fills in the defaults from the dataset and checks the spec against it.
+    pub fn resolve(mut self, table: &Table) -> Result<ResolvedSpec, SpecError> {
+        if !valid_model_name(&self.model) {
+            return bad(format!(
+                "model name {:?} is invalid: expected 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit",
+                self.model
+            ));
+        }
+        let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+        let Some(target) = table.column(&self.target) else {
+            return bad(format!(
+                "target column '{}' is not in the dataset; its columns are {names:?}",
+                self.target
+            ));
+        };
+        let features = match self.features.take() {
+            Some(f) => {
+                if f.is_empty() {
+                    return bad("features is empty");
+                }
+                for (i, name) in f.iter().enumerate() {
+                    if table.column(name).is_none() {
+                        return bad(format!(
+                            "feature '{name}' is not in the dataset; its columns are {names:?}"
+                        ));
+                    }
+                    if *name == self.target {
+                        return bad(format!("feature '{name}' is the target column"));
+                    }
+                    if f[..i].contains(name) {
+                        return bad(format!("feature '{name}' is listed twice"));
+                    }
+                }
+                f
+            }
+            None => names
+                .iter()
+                .filter(|n| **n != self.target)
+                .map(|n| (*n).to_owned())
+                .collect(),
+        };
+        if features.is_empty() {
+            return bad("the dataset has no column besides the target");
+        }
+        let labels = class_labels(table, &self.target);
+        let task = match self.task {
+            Some(t) => t,
+            None => match target.dtype {
+                ColumnType::Category | ColumnType::Boolean => Task::Classification,
+                ColumnType::Integer if labels.len() <= 20 => Task::Classification,
+                ColumnType::Integer | ColumnType::Float => Task::Regression,
+            },
+        };
+        if task == Task::Regression && !target.dtype.is_numeric() {
+            return bad(format!(
+                "target '{}' is categorical: a regression target must be numeric",
+                self.target
+            ));
+        }
+        let labels = match task {
+            Task::Classification => labels,
+            Task::Regression => Vec::new(),
+        };
+        if task == Task::Classification {
+            if labels.len() < 2 {
+                return bad(format!(
+                    "target '{}' has {} class(es): a classifier needs at least 2",
+                    self.target,
+                    labels.len()
+                ));
+            }
+            if labels.len() > MAX_CLASSES {
+                return bad(format!(
+                    "target '{}' has more than {MAX_CLASSES} distinct values: use task \"regression\"",
+                    self.target
+                ));
+            }
+        }
+        self.task = Some(task);
+        self.features = Some(features);
+        let t = &mut self.training;
+        if t.epochs == 0 || t.epochs > 100_000 {
+            return bad("training.epochs must be between 1 and 100000");
+        }
+        if t.batch_size == 0 || t.batch_size > 1 << 20 {
+            return bad("training.batch_size must be between 1 and 1048576");
+        }
+        if !(0.0..0.9).contains(&t.validation_split) {
+            return bad("training.validation_split must be in [0, 0.9)");
+        }
+        t.optimizer
+            .validate()
+            .map_err(|e| SpecError(format!("training.optimizer: {e}")))?;
+        let loss = t.loss.unwrap_or(match task {
+            Task::Classification => Loss::SparseCategoricalCrossentropy,
+            Task::Regression => Loss::Mse,
+        });
+        let loss_ok = match task {
+            Task::Classification => matches!(
+                loss,
+                Loss::SparseCategoricalCrossentropy
+                    | Loss::CategoricalCrossentropy
+                    | Loss::BinaryCrossentropy
+            ),
+            Task::Regression => matches!(loss, Loss::Mse | Loss::Mae | Loss::Huber),
+        };
+        if !loss_ok {
+            return bad(format!(
+                "training.loss {} does not fit a {} task",
+                loss.as_str(),
+                task_name(task)
+            ));
+        }
+        if loss == Loss::BinaryCrossentropy && labels.len() != 2 {
+            return bad("training.loss binary_crossentropy needs exactly 2 classes");
+        }
+        t.loss = Some(loss);
+        if let Some(m) = t
+            .metrics
+            .iter()
+            .find(|m| m.for_classification() != (task == Task::Classification))
+        {
+            return bad(format!(
+                "training.metrics: {m:?} does not apply to a {} task",
+                task_name(task)
+            )
+            .to_lowercase());
+        }
+        if t.metrics.is_empty() {
+            t.metrics = match task {
+                Task::Classification => vec![MetricName::Accuracy],
+                Task::Regression => vec![MetricName::Mae],
+            };
+        }
+        if let Some(es) = &t.early_stopping {
+            let m = es.monitor.trim_start_matches("val_");
+            let known = m == "loss"
+                || serde_json::from_value::<MetricName>(serde_json::Value::from(m)).is_ok();
+            if !known {
+                return bad(format!(
+                    "training.early_stopping.monitor '{}' is not loss, val_loss or a metric",
+                    es.monitor
+                ));
+            }
+            if es.monitor.starts_with("val_") && t.validation_split == 0.0 {
+                return bad(format!(
+                    "training.early_stopping monitors '{}' but validation_split is 0",
+                    es.monitor
+                ));
+            }
+        }
+        let width = self.estimated_width(table);
+        let out_units = match (task, loss) {
+            (Task::Classification, Loss::BinaryCrossentropy) => 1,
+            (Task::Classification, _) => labels.len(),
+            (Task::Regression, _) => 1,
+        };
+        let layers = match self.layers.take() {
+            Some(l) => l,
+            None => default_layers(width, out_units, task, loss),
+        };
+        let resolved = ResolvedSpec {
+            spec: JobSpec {
+                layers: Some(layers),
+                ..self
+            },
+            labels,
+        };
+        // Build the network once on the estimated input: every shape error surfaces now.
+        let model_spec = resolved.model_spec(vec![width], None);
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(
+            &vm,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        );
+        let built = Model::check_and_build(&model_spec, &vb)
+            .map_err(|e| SpecError(format!("layers: {e}")))?;
+        let out: usize = built.output_shape.iter().product();
+        if built.output_shape.len() != 1 || out != out_units {
+            return bad(format!(
+                "layers: the last layer outputs {:?} per instance, but this {} task needs [{out_units}]{}",
+                built.output_shape,
+                task_name(task),
+                match task {
+                    Task::Classification => format!(" (one unit per class: {:?})", resolved.labels),
+                    Task::Regression => String::new(),
+                }
+            ));
+        }
+        Ok(resolved)
+    }
+
+    /// The model input width the preprocessing will produce on the whole dataset (training
+    /// fits on its split, which may see fewer categories; dense layers adapt to that).
+    fn estimated_width(&self, table: &Table) -> usize {
+        let features = self.features.as_deref().unwrap_or_default();
+        features
+            .iter()
+            .filter_map(|f| table.column(f))
+            .map(|c| match (&c.values, self.preprocessing.categorical) {
+                (ColumnValues::Numeric(_), _)
+                | (ColumnValues::Category { .. }, Encoding::Ordinal) => 1,
+                (ColumnValues::Category { levels, .. }, Encoding::OneHot) => levels.len(),
+            })
+            .sum()
+    }
+}
+
+fn task_name(t: Task) -> &'static str {
+    match t {
+        Task::Classification => "classification",
+        Task::Regression => "regression",
+    }
+}
+
+/// An MLP sized for the data: two relu layers (about twice the input width, then half of
+/// it, between 16 and 256 units) and an output layer fitting the task and loss.
+pub fn default_layers(width: usize, out_units: usize, task: Task, loss: Loss) -> Vec<LayerSpec> {
+    let h1 = (2 * width).next_power_of_two().clamp(16, 256);
+    let h2 = (h1 / 2).max(8);
+    let dense = |units, activation| LayerSpec::Dense {
+        units,
+        activation,
+        use_bias: true,
+        initializer: None,
+        name: None,
+    };
+    let out_act = match (task, loss) {
+        (Task::Classification, Loss::BinaryCrossentropy) => Some(Activation::Sigmoid),
+        (Task::Classification, _) => Some(Activation::Softmax),
+        (Task::Regression, _) => None,
+    };
+    vec![
+        dense(h1, Some(Activation::Relu)),
+        dense(h2, Some(Activation::Relu)),
+        dense(out_units, out_act),
+    ]
+}
+
+impl ResolvedSpec {
+    pub fn task(&self) -> Task {
+        self.spec.task.expect("resolved")
+    }
+
+    pub fn features(&self) -> &[String] {
+        self.spec.features.as_deref().expect("resolved")
+    }
+
+    pub fn layers(&self) -> &[LayerSpec] {
+        self.spec.layers.as_deref().expect("resolved")
+    }
+
+    pub fn loss(&self) -> Loss {
+        self.spec.training.loss.expect("resolved")
+    }
+
+    /// The served model's description for an input of `shape` (after preprocessing).
+    pub fn model_spec(
+        &self,
+        shape: Vec<usize>,
+        preprocessing: Option<crate::preprocess::Preprocessing>,
+    ) -> ModelSpec {
+        ModelSpec {
+            format_version: FORMAT_VERSION,
+            task: self.task(),
+            input: InputSignature {
+                shape,
+                dtype: InputDType::Float32,
+                // Feature names travel with the preprocessing that consumes them.
+                features: preprocessing.as_ref().map(|_| self.features().to_vec()),
+            },
+            labels: self.labels.clone(),
+            layers: self.layers().to_vec(),
+            preprocessing,
+            training: None,
+        }
+    }
+}
