@@ -30,6 +30,10 @@ pub struct Config {
     pub body_limit: usize,
     pub log_format: LogFormat,
     pub drain_timeout: Duration,
+    /// Largest dataset upload, in bytes.
+    pub max_upload_bytes: u64,
+    /// Training jobs that run at the same time (each on one thread).
+    pub max_concurrent_jobs: usize,
     /// Per-model overrides, by model name.
     pub models: BTreeMap<String, ModelConfig>,
 }
@@ -89,6 +93,8 @@ struct FileConfig {
     body_limit_bytes: Option<usize>,
     log_format: Option<LogFormat>,
     drain_timeout_ms: Option<u64>,
+    max_upload_bytes: Option<u64>,
+    max_concurrent_jobs: Option<usize>,
     #[serde(default)]
     batching: FileBatching,
     #[serde(default)]
@@ -164,6 +170,12 @@ pub struct Overrides {
     /// Longest the shutdown waits for in-flight requests, in milliseconds.
     #[arg(long, env = "KILN_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
+    /// Largest dataset upload in bytes.
+    #[arg(long, env = "KILN_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<u64>,
+    /// Training jobs that run at the same time.
+    #[arg(long, env = "KILN_MAX_CONCURRENT_JOBS")]
+    pub max_concurrent_jobs: Option<usize>,
 }
 
 /// The built-in defaults; `config/kiln.toml` states the same values.
@@ -181,6 +193,8 @@ pub mod defaults {
     pub const POLL_INTERVAL_MS: u64 = 2_000;
     pub const BODY_LIMIT_BYTES: usize = 16 * 1024 * 1024;
     pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
+    pub const MAX_UPLOAD_BYTES: u64 = 100 * 1024 * 1024;
+    pub const MAX_CONCURRENT_JOBS: usize = 1;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -324,8 +338,23 @@ impl Config {
         if body_limit == 0 {
             return Err(invalid("body_limit_bytes must be positive".into()));
         }
+        let max_upload_bytes = o
+            .max_upload_bytes
+            .or(f.max_upload_bytes)
+            .unwrap_or(d::MAX_UPLOAD_BYTES);
+        let max_concurrent_jobs = o
+            .max_concurrent_jobs
+            .or(f.max_concurrent_jobs)
+            .unwrap_or(d::MAX_CONCURRENT_JOBS);
+        if max_upload_bytes == 0 || max_concurrent_jobs == 0 {
+            return Err(invalid(
+                "max_upload_bytes and max_concurrent_jobs must be positive".into(),
+            ));
+        }
         Ok(Config {
             listen,
+            max_upload_bytes,
+            max_concurrent_jobs,
             models_dir: o
                 .models_dir
                 .clone()

@@ -53,6 +53,24 @@ pub enum Error {
     /// The forward pass failed on a worker (a bug or a device fault, never the client's input).
     #[error("inference failed: {0}")]
     Forward(String),
+    /// No dataset has that id.
+    #[error("dataset '{0}' not found")]
+    DatasetNotFound(String),
+    /// An uploaded dataset that cannot be read (ragged rows, bad UTF-8, …): says where.
+    #[error("{0}")]
+    InvalidDataset(String),
+    /// No training job has that id.
+    #[error("training job '{0}' not found")]
+    JobNotFound(String),
+    /// A training job spec refused before queuing.
+    #[error("{0}")]
+    InvalidSpec(String),
+    /// The request conflicts with the resource's state (e.g. cancelling a finished job).
+    #[error("{0}")]
+    Conflict(String),
+    /// A server-side failure (disk, database); the detail goes to the log.
+    #[error("{0}")]
+    Internal(String),
     /// No route matches.
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
@@ -87,4 +105,35 @@ pub enum ModelError {
     Device(String),
     #[error("forward pass failed: {0}")]
     Forward(#[from] candle_core::Error),
+}
+
+impl From<crate::dataset::DatasetError> for Error {
+    fn from(e: crate::dataset::DatasetError) -> Self {
+        use crate::dataset::DatasetError as D;
+        match e {
+            D::Invalid(m) => Error::InvalidDataset(m),
+            D::InvalidId(id) | D::NotFound(id) => Error::DatasetNotFound(id),
+            D::TooLarge { limit } => Error::BodyTooLarge {
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            },
+            e @ (D::Io { .. } | D::Corrupt { .. } | D::Internal(_)) => {
+                Error::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<crate::training::jobs::JobError> for Error {
+    fn from(e: crate::training::jobs::JobError) -> Self {
+        use crate::training::jobs::JobError as J;
+        match e {
+            J::NotFound(id) => Error::JobNotFound(id),
+            J::InvalidSpec(m) => Error::InvalidSpec(m),
+            J::DatasetNotFound(id) => Error::InvalidSpec(format!(
+                "dataset '{id}' not found: upload it with POST /v1/datasets"
+            )),
+            J::Conflict(m) => Error::Conflict(m),
+            J::Internal(m) => Error::Internal(m),
+        }
+    }
 }

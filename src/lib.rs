@@ -51,10 +51,30 @@ pub async fn serve(
     let config = Arc::new(config);
     let registry = Arc::new(registry::Registry::new(config.clone(), device));
     let health = Arc::new(state::Health::default());
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let datasets = Arc::new(
+        dataset::DatasetStore::open(&config.data_dir)
+            .context("opening the dataset store")?
+            .with_max_upload_bytes(config.max_upload_bytes),
+    );
+    let job_store = training::store::JobStore::open(&config.data_dir.join("kiln.db"))
+        .context("opening the job database")?;
+    let jobs = training::jobs::JobManager::start(
+        job_store,
+        datasets.clone(),
+        registry.clone(),
+        config.models_dir.clone(),
+        &config.data_dir,
+        config.max_concurrent_jobs,
+    )
+    .context("starting the job manager")?;
     let state = state::AppState {
         config: config.clone(),
         registry: registry.clone(),
         health: health.clone(),
+        datasets,
+        jobs: jobs.clone(),
     };
     if !config.models_dir.is_dir() {
         tracing::warn!(dir = %config.models_dir.display(), "models directory does not exist; it will be watched for models");
@@ -67,10 +87,13 @@ pub async fn serve(
 
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_health = health.clone();
+    let drain_jobs = jobs.clone();
     let app = api::router(state);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         drain_health.start_draining();
+        // Running jobs stop at their next step and go back to the queue (checkpoint kept).
+        drain_jobs.shutdown();
         let _ = signalled_tx.send(());
     });
     let mut server = tokio::spawn(async move { server.await });

@@ -604,9 +604,11 @@ pub fn fit(
                             .map(|(x, _)| *x)
                     }
                     MissingStrategy::Constant(ConstantValue::Number(x)) => Some(*x),
-                    MissingStrategy::Constant(ConstantValue::Text(t)) => return Err(format!(
+                    MissingStrategy::Constant(ConstantValue::Text(t)) => {
+                        return Err(format!(
                         "column '{name}' is numeric: its constant fill must be a number, got {t:?}"
-                    )),
+                    ))
+                    }
                 };
                 // Statistics for scaling include filled cells, as the model will see them.
                 let mut seen: Vec<f64> = kept

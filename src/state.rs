@@ -4,13 +4,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::dataset::DatasetStore;
 use crate::registry::Registry;
+use crate::training::jobs::JobManager;
 
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
     pub health: Arc<Health>,
+    pub datasets: Arc<DatasetStore>,
+    pub jobs: JobManager,
 }
 
 /// Readiness: the registry's startup latch plus the draining flag set on shutdown.

@@ -54,12 +54,26 @@ mod tests {
     use crate::registry::Registry;
     use crate::state::{AppState, Health};
 
-    fn state() -> AppState {
+    fn state(dir: &std::path::Path) -> AppState {
         let config = Arc::new(Config::default());
+        let registry = Arc::new(Registry::new(config.clone(), candle_core::Device::Cpu));
+        let datasets = Arc::new(crate::dataset::DatasetStore::open(dir).unwrap());
+        let store = crate::training::store::JobStore::open(&dir.join("kiln.db")).unwrap();
+        let jobs = crate::training::jobs::JobManager::start(
+            store,
+            datasets.clone(),
+            registry.clone(),
+            dir.join("models"),
+            dir,
+            1,
+        )
+        .unwrap();
         AppState {
-            registry: Arc::new(Registry::new(config.clone(), candle_core::Device::Cpu)),
+            registry,
             config,
             health: Arc::new(Health::default()),
+            datasets,
+            jobs,
         }
     }
 
@@ -75,7 +89,8 @@ mod tests {
 
     #[tokio::test]
     async fn ready_waits_for_the_startup_load_and_turns_503_when_draining() {
-        let state = state();
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
         // The watcher has not finished its first scan: live but not ready.
         assert_eq!(status(&state, "/health/live").await, 200);
         assert_eq!(status(&state, "/health/ready").await, 503);

@@ -1,10 +1,12 @@
 //! The HTTP edge: routes, extractors, wire types and the error mapping. Handlers only
 //! validate and convert; model math runs on worker threads behind the registry.
 
+pub mod datasets;
 pub mod decode;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod jobs;
 pub mod models;
 pub mod predict;
 pub mod types;
@@ -36,6 +38,14 @@ pub fn router(state: AppState) -> Router {
             "/v1/models/{name}/versions/{version}/metadata",
             get(models::version_metadata),
         )
+        .route("/v1/datasets", get(datasets::list).post(datasets::upload))
+        .route(
+            "/v1/datasets/{id}",
+            get(datasets::get).delete(datasets::delete),
+        )
+        .route("/v1/training-jobs", get(jobs::list).post(jobs::submit))
+        .route("/v1/training-jobs/{id}", get(jobs::get).post(jobs::verb))
+        .route("/v1/training-jobs/{id}/events", get(jobs::events))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .fallback(not_found)

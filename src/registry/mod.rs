@@ -93,6 +93,8 @@ pub struct Registry {
     config: Arc<Config>,
     device: candle_core::Device,
     models: RwLock<BTreeMap<String, BTreeMap<u64, Slot>>>,
+    /// One sync at a time (the watcher's and a trainer's publish may race).
+    sync_lock: tokio::sync::Mutex<()>,
     /// Set once the first scan has loaded (or failed) every model found at startup.
     initial_load_done: AtomicBool,
 }
@@ -110,6 +112,7 @@ impl Registry {
             config,
             device,
             models: RwLock::new(BTreeMap::new()),
+            sync_lock: tokio::sync::Mutex::new(()),
             initial_load_done: AtomicBool::new(false),
         }
     }

@@ -92,6 +92,7 @@ impl Registry {
     /// or the policy no longer serves. A replaced version is unloaded only after its
     /// successor is AVAILABLE, so requests never see a gap.
     pub(crate) async fn sync(self: &Arc<Self>) {
+        let _one_at_a_time = self.sync_lock.lock().await;
         let root = self.config.models_dir.clone();
         let found = tokio::task::spawn_blocking(move || scan(&root))
             .await

@@ -15,7 +15,7 @@
 //!   these to candle's plain normal, which has no truncation.)
 //! - `normal`: N(0, 0.05²); `uniform`: U(±0.05); `zeros`: 0 (Keras' `RandomNormal`,
 //!   `RandomUniform` and `Zeros` defaults).
-//! - Biases of dense and conv layers: 0 (Keras and the trainer's PyTorch-named layout).
+//! - Biases of dense and conv layers: 0, as Keras does (PyTorch would draw U(±1/√fan_in)).
 //! - LSTM/GRU: every tensor U(±1/√units), as PyTorch does.
 //! - batch_norm: weight 1, bias 0, running_mean 0, running_var 1; layer_norm: weight 1,
 //!   bias 0; embedding: N(0, 1), as PyTorch does.

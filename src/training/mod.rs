@@ -23,7 +23,10 @@ pub mod rng;
 pub use error::TrainingError;
 
 // The job side: spec, data preparation, the loop, the job database.
+pub mod checkpoint;
+pub mod jobs;
 pub mod prepare;
+pub mod publish;
 pub mod spec;
 pub mod store;
 pub mod trainer;

@@ -137,9 +137,11 @@ fn forward(
 ) -> Result<Tensor, TrainError> {
     let mut x = xs;
     for l in layers {
-        x = match l {
-            Layer::Dropout(rate) if train => dropout.dropout(&x, f64::from(*rate))?,
-            other => other.forward_t(&x, train)?,
+        // Dropout draws its masks from the seeded stream, not candle's unseeded RNG.
+        x = if let (Layer::Dropout(rate), true) = (l, train) {
+            dropout.dropout(&x, f64::from(*rate))?
+        } else {
+            l.forward_t(&x, train)?
         };
     }
     Ok(x)

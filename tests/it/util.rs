@@ -15,6 +15,8 @@ use serde_json::Value;
 /// A kiln server running in this process, serving `models_dir` over a real socket.
 pub struct Server {
     pub base: String,
+    /// The server's data directory (datasets, job database, checkpoints).
+    pub data: tempfile::TempDir,
     pub client: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -23,13 +25,20 @@ pub struct Server {
 impl Server {
     /// Starts kiln with `toml` as its config file and waits until `/health/ready` says 200.
     pub async fn start(models_dir: &Path, toml: &str) -> Server {
+        let data = tempfile::tempdir().unwrap();
         let overrides = Overrides {
             models_dir: Some(models_dir.to_owned()),
+            data_dir: Some(data.path().to_owned()),
             ..Default::default()
         };
         let config = Config::from_toml(toml, &overrides).expect("test config is valid");
-        // Logs go to stderr, shown for failing tests (RUST_LOG=debug for more).
-        kiln::telemetry::init(config.log_format);
+        // Logs are captured per test and shown for failures (RUST_LOG=debug for more).
+        let filter =
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -37,6 +46,7 @@ impl Server {
             let _ = rx.await;
         }));
         let server = Server {
+            data,
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             shutdown: Some(tx),

@@ -1,0 +1,191 @@
+//! `/v1/datasets`: streamed uploads (CSV or JSON records) answered with their profile, and
+//! listing, reading and deleting them. Parsing runs on blocking threads, never on the runtime.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+
+use axum::body::{Body, HttpBody};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use crate::dataset::{DatasetInfo, Delimiter, Format, Profile, UploadOptions};
+use crate::error::Error;
+use crate::state::AppState;
+
+/// A dataset as the API shows it: its metadata with the profile's fields inline.
+#[derive(Serialize)]
+pub struct DatasetView<'a> {
+    pub id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    pub format: Format,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<Delimiter>,
+    pub created: &'a str,
+    pub size: u64,
+    #[serde(flatten)]
+    pub profile: &'a Profile,
+}
+
+impl<'a> From<&'a DatasetInfo> for DatasetView<'a> {
+    fn from(d: &'a DatasetInfo) -> Self {
+        DatasetView {
+            id: &d.id,
+            name: d.name.as_deref(),
+            format: d.format,
+            delimiter: d.delimiter,
+            created: &d.created,
+            size: d.size,
+            profile: &d.profile,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    name: Option<String>,
+    format: Option<String>,
+    delimiter: Option<String>,
+}
+
+/// The upload's format from `?format=` or the content type; `None`: detect from the bytes.
+fn format_of(q: &UploadQuery, headers: &HeaderMap) -> Result<Option<Format>, Error> {
+    if let Some(f) = &q.format {
+        return Ok(Some(Format::parse(f)?));
+    }
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(None);
+    };
+    let ct = ct.to_str().unwrap_or("");
+    if let Some(f) = Format::from_media_type(ct) {
+        return Ok(Some(f));
+    }
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    // What curl and generic clients send for a file without a declared type.
+    if [
+        "application/octet-stream",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "",
+    ]
+    .contains(&essence.as_str())
+    {
+        Ok(None)
+    } else {
+        Err(Error::UnsupportedMediaType(format!(
+            "{essence} (send text/csv or application/json)"
+        )))
+    }
+}
+
+/// `POST /v1/datasets`
+pub async fn upload(
+    State(state): State<AppState>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    mut body: Body,
+) -> Result<Response, ApiError> {
+    let format = format_of(&q, &headers)?;
+    let delimiter = q
+        .delimiter
+        .as_deref()
+        .map(Delimiter::parse)
+        .transpose()
+        .map_err(Error::from)?;
+    let limit = state.datasets.max_upload_bytes();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Error::BodyTooLarge {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        }
+        .into());
+    }
+    let mut upload = state
+        .datasets
+        .begin_upload_async(UploadOptions {
+            name: q.name,
+            format,
+            delimiter,
+        })
+        .map_err(Error::from)?;
+    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                upload.abort().await;
+                return Err(
+                    Error::InvalidDataset(format!("the upload was interrupted: {e}")).into(),
+                );
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            upload.write_chunk(data).await.map_err(Error::from)?;
+        }
+    }
+    let info = upload.finish().await.map_err(Error::from)?;
+    tracing::info!(dataset = %info.id, rows = info.profile.rows, bytes = info.size, "dataset uploaded");
+    let location = format!("/v1/datasets/{}", info.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(DatasetView::from(&info)),
+    )
+        .into_response())
+}
+
+#[derive(Serialize)]
+struct DatasetListResponse<'a> {
+    datasets: Vec<DatasetView<'a>>,
+}
+
+/// `GET /v1/datasets`
+pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let all = state
+        .datasets
+        .run_blocking(|s| s.list())
+        .await
+        .map_err(Error::from)?;
+    let views = all.iter().map(DatasetView::from).collect();
+    Ok(Json(DatasetListResponse { datasets: views }).into_response())
+}
+
+/// `GET /v1/datasets/{id}`
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let info = state
+        .datasets
+        .run_blocking(move |s| s.get(&id))
+        .await
+        .map_err(Error::from)?;
+    Ok(Json(DatasetView::from(&info)).into_response())
+}
+
+/// `DELETE /v1/datasets/{id}`: the file is removed.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let shown = id.clone();
+    state
+        .datasets
+        .run_blocking(move |s| s.delete(&id))
+        .await
+        .map_err(Error::from)?;
+    tracing::info!(dataset = %shown, "dataset deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,295 @@
+//! `/v1/training-jobs`: submit (202 + Location), list with filters and pagination, show,
+//! cancel, and follow a job's epochs as server-sent events.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use super::error::ApiError;
+use super::extract::JsonBody;
+use crate::error::Error;
+use crate::state::AppState;
+use crate::training::jobs::{JobDetails, JobEvent, JobManager};
+use crate::training::store::{rfc3339, JobFilter, JobRecord, JobState};
+
+/// A job as the API shows it.
+#[derive(Serialize)]
+pub struct JobView<'a> {
+    pub id: &'a str,
+    pub state: JobState,
+    pub model: &'a str,
+    pub dataset: Option<&'a str>,
+    pub target: Option<&'a str>,
+    /// The published model version (succeeded jobs).
+    pub version: Option<u64>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub progress: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<&'a [Value]>,
+    pub report: Option<&'a Value>,
+    pub metrics: Option<&'a Value>,
+    pub error: Option<&'a str>,
+    /// The spec with every default filled in.
+    pub spec: &'a Value,
+}
+
+fn view<'a>(r: &'a JobRecord, history: Option<&'a [Value]>) -> JobView<'a> {
+    let epochs = r
+        .spec
+        .pointer("/training/epochs")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let epoch = r
+        .progress
+        .as_ref()
+        .and_then(|p| p["epoch"].as_u64())
+        .unwrap_or(0);
+    let progress = json!({
+        "epoch": epoch,
+        "epochs": epochs,
+        "fraction": if epochs == 0 { 0.0 } else { epoch as f64 / epochs as f64 },
+        "last": r.progress,
+    });
+    JobView {
+        id: &r.id,
+        state: r.state,
+        model: &r.model,
+        dataset: r.spec["dataset"].as_str(),
+        target: r.spec["target"].as_str(),
+        version: r.version,
+        created_at: rfc3339(r.created_ms),
+        started_at: r.started_ms.map(rfc3339),
+        finished_at: r.finished_ms.map(rfc3339),
+        progress,
+        history,
+        report: r.report.as_ref(),
+        metrics: r.metrics.as_ref(),
+        error: r.error.as_deref(),
+        spec: &r.spec,
+    }
+}
+
+/// `POST /v1/training-jobs`
+pub async fn submit(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let record = state.jobs.submit(&body).await.map_err(Error::from)?;
+    let location = format!("/v1/training-jobs/{}", record.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(view(&record, None)),
+    )
+        .into_response())
+}
+
+/// `GET /v1/training-jobs/{id}`
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if id.contains(':') {
+        return Err(Error::InvalidInput(format!("'{id}': methods like :cancel take POST")).into());
+    }
+    let d: JobDetails = state.jobs.get(&id).await.map_err(Error::from)?;
+    Ok(Json(view(&d.record, Some(&d.history))).into_response())
+}
+
+/// `POST /v1/training-jobs/{id}:cancel`
+pub async fn verb(
+    State(state): State<AppState>,
+    Path(segment): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some((id, verb)) = segment.rsplit_once(':') else {
+        return Err(Error::InvalidInput(format!(
+            "'{segment}' names no method: POST to {segment}:cancel"
+        ))
+        .into());
+    };
+    if verb != "cancel" {
+        return Err(
+            Error::InvalidInput(format!("unknown method ':{verb}': expected :cancel")).into(),
+        );
+    }
+    let record = state.jobs.cancel(id).await.map_err(Error::from)?;
+    Ok(Json(view(&record, None)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    model: Option<String>,
+    limit: Option<usize>,
+    /// Page after this job id (the previous page's `next`).
+    after: Option<String>,
+}
+
+#[derive(Serialize)]
+struct JobListResponse<'a> {
+    jobs: Vec<JobView<'a>>,
+    /// Pass as `?after=` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<&'a str>,
+}
+
+/// `GET /v1/training-jobs?state=&model=&limit=&after=` (newest first).
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let job_state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "state '{s}': expected queued, running, succeeded, failed or cancelled"
+            ))
+        })?),
+    };
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > 1000 {
+        return Err(Error::InvalidInput("limit must be between 1 and 1000".into()).into());
+    }
+    let records = state
+        .jobs
+        .list(JobFilter {
+            state: job_state,
+            model: q.model,
+            before: q.after,
+            limit: limit + 1,
+        })
+        .await
+        .map_err(Error::from)?;
+    let more = records.len() > limit;
+    let page = &records[..records.len().min(limit)];
+    Ok(Json(JobListResponse {
+        jobs: page.iter().map(|r| view(r, None)).collect(),
+        next: if more {
+            page.last().map(|r| r.id.as_str())
+        } else {
+            None
+        },
+    })
+    .into_response())
+}
+
+fn end_event(r: &JobRecord) -> Event {
+    let data = json!({"state": r.state, "model": r.model, "version": r.version, "metrics": r.metrics, "error": r.error});
+    Event::default().event("end").data(data.to_string())
+}
+
+struct Follow {
+    jobs: JobManager,
+    id: String,
+    rx: Option<broadcast::Receiver<JobEvent>>,
+    pending: VecDeque<Event>,
+    /// Last epoch sent (live events repeat what the history replay already sent).
+    last_epoch: u64,
+    polls: u32,
+    done: bool,
+}
+
+impl Follow {
+    /// Replays stored epochs after `last_epoch`; ends the stream if the job is final.
+    async fn catch_up(&mut self) {
+        match self.jobs.get(&self.id).await {
+            Ok(d) => {
+                for e in &d.history {
+                    let n = e["epoch"].as_u64().unwrap_or(0);
+                    if n > self.last_epoch {
+                        self.last_epoch = n;
+                        self.pending
+                            .push_back(Event::default().event("epoch").data(e.to_string()));
+                    }
+                }
+                if d.record.state.is_final() {
+                    self.pending.push_back(end_event(&d.record));
+                    self.done = true;
+                }
+            }
+            Err(e) => {
+                self.pending.push_back(
+                    Event::default()
+                        .event("error")
+                        .data(json!({"error": e.to_string()}).to_string()),
+                );
+                self.done = true;
+            }
+        }
+    }
+
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some((Ok(ev), self));
+            }
+            if self.done {
+                return None;
+            }
+            let Some(rx) = self.rx.as_mut() else {
+                // Not running (queued, or between a restart and its resume): poll the store.
+                if self.polls > 0 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                self.polls += 1;
+                self.rx = self.jobs.subscribe(&self.id);
+                self.catch_up().await;
+                continue;
+            };
+            match rx.recv().await {
+                Ok(ev) if ev.kind == "epoch" => {
+                    let n = serde_json::from_str::<Value>(&ev.data)
+                        .ok()
+                        .and_then(|v| v["epoch"].as_u64())
+                        .unwrap_or(0);
+                    if n > self.last_epoch {
+                        self.last_epoch = n;
+                        return Some((Ok(Event::default().event("epoch").data(&*ev.data)), self));
+                    }
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Closed) => {
+                    // The job ended (or was requeued by a shutdown): report from the store.
+                    self.rx = None;
+                    self.catch_up().await;
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up().await,
+            }
+        }
+    }
+}
+
+/// `GET /v1/training-jobs/{id}/events`: one `epoch` event per epoch (those already done
+/// first), then one `end` event with the final state, version and metrics.
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // 404 for an unknown job before the stream starts.
+    state.jobs.get(&id).await.map_err(Error::from)?;
+    let follow = Follow {
+        rx: state.jobs.subscribe(&id),
+        jobs: state.jobs.clone(),
+        id,
+        pending: VecDeque::new(),
+        last_epoch: 0,
+        polls: 1,
+        done: false,
+    };
+    let mut follow = follow;
+    follow.catch_up().await;
+    let stream = futures_util::stream::unfold(follow, Follow::next);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

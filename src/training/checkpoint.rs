@@ -1,0 +1,81 @@
+//! Checkpoints on disk: `<data>/checkpoints/<job>/ckpt/{tensors.safetensors, meta.json}`,
+//! replaced after every epoch by writing `ckpt.tmp` and renaming, so a crash at any moment
+//! leaves one complete checkpoint (`ckpt`, or `ckpt.old` mid-swap).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use super::trainer::{Checkpoint, CheckpointMeta};
+
+const TENSORS: &str = "tensors.safetensors";
+const META: &str = "meta.json";
+
+/// Writes `ck` as the job's checkpoint.
+pub fn save(dir: &Path, ck: &Checkpoint) -> Result<(), String> {
+    let tmp = dir.join("ckpt.tmp");
+    let cur = dir.join("ckpt");
+    let old = dir.join("ckpt.old");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mut all: HashMap<String, Tensor> = HashMap::new();
+    for (k, v) in &ck.weights {
+        all.insert(format!("w.{k}"), v.clone());
+    }
+    for (k, v) in &ck.optimizer {
+        all.insert(format!("o.{k}"), v.clone());
+    }
+    for (k, v) in ck.best_weights.iter().flatten() {
+        all.insert(format!("b.{k}"), v.clone());
+    }
+    candle_core::safetensors::save(&all, tmp.join(TENSORS))
+        .map_err(|e| format!("saving the checkpoint: {e}"))?;
+    let meta = serde_json::to_vec(&ck.meta).expect("checkpoint meta serializes");
+    std::fs::write(tmp.join(META), meta).map_err(|e| format!("saving the checkpoint: {e}"))?;
+    let _ = std::fs::remove_dir_all(&old);
+    if cur.exists() {
+        std::fs::rename(&cur, &old).map_err(|e| format!("rotating the checkpoint: {e}"))?;
+    }
+    std::fs::rename(&tmp, &cur).map_err(|e| format!("installing the checkpoint: {e}"))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// The job's latest complete checkpoint, if any.
+pub fn load(dir: &Path) -> Result<Option<Checkpoint>, String> {
+    for name in ["ckpt", "ckpt.old"] {
+        let d = dir.join(name);
+        if !d.join(META).is_file() || !d.join(TENSORS).is_file() {
+            continue;
+        }
+        let meta: CheckpointMeta =
+            serde_json::from_slice(&std::fs::read(d.join(META)).map_err(|e| e.to_string())?)
+                .map_err(|e| format!("checkpoint {}: {e}", d.display()))?;
+        let tensors = candle_core::safetensors::load(d.join(TENSORS), &Device::Cpu)
+            .map_err(|e| format!("checkpoint {}: {e}", d.display()))?;
+        let (mut weights, mut optimizer, mut best) = (HashMap::new(), Vec::new(), HashMap::new());
+        for (k, v) in tensors {
+            if let Some(n) = k.strip_prefix("w.") {
+                weights.insert(n.to_owned(), v);
+            } else if let Some(n) = k.strip_prefix("o.") {
+                optimizer.push((n.to_owned(), v));
+            } else if let Some(n) = k.strip_prefix("b.") {
+                best.insert(n.to_owned(), v);
+            }
+        }
+        return Ok(Some(Checkpoint {
+            epoch: meta.epoch,
+            weights,
+            optimizer,
+            best_weights: (!best.is_empty()).then_some(best),
+            meta,
+        }));
+    }
+    Ok(None)
+}
+
+/// Removes a job's checkpoints (after it finished).
+pub fn remove(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+}
