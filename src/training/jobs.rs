@@ -173,7 +173,11 @@ impl JobManager {
                 DatasetError::NotFound(_) | DatasetError::InvalidId(_) => {
                     JobError::DatasetNotFound(dataset.clone())
                 }
-                other => JobError::Internal(other.to_string()),
+                e @ (DatasetError::Invalid(_)
+                | DatasetError::TooLarge { .. }
+                | DatasetError::Io { .. }
+                | DatasetError::Corrupt { .. }
+                | DatasetError::Internal(_)) => JobError::Internal(e.to_string()),
             })?;
             let resolved = spec
                 .resolve(&table)

@@ -4,4 +4,5 @@ mod api;
 mod batching;
 mod process;
 mod reload;
+mod training;
 mod util;

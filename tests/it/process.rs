@@ -14,6 +14,10 @@ const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 /// Starts `kiln serve` on an ephemeral port; returns the child and its base URL.
 fn spawn_server(models: &Path, extra: &[&str]) -> (Child, String) {
+    spawn_server_with_data(models, models, extra)
+}
+
+fn spawn_server_with_data(models: &Path, data: &Path, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(KILN)
         .args([
             "serve",
@@ -24,6 +28,8 @@ fn spawn_server(models: &Path, extra: &[&str]) -> (Child, String) {
             "--models",
         ])
         .arg(models)
+        .arg("--data")
+        .arg(data)
         .args(extra)
         .env_remove("KILN_CONFIG")
         .current_dir(models)
@@ -233,4 +239,159 @@ fn help_names_every_flag_and_variable() {
         .output()
         .unwrap();
     assert!(out.status.success());
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/health/ready")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn job(client: &reqwest::Client, base: &str, id: &str) -> Value {
+    client
+        .get(format!("{base}/v1/training-jobs/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until the job has checkpointed at least `epochs` epochs.
+async fn wait_epochs(client: &reqwest::Client, base: &str, id: &str, epochs: u64) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = job(client, base, id).await;
+        if j["progress"]["epoch"].as_u64().unwrap_or(0) >= epochs {
+            return j;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_killed_with_sigkill_resumes_from_its_checkpoint_after_restart() {
+    let models = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let (mut child, base) = spawn_server_with_data(models.path(), data.path(), &[]);
+    wait_ready(&client, &base).await;
+    let csv = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/iris.csv"))
+        .unwrap();
+    let ds: Value = client
+        .post(format!("{base}/v1/datasets"))
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let spec = serde_json::json!({"model": "resumed", "dataset": ds["id"], "target": "species",
+                                  "training": {"epochs": 100000, "batch_size": 4}});
+    let j: Value = client
+        .post(format!("{base}/v1/training-jobs"))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = j["id"].as_str().unwrap().to_owned();
+    wait_epochs(&client, &base, &id, 3).await;
+    signal(&child, "-KILL");
+    child.wait().unwrap();
+
+    let (mut child, base) = spawn_server_with_data(models.path(), data.path(), &[]);
+    wait_ready(&client, &base).await;
+    let after = job(&client, &base, &id).await;
+    assert!(
+        ["queued", "running"].contains(&after["state"].as_str().unwrap()),
+        "not resumed: {after}"
+    );
+    let kept = after["history"].as_array().unwrap().len() as u64;
+    assert!(kept >= 3, "history lost: {after}");
+    // It continues from the checkpoint: epochs numbered on from where it stopped.
+    let later = wait_epochs(&client, &base, &id, kept + 2).await;
+    let epochs: Vec<u64> = later["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        epochs,
+        (1..=epochs.len() as u64).collect::<Vec<_>>(),
+        "history has gaps or repeats"
+    );
+    let r = client
+        .post(format!("{base}/v1/training-jobs/{id}:cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_puts_a_running_job_back_in_the_queue() {
+    let models = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let (mut child, base) = spawn_server_with_data(models.path(), data.path(), &[]);
+    wait_ready(&client, &base).await;
+    let csv = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/iris.csv"))
+        .unwrap();
+    let ds: Value = client
+        .post(format!("{base}/v1/datasets"))
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let spec = serde_json::json!({"model": "later", "dataset": ds["id"], "target": "species",
+                                  "training": {"epochs": 100000, "batch_size": 4}});
+    let j: Value = client
+        .post(format!("{base}/v1/training-jobs"))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = j["id"].as_str().unwrap().to_owned();
+    wait_epochs(&client, &base, &id, 2).await;
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success(), "kiln did not exit 0");
+    let (mut child, base) = spawn_server_with_data(models.path(), data.path(), &[]);
+    wait_ready(&client, &base).await;
+    let after = job(&client, &base, &id).await;
+    assert!(
+        ["queued", "running"].contains(&after["state"].as_str().unwrap()),
+        "{after}"
+    );
+    assert!(after["history"].as_array().unwrap().len() >= 2);
+    client
+        .post(format!("{base}/v1/training-jobs/{id}:cancel"))
+        .send()
+        .await
+        .unwrap();
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
 }
