@@ -37,6 +37,33 @@ enum Command {
         #[arg(long, env = "KILN_DEVICE", default_value = "cpu")]
         device: String,
     },
+    /// Train a model from a CSV (or JSON records) file and write it as a new version.
+    Train {
+        /// The data: CSV with a header, or JSON records.
+        #[arg(long)]
+        data: PathBuf,
+        /// Target column (overrides the spec's).
+        #[arg(long)]
+        target: Option<String>,
+        /// Job spec (JSON, as POST /v1/training-jobs takes; `dataset` may be omitted).
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// Model name (overrides the spec's; default: the data file's stem).
+        #[arg(long)]
+        model: Option<String>,
+        /// Models directory to publish into.
+        #[arg(long, env = "KILN_MODELS", default_value = "./models")]
+        models: PathBuf,
+        /// Epochs (overrides the spec's).
+        #[arg(long)]
+        epochs: Option<u32>,
+        /// candle intra-op threads.
+        #[arg(long, env = "KILN_THREADS", default_value_t = 1)]
+        threads: usize,
+        /// Print one JSON line per epoch instead of the progress bar.
+        #[arg(long)]
+        json: bool,
+    },
     /// Probe a running server's readiness (for container HEALTHCHECKs): exit 0 on HTTP 200.
     Health {
         /// Address of the server.
@@ -53,6 +80,25 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, overrides } => serve(config, &overrides),
         Command::Check { dir, device } => check(&dir, &device),
+        Command::Train {
+            data,
+            target,
+            spec,
+            model,
+            models,
+            epochs,
+            threads,
+            json,
+        } => train::run(&train::Args {
+            data,
+            target,
+            spec,
+            model,
+            models,
+            epochs,
+            threads,
+            json,
+        }),
         Command::Health { addr, path } => health(&addr, &path),
     };
     match result {
@@ -64,8 +110,10 @@ fn main() -> ExitCode {
     }
 }
 
+mod train;
+
 /// candle reads its thread counts from the environment once: set them before any thread.
-fn set_compute_threads(threads: usize) {
+pub(crate) fn set_compute_threads(threads: usize) {
     let n = threads.to_string();
     std::env::set_var("RAYON_NUM_THREADS", &n);
     std::env::set_var("CANDLE_NUM_THREADS", &n);

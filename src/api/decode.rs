@@ -408,7 +408,13 @@ impl<'de> Visitor<'de> for Instance<'_, '_> {
         if let (Some(features), Some(_)) = (ctx.spec.features, ctx.spec.prep) {
             // Raw feature values in the signature's order.
             let mut values = Vec::with_capacity(features.len());
-            while let Some(v) = seq.next_element::<RawValue>()? {
+            loop {
+                ctx.path.push(values.len());
+                let next = seq
+                    .next_element::<RawValue>()
+                    .map_err(|e| ctx.err(format!("expected a feature value: {e}")));
+                ctx.path.pop();
+                let Some(v) = next? else { break };
                 if values.len() == features.len() {
                     return Err(ctx.err(format!(
                         "expected {} feature values {features:?}, got more",

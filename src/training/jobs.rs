@@ -18,11 +18,11 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, Notify, Semaphore};
 
 use super::checkpoint;
-use super::prepare::prepare;
 use super::publish::publish;
+use super::run;
 use super::spec::{JobSpec, ResolvedSpec};
-use super::store::{now_ms, rfc3339, JobFilter, JobRecord, JobState, JobStore};
-use super::trainer::{self, Checkpoint, EpochEvent, Hooks, Outcome};
+use super::store::{JobFilter, JobRecord, JobState, JobStore};
+use super::trainer::{Checkpoint, EpochEvent, Hooks, Outcome};
 use crate::dataset::{DatasetError, DatasetStore};
 use crate::registry::Registry;
 
@@ -351,11 +351,17 @@ impl Hooks for JobHooks<'_> {
     }
 
     fn epoch_done(&mut self, event: &EpochEvent, ck: &Checkpoint) -> Result<(), String> {
-        checkpoint::save(&self.ckdir, ck)?;
+        // History first, then the checkpoint files, then the mark: a crash between any two
+        // steps resumes from the files' epoch and recomputes (and re-records) what follows,
+        // so the history never has a gap.
         let value = serde_json::to_value(event).expect("events serialize");
-        self.inner
-            .store
-            .record_epoch(self.id, event.epoch, &value, true)
+        let store = &self.inner.store;
+        store
+            .record_epoch(self.id, event.epoch, &value, false)
+            .map_err(|e| e.to_string())?;
+        checkpoint::save(&self.ckdir, ck)?;
+        store
+            .mark_checkpoint(self.id, event.epoch)
             .map_err(|e| e.to_string())?;
         let _ = self.events.send(JobEvent {
             kind: "epoch",
@@ -441,12 +447,11 @@ fn execute(
         Ok(t) => t,
         Err(e) => return fail(format!("dataset '{}': {e}", resolved.spec.dataset)),
     };
-    let data = match prepare(&table, &resolved) {
+    let (data, report) = match run::prepare_data(&table, &resolved) {
         Ok(d) => d,
-        Err(e) => return fail(e.0),
+        Err(e) => return fail(e),
     };
     drop(table);
-    let report = serde_json::to_value(&data.report).expect("reports serialize");
     if let Err(e) = inner.store.set_report(&job.id, &report) {
         return fail(e.to_string());
     }
@@ -464,43 +469,29 @@ fn execute(
         events,
         ckdir: ckdir.to_owned(),
     };
-    let trained = match trainer::train(&resolved, &data, resume, &mut hooks) {
-        Ok(t) => t,
-        Err(e) => return fail(e.to_string()),
-    };
-    if trained.outcome == Outcome::Cancelled {
+    let result =
+        match run::train_and_package(&resolved, &data, report, resume, &mut hooks, Some(&job.id)) {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+    if result.trained.outcome == Outcome::Cancelled {
         return if flags.shutdown.load(Ordering::Acquire) && !flags.cancel.load(Ordering::Acquire) {
             Ending::Requeued
         } else {
             Ending::Cancelled
         };
     }
-    let metrics = serde_json::to_value(&trained.final_metrics).expect("metrics serialize");
-    let mut model_spec = trainer::model_spec_for(&resolved, &data);
-    model_spec.training = Some(json!({
-        "job": job.id,
-        "dataset": resolved.spec.dataset,
-        "target": resolved.spec.target,
-        "trained_at": rfc3339(now_ms()),
-        "epochs_run": trained.epochs_run,
-        "best_epoch": trained.best_epoch,
-        "outcome": trained.outcome,
-        "evaluated_on": trained.evaluated_on,
-        "metrics": metrics,
-        "loss": resolved.loss().as_str(),
-        "optimizer": resolved.spec.training.optimizer,
-        "report": report,
-    }));
     let version = match publish(
         &inner.models_dir,
         &resolved.spec.model,
-        &model_spec,
-        &trained.weights,
+        &result.model_spec,
+        &result.weights,
         &job.id,
     ) {
         Ok(v) => v,
         Err(e) => return fail(e.to_string()),
     };
+    let metrics = result.metrics;
     // Load it now rather than at the next directory scan.
     let registry = inner.registry.clone();
     inner.runtime.block_on(async move { registry.sync().await });

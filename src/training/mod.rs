@@ -27,6 +27,7 @@ pub mod checkpoint;
 pub mod jobs;
 pub mod prepare;
 pub mod publish;
+pub mod run;
 pub mod spec;
 pub mod store;
 pub mod trainer;

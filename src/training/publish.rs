@@ -72,8 +72,14 @@ pub fn publish(
         let json = serde_json::to_vec_pretty(spec).expect("model specs serialize");
         std::fs::write(tmp.join(SPEC_FILE), json).map_err(io(&tmp))?;
         candle_core::safetensors::save(weights, tmp.join(WEIGHTS_FILE))?;
-        // Make the files durable before they become visible.
+        // Readable by a server running as another user; durable before they become visible.
         for f in [SPEC_FILE, WEIGHTS_FILE] {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(tmp.join(f), std::fs::Permissions::from_mode(0o644))
+                    .map_err(io(&tmp))?;
+            }
             std::fs::File::open(tmp.join(f))
                 .and_then(|f| f.sync_all())
                 .map_err(io(&tmp))?;

@@ -296,6 +296,15 @@ impl JobStore {
         Ok(())
     }
 
+    /// Notes that the checkpoint of `epoch` is on disk.
+    pub fn mark_checkpoint(&self, id: &str, epoch: u32) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE jobs SET checkpoint_epoch = ?2 WHERE id = ?1",
+            params![id, epoch],
+        )?;
+        Ok(())
+    }
+
     /// The metric history: one event per epoch, in order (only up to the checkpoint after a
     /// resume, since later epochs are recomputed).
     pub fn history(&self, id: &str) -> Result<Vec<Value>, StoreError> {

@@ -527,8 +527,8 @@ async fn shipped_models_serve() {
         .await;
     assert_eq!(code, 200);
     assert_close(&a, &b, 1e-6);
-    // The conv model: a blank 8x8 image gives 10 probabilities.
-    let img = vec![vec![vec![0.0; 8]; 8]; 1];
+    // The conv model: 64 raw pixel values (an 8x8 image, row by row) give 10 probabilities.
+    let img = vec![0.0; 64];
     let (code, r) = s
         .post("/v1/models/digits:predict", &json!({"instances": [img]}))
         .await;

@@ -395,3 +395,52 @@ async fn sigterm_puts_a_running_job_back_in_the_queue() {
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn train_writes_a_version_that_serves() {
+    let models = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/iris.csv");
+    let out = Command::new(KILN)
+        .args([
+            "train", "--target", "species", "--epochs", "20", "--json", "--data",
+        ])
+        .arg(&data)
+        .arg("--models")
+        .arg(models.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        21,
+        "one line per epoch and a summary: {stdout}"
+    );
+    let summary: Value = serde_json::from_str(lines[20]).unwrap();
+    assert_eq!(
+        (summary["model"].as_str(), summary["version"].as_u64()),
+        (Some("iris"), Some(1))
+    );
+    assert!(summary["metrics"]["accuracy"].is_number());
+    let check = Command::new(KILN)
+        .arg("check")
+        .arg(models.path().join("iris/1"))
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    // A missing target is refused with its reason.
+    let out = Command::new(KILN)
+        .args(["train", "--target", "colour", "--data"])
+        .arg(&data)
+        .arg("--models")
+        .arg(models.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("target column 'colour'"));
+}

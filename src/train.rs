@@ -1,0 +1,139 @@
+//! `kiln train`: the same training run as a server job, from a file, with a progress bar.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln::training::run;
+use kiln::training::spec::JobSpec;
+use kiln::training::trainer::{Checkpoint, EpochEvent, Hooks, Outcome};
+
+pub struct Args {
+    pub data: PathBuf,
+    pub target: Option<String>,
+    pub spec: Option<PathBuf>,
+    pub model: Option<String>,
+    pub models: PathBuf,
+    pub epochs: Option<u32>,
+    pub threads: usize,
+    pub json: bool,
+}
+
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Hooks for Progress {
+    fn should_stop(&self) -> bool {
+        false
+    }
+
+    fn epoch_done(&mut self, e: &EpochEvent, _: &Checkpoint) -> Result<(), String> {
+        let mut msg = format!("loss {:.4}", e.loss);
+        if let Some(v) = e.val_loss {
+            msg.push_str(&format!(" val_loss {v:.4}"));
+        }
+        for (k, v) in &e.metrics {
+            msg.push_str(&format!(" {k} {v:.4}"));
+        }
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(u64::from(e.epoch));
+                bar.set_message(format!("{msg} ({:.0} samples/s)", e.samples_per_sec));
+            }
+            None => println!("{}", serde_json::to_string(e).expect("events serialize")),
+        }
+        Ok(())
+    }
+}
+
+pub fn run(a: &Args) -> anyhow::Result<()> {
+    crate::set_compute_threads(a.threads);
+    let mut spec: serde_json::Value = match &a.spec {
+        Some(p) => serde_json::from_slice(
+            &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("{} is not JSON", p.display()))?,
+        None => serde_json::json!({}),
+    };
+    let obj = spec
+        .as_object_mut()
+        .context("the spec must be a JSON object")?;
+    obj.insert("dataset".into(), a.data.display().to_string().into());
+    if let Some(t) = &a.target {
+        obj.insert("target".into(), t.clone().into());
+    }
+    let stem = a
+        .data
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    if let Some(m) = &a.model {
+        obj.insert("model".into(), m.clone().into());
+    } else if !obj.contains_key("model") {
+        obj.insert("model".into(), stem.into());
+    }
+    if let Some(n) = a.epochs {
+        let t = obj
+            .entry("training")
+            .or_insert_with(|| serde_json::json!({}));
+        t.as_object_mut()
+            .context("training must be an object")?
+            .insert("epochs".into(), n.into());
+    }
+    if !obj.contains_key("target") {
+        anyhow::bail!("no target column: pass --target or give one in the spec");
+    }
+    let table = kiln::dataset::read_table(&a.data, None, None)
+        .with_context(|| format!("reading {}", a.data.display()))?;
+    let resolved = JobSpec::from_json(spec.to_string().as_bytes())?.resolve(&table)?;
+    let (data, report) = run::prepare_data(&table, &resolved).map_err(anyhow::Error::msg)?;
+    drop(table);
+    eprintln!(
+        "training '{}' on {} rows ({} for validation), {} features → {} inputs",
+        resolved.spec.model,
+        data.n_train(),
+        data.n_val(),
+        resolved.features().len(),
+        data.width
+    );
+    let epochs = resolved.spec.training.epochs;
+    let bar = (!a.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let bar = ProgressBar::new(u64::from(epochs));
+        bar.set_style(
+            ProgressStyle::with_template("epoch {pos}/{len} [{bar:30}] {msg} ETA {eta}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar
+    });
+    let mut hooks = Progress { bar };
+    let result = run::train_and_package(&resolved, &data, report, None, &mut hooks, None)
+        .map_err(anyhow::Error::msg)?;
+    if let Some(bar) = &hooks.bar {
+        bar.finish();
+    }
+    if result.trained.outcome == Outcome::EarlyStopped {
+        eprintln!(
+            "stopped early after epoch {} (best epoch {:?})",
+            result.trained.epochs_run, result.trained.best_epoch
+        );
+    }
+    let version = kiln::training::publish::publish(
+        &a.models,
+        &resolved.spec.model,
+        &result.model_spec,
+        &result.weights,
+        "cli",
+    )?;
+    let dir = a
+        .models
+        .join(&resolved.spec.model)
+        .join(version.to_string());
+    eprintln!("wrote {}", dir.display());
+    println!(
+        "{}",
+        serde_json::json!({"model": resolved.spec.model, "version": version, "path": dir, "evaluated_on": result.trained.evaluated_on, "metrics": result.metrics})
+    );
+    Ok(())
+}
