@@ -45,6 +45,9 @@ enum Command {
         /// Target column (overrides the spec's).
         #[arg(long)]
         target: Option<String>,
+        /// A second file with the same columns to validate on (instead of a split).
+        #[arg(long)]
+        validation_data: Option<PathBuf>,
         /// Job spec (JSON, as POST /v1/training-jobs takes; `dataset` may be omitted).
         #[arg(long)]
         spec: Option<PathBuf>,
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Train {
             data,
             target,
+            validation_data,
             spec,
             model,
             models,
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
         } => train::run(&train::Args {
             data,
             target,
+            validation_data,
             spec,
             model,
             models,

@@ -445,15 +445,17 @@ impl ColumnRef<'_> {
 pub struct ColumnReport {
     pub name: String,
     pub kind: String,
-    /// Missing cells in the training split.
+    /// Missing cells (empty, `NA`, …) in the dataset.
     pub missing: usize,
-    /// Missing cells filled (training split).
+    /// Unparseable cells of a numeric column in the dataset (typos), treated as missing.
+    pub invalid: usize,
+    /// Missing or invalid cells filled, in the rows used for training and validation.
     pub filled: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fill_value: Option<serde_json::Value>,
     /// Training rows dropped because this column was missing.
     pub rows_dropped_missing: usize,
-    /// Values clipped as outliers (training split).
+    /// Values clipped as outliers, in the rows used for training and validation.
     pub clipped: usize,
     /// Training rows dropped as outliers of this column.
     pub rows_dropped_outliers: usize,

@@ -11,6 +11,7 @@ use kiln::training::trainer::{Checkpoint, EpochEvent, Hooks, Outcome};
 pub struct Args {
     pub data: PathBuf,
     pub target: Option<String>,
+    pub validation_data: Option<PathBuf>,
     pub spec: Option<PathBuf>,
     pub model: Option<String>,
     pub models: PathBuf,
@@ -86,9 +87,20 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     }
     let table = kiln::dataset::read_table(&a.data, None, None)
         .with_context(|| format!("reading {}", a.data.display()))?;
-    let resolved = JobSpec::from_json(spec.to_string().as_bytes())?.resolve(&table)?;
-    let (data, report) = run::prepare_data(&table, &resolved).map_err(anyhow::Error::msg)?;
-    drop(table);
+    let job_spec = JobSpec::from_json(spec.to_string().as_bytes())?;
+    let validation = match &a.validation_data {
+        Some(p) => {
+            let vt = kiln::dataset::read_table(p, None, None)
+                .with_context(|| format!("reading {}", p.display()))?;
+            job_spec.check_validation_columns(&table, &vt)?;
+            Some(vt)
+        }
+        None => None,
+    };
+    let resolved = job_spec.resolve(&table)?;
+    let (data, report) =
+        run::prepare_data(&table, &resolved, validation.as_ref()).map_err(anyhow::Error::msg)?;
+    drop((table, validation));
     eprintln!(
         "training '{}' on {} rows ({} for validation), {} features → {} inputs",
         resolved.spec.model,

@@ -179,6 +179,16 @@ impl JobManager {
                 | DatasetError::Corrupt { .. }
                 | DatasetError::Internal(_)) => JobError::Internal(e.to_string()),
             })?;
+            if let Some(v) = &spec.validation_dataset {
+                let vt = inner.datasets.load_table(v).map_err(|e| match e {
+                    DatasetError::NotFound(_) | DatasetError::InvalidId(_) => {
+                        JobError::InvalidSpec(format!("validation_dataset '{v}' not found"))
+                    }
+                    other => JobError::Internal(other.to_string()),
+                })?;
+                spec.check_validation_columns(&table, &vt)
+                    .map_err(|e| JobError::InvalidSpec(e.0))?;
+            }
             let resolved = spec
                 .resolve(&table)
                 .map_err(|e| JobError::InvalidSpec(e.0))?;
@@ -447,11 +457,18 @@ fn execute(
         Ok(t) => t,
         Err(e) => return fail(format!("dataset '{}': {e}", resolved.spec.dataset)),
     };
-    let (data, report) = match run::prepare_data(&table, &resolved) {
+    let validation = match &resolved.spec.validation_dataset {
+        None => None,
+        Some(v) => match inner.datasets.load_table(v) {
+            Ok(t) => Some(t),
+            Err(e) => return fail(format!("validation dataset '{v}': {e}")),
+        },
+    };
+    let (data, report) = match run::prepare_data(&table, &resolved, validation.as_ref()) {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
-    drop(table);
+    drop((table, validation));
     if let Err(e) = inner.store.set_report(&job.id, &report) {
         return fail(e.to_string());
     }

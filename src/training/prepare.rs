@@ -8,7 +8,7 @@ use super::rng::{streams, Rng};
 use super::spec::{number_label, ResolvedSpec};
 use crate::dataset::{ColumnValues, Table};
 use crate::model::format::Task;
-use crate::preprocess::{ColumnRef, ColumnReport, Preprocessing, MISSING_CODE};
+use crate::preprocess::{ColumnRef, ColumnReport, FeatureTransform, Preprocessing, MISSING_CODE};
 
 /// Matrices ready for the trainer.
 pub struct Prepared {
@@ -157,46 +157,120 @@ fn split(
     (train, val)
 }
 
-/// Prepares the job's data from its dataset.
-pub fn prepare(table: &Table, spec: &ResolvedSpec) -> Result<Prepared, PrepareError> {
-    let opts = &spec.spec.preprocessing;
-    let task = spec.task();
-    let y = targets(table, spec)?;
+/// Rows of `table` that can train: not a dropped duplicate, with a target.
+fn usable_rows(
+    table: &Table,
+    y: &[Option<f32>],
+    drop_duplicates: bool,
+) -> (Vec<usize>, usize, usize) {
     let dup = table.duplicate_rows();
     let mut rows = Vec::with_capacity(table.n_rows);
-    let (mut duplicates_dropped, mut missing_target_dropped) = (0, 0);
+    let (mut duplicates, mut missing_target) = (0, 0);
     for r in 0..table.n_rows {
-        if opts.drop_duplicates && dup[r] {
-            duplicates_dropped += 1;
+        if drop_duplicates && dup[r] {
+            duplicates += 1;
         } else if y[r].is_none() {
-            missing_target_dropped += 1;
+            missing_target += 1;
         } else {
             rows.push(r);
         }
     }
-    if rows.is_empty() {
-        return Err(PrepareError(
-            "no rows left after dropping duplicates and rows without a target".into(),
-        ));
-    }
+    (rows, duplicates, missing_target)
+}
+
+fn feature_columns<'a>(
+    table: &'a Table,
+    names: &'a [String],
+) -> Result<Vec<(&'a str, ColumnRef<'a>)>, PrepareError> {
+    names
+        .iter()
+        .map(|n| column_ref(table, n).map(|c| (n.as_str(), c)))
+        .collect()
+}
+
+/// Cells of `rows` that encoding fills (missing) or clips (outliers), per feature.
+fn fills_and_clips(
+    p: &Preprocessing,
+    columns: &[(&str, ColumnRef)],
+    rows: &[usize],
+) -> Vec<(usize, usize)> {
+    p.features
+        .iter()
+        .zip(columns)
+        .map(|(f, (_, c))| match (f, c) {
+            (FeatureTransform::Numeric { clip, .. }, ColumnRef::Numeric(v)) => {
+                let filled = rows.iter().filter(|&&r| v[r].is_nan()).count();
+                let clipped = clip.map_or(0, |[lo, hi]| {
+                    rows.iter().filter(|&&r| v[r] < lo || v[r] > hi).count()
+                });
+                (filled, clipped)
+            }
+            (_, ColumnRef::Category { codes, .. }) => (
+                rows.iter().filter(|&&r| codes[r] == MISSING_CODE).count(),
+                0,
+            ),
+            (FeatureTransform::Categorical { .. }, ColumnRef::Numeric(_)) => (0, 0),
+        })
+        .collect()
+}
+
+/// Prepares the job's data: validation rows come from `validation` when given (a second
+/// dataset with the same columns), else from a (stratified) split of `table`.
+pub fn prepare(
+    table: &Table,
+    spec: &ResolvedSpec,
+    validation: Option<&Table>,
+) -> Result<Prepared, PrepareError> {
+    let opts = &spec.spec.preprocessing;
+    let task = spec.task();
     let classes = if task == Task::Classification {
         spec.labels.len()
     } else {
         0
     };
-    let mut rng = Rng::with_stream(spec.spec.training.seed, streams::SPLIT);
-    let (train, val) = split(
-        &rows,
-        &y,
-        spec.spec.training.validation_split,
-        classes,
-        &mut rng,
-    );
+    let y = targets(table, spec)?;
+    let (rows, mut duplicates_dropped, mut missing_target_dropped) =
+        usable_rows(table, &y, opts.drop_duplicates);
+    if rows.is_empty() {
+        return Err(PrepareError(
+            "no rows left after dropping duplicates and rows without a target".into(),
+        ));
+    }
     let names = spec.features();
-    let columns: Vec<(&str, ColumnRef)> = names
-        .iter()
-        .map(|n| column_ref(table, n).map(|c| (n.as_str(), c)))
-        .collect::<Result<_, _>>()?;
+    let columns = feature_columns(table, names)?;
+    // The validation rows and their columns: a second table, or a split of this one.
+    let y_other;
+    let (train, val, val_table, val_y) = match validation {
+        Some(vt) => {
+            for (name, c) in &columns {
+                let other = column_ref(vt, name).map_err(|_| {
+                    PrepareError(format!("the validation dataset has no column '{name}'"))
+                })?;
+                if std::mem::discriminant(c) != std::mem::discriminant(&other) {
+                    return Err(PrepareError(format!(
+                        "column '{name}' is numeric in one dataset and categorical in the other"
+                    )));
+                }
+            }
+            y_other = targets(vt, spec)?;
+            let (vrows, vdup, vmissing) = usable_rows(vt, &y_other, opts.drop_duplicates);
+            duplicates_dropped += vdup;
+            missing_target_dropped += vmissing;
+            (rows, vrows, vt, &y_other)
+        }
+        None => {
+            let mut rng = Rng::with_stream(spec.spec.training.seed, streams::SPLIT);
+            let (train, val) = split(
+                &rows,
+                &y,
+                spec.spec.training.validation_split,
+                classes,
+                &mut rng,
+            );
+            (train, val, table, &y)
+        }
+    };
+    let val_columns = feature_columns(val_table, names)?;
     let fitted = crate::preprocess::fit(&columns, &train, opts).map_err(PrepareError)?;
     let mut preprocessing = fitted.preprocessing;
     let kept_train = fitted.kept;
@@ -208,20 +282,40 @@ pub fn prepare(table: &Table, spec: &ResolvedSpec) -> Result<Prepared, PrepareEr
     let kept_val: Vec<usize> = val
         .iter()
         .copied()
-        .filter(|&r| preprocessing.can_encode(&columns, r))
+        .filter(|&r| preprocessing.can_encode(&val_columns, r))
         .collect();
     let mut unknown_train = 0;
     let x_train = preprocessing.encode_rows(&columns, &kept_train, &mut unknown_train);
     let mut unknown_val = 0;
-    let x_val = preprocessing.encode_rows(&columns, &kept_val, &mut unknown_val);
+    let x_val = preprocessing.encode_rows(&val_columns, &kept_val, &mut unknown_val);
     let mut y_train: Vec<f32> = kept_train
         .iter()
         .map(|&r| y[r].expect("kept rows have targets"))
         .collect();
     let mut y_val: Vec<f32> = kept_val
         .iter()
-        .map(|&r| y[r].expect("kept rows have targets"))
+        .map(|&r| val_y[r].expect("kept rows have targets"))
         .collect();
+    // Per-column counts over the whole data: what each cleaning step did.
+    let mut column_reports = fitted.columns;
+    let train_counts = fills_and_clips(&preprocessing, &columns, &kept_train);
+    let val_counts = fills_and_clips(&preprocessing, &val_columns, &kept_val);
+    for (i, rep) in column_reports.iter_mut().enumerate() {
+        let mut missing = 0;
+        let mut invalid = 0;
+        for t in std::iter::once(table).chain(validation) {
+            if let Some(c) = t.column(&rep.name) {
+                missing += c.missing;
+                invalid += c.invalid;
+            }
+        }
+        rep.missing = missing;
+        rep.invalid = invalid;
+        if rep.fill_value.is_some() {
+            rep.filled = train_counts[i].0 + val_counts[i].0;
+        }
+        rep.clipped = train_counts[i].1 + val_counts[i].1;
+    }
     let target = match task {
         Task::Classification => {
             let mut counts = vec![0usize; classes];
@@ -257,7 +351,7 @@ pub fn prepare(table: &Table, spec: &ResolvedSpec) -> Result<Prepared, PrepareEr
     };
     let width = preprocessing.width();
     let report = DataReport {
-        rows: table.n_rows,
+        rows: table.n_rows + validation.map_or(0, |v| v.n_rows),
         duplicates_dropped,
         missing_target_dropped,
         train_rows: kept_train.len(),
@@ -265,7 +359,7 @@ pub fn prepare(table: &Table, spec: &ResolvedSpec) -> Result<Prepared, PrepareEr
         train_rows_dropped: train.len() - kept_train.len(),
         validation_rows_dropped: val.len() - kept_val.len(),
         validation_unknown_categories: unknown_val,
-        columns: fitted.columns,
+        columns: column_reports,
         target: Some(target),
     };
     Ok(Prepared {
@@ -277,4 +371,60 @@ pub fn prepare(table: &Table, spec: &ResolvedSpec) -> Result<Prepared, PrepareEr
         preprocessing,
         report,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::training::spec::JobSpec;
+
+    fn dirty() -> Table {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/iris_dirty.csv");
+        crate::dataset::read_table(std::path::Path::new(path), None, None).unwrap()
+    }
+
+    /// tests/data/iris_dirty.csv (from ../shared/datasets, see its manifest): 7 missing
+    /// cells, 4 typos in numeric columns, 1 outlier (57.0 for 5.7), 4 redundant rows.
+    #[test]
+    fn the_dirty_data_report_counts_exactly_what_was_dirtied() {
+        let table = dirty();
+        let spec = JobSpec::from_json(
+            br#"{"model": "m", "dataset": "d", "target": "label",
+                 "preprocessing": {"missing": "mean", "outliers": {"method": "zscore", "threshold": 3.0, "action": "clip"}}}"#,
+        )
+        .unwrap()
+        .resolve(&table)
+        .unwrap();
+        let p = prepare(&table, &spec, None).unwrap();
+        let r = &p.report;
+        assert_eq!(r.rows, 123);
+        assert_eq!(r.duplicates_dropped, 4);
+        let sum = |f: fn(&ColumnReport) -> usize| r.columns.iter().map(f).sum::<usize>();
+        assert_eq!(sum(|c| c.missing), 7);
+        assert_eq!(sum(|c| c.invalid), 4);
+        assert_eq!(sum(|c| c.filled), 11);
+        assert_eq!(sum(|c| c.clipped), 1);
+        let sl = r
+            .columns
+            .iter()
+            .find(|c| c.name == "sepal_length_cm")
+            .unwrap();
+        assert_eq!((sl.missing, sl.invalid, sl.clipped), (2, 1, 1));
+        assert_eq!(r.train_rows + r.validation_rows, 119);
+        assert!(p.x_train.iter().chain(&p.x_val).all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn a_second_dataset_validates_instead_of_a_split() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/iris.csv");
+        let table = crate::dataset::read_table(std::path::Path::new(path), None, None).unwrap();
+        let spec = JobSpec::from_json(br#"{"model": "m", "dataset": "d", "target": "species"}"#)
+            .unwrap()
+            .resolve(&table)
+            .unwrap();
+        let p = prepare(&table, &spec, Some(&table)).unwrap();
+        // Duplicates are dropped in each table: 119 rows each.
+        assert_eq!((p.n_train(), p.n_val()), (119, 119));
+        assert_eq!(p.x_train, p.x_val);
+    }
 }

@@ -23,8 +23,12 @@ pub struct RunResult {
 }
 
 /// Prepares the data (the report is handed to `on_report` before training starts).
-pub fn prepare_data(table: &Table, spec: &ResolvedSpec) -> Result<(Prepared, Value), String> {
-    let data = prepare(table, spec).map_err(|e| e.0)?;
+pub fn prepare_data(
+    table: &Table,
+    spec: &ResolvedSpec,
+    validation: Option<&Table>,
+) -> Result<(Prepared, Value), String> {
+    let data = prepare(table, spec, validation).map_err(|e| e.0)?;
     let report = serde_json::to_value(&data.report).expect("reports serialize");
     Ok((data, report))
 }

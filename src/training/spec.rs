@@ -25,6 +25,9 @@ pub struct JobSpec {
     pub dataset: String,
     /// Target column.
     pub target: String,
+    /// A second dataset (`ds_…`, same columns) to validate on instead of a split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_dataset: Option<String>,
     /// Inferred from the target column when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<Task>,
@@ -198,6 +201,32 @@ impl JobSpec {
     /// Parses a spec; the error says which field is wrong (serde's message, with position).
     pub fn from_json(bytes: &[u8]) -> Result<JobSpec, SpecError> {
         serde_json::from_slice(bytes).map_err(|e| SpecError(format!("invalid job spec: {e}")))
+    }
+
+    /// Checks that a validation dataset has the target and every feature column.
+    pub fn check_validation_columns(
+        &self,
+        table: &Table,
+        validation: &Table,
+    ) -> Result<(), SpecError> {
+        let wanted: Vec<&str> = match &self.features {
+            Some(f) => f.iter().map(String::as_str).collect(),
+            None => table
+                .columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .filter(|n| *n != self.target)
+                .collect(),
+        };
+        for name in wanted
+            .into_iter()
+            .chain(std::iter::once(self.target.as_str()))
+        {
+            if validation.column(name).is_none() {
+                return bad(format!("the validation dataset has no column '{name}'"));
+            }
+        }
+        Ok(())
     }
 
     /// Fills in the defaults from the dataset and checks the spec against it.

@@ -506,7 +506,7 @@ mod tests {
             .unwrap()
             .resolve(&table)
             .unwrap();
-        let data = prepare(&table, &spec).unwrap();
+        let data = prepare(&table, &spec, None).unwrap();
         let mut hooks = Quiet {
             events: Vec::new(),
             stop_after: None,
@@ -556,7 +556,7 @@ mod tests {
         .unwrap()
         .resolve(&table)
         .unwrap();
-        let data = prepare(&table, &spec).unwrap();
+        let data = prepare(&table, &spec, None).unwrap();
         let mut hooks = Quiet {
             events: Vec::new(),
             stop_after: Some(2),
