@@ -184,7 +184,11 @@ impl JobManager {
                     DatasetError::NotFound(_) | DatasetError::InvalidId(_) => {
                         JobError::InvalidSpec(format!("validation_dataset '{v}' not found"))
                     }
-                    other => JobError::Internal(other.to_string()),
+                    e @ (DatasetError::Invalid(_)
+                    | DatasetError::TooLarge { .. }
+                    | DatasetError::Io { .. }
+                    | DatasetError::Corrupt { .. }
+                    | DatasetError::Internal(_)) => JobError::Internal(e.to_string()),
                 })?;
                 spec.check_validation_columns(&table, &vt)
                     .map_err(|e| JobError::InvalidSpec(e.0))?;
