@@ -160,7 +160,13 @@ impl FeatureTransform {
                     Some([lo, hi]) => x.clamp(*lo, *hi),
                     None => x,
                 };
-                out.push(((x - shift) / scale) as f32);
+                let v = ((x - shift) / scale) as f32;
+                if !v.is_finite() {
+                    return Err(format!(
+                        "value {x} is out of the 32-bit float range after scaling"
+                    ));
+                }
+                out.push(v);
             }
             FeatureTransform::Categorical {
                 encoding,

@@ -732,3 +732,123 @@ impl<'de> Deserialize<'de> for NamedRaw {
         d.deserialize_map(V)
     }
 }
+
+// === tensors and columns that arrive already parsed (the V2 protocol) ===
+
+/// A plain message error, so `Ctx`'s helpers can serve decoders that are not serde's.
+#[derive(Debug)]
+struct Plain(String);
+
+impl fmt::Display for Plain {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Plain {}
+
+impl de::Error for Plain {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        Plain(msg.to_string())
+    }
+}
+
+fn ctx<'a>(spec: &'a InputSpec<'a>, root: &'static str, capacity: usize) -> Ctx<'a> {
+    Ctx {
+        spec,
+        rows: Vec::with_capacity(capacity),
+        n_rows: 0,
+        layout: Some(Layout::Columnar),
+        warnings: Vec::new(),
+        path: Vec::with_capacity(2),
+        root,
+    }
+}
+
+fn done(c: Ctx) -> Decoded {
+    Decoded {
+        rows: c.rows,
+        n_rows: c.n_rows,
+        layout: Layout::Columnar,
+        warnings: c.warnings,
+    }
+}
+
+impl InputSpec<'_> {
+    /// Values per instance a raw tensor must carry: the feature count for models with
+    /// preprocessing (raw values in signature order), else the input shape's size.
+    pub fn raw_width(&self) -> usize {
+        match (self.features, self.prep) {
+            (Some(f), Some(_)) => f.len(),
+            _ => self.row_len,
+        }
+    }
+
+    /// The raw per-instance shape a tensor input must have (after the batch dimension).
+    pub fn raw_shape(&self) -> Vec<usize> {
+        match (self.features, self.prep) {
+            (Some(f), Some(_)) => vec![f.len()],
+            _ => self.shape.to_vec(),
+        }
+    }
+
+    pub fn features(&self) -> Option<&[String]> {
+        self.features
+    }
+}
+
+/// Rows from a numeric tensor of `n` instances (flat, row-major), named `root` in errors.
+/// Models with preprocessing take raw feature values in signature order.
+pub fn rows_from_tensor(
+    spec: &InputSpec,
+    root: &'static str,
+    data: &[f64],
+    n: usize,
+) -> Result<Decoded, Error> {
+    let width = spec.raw_width();
+    let mut c = ctx(spec, root, n * spec.row_len);
+    let bad = |e: Plain| Error::InvalidInput(e.0);
+    match (spec.features, spec.prep) {
+        (Some(features), Some(_)) => {
+            for (i, row) in data.chunks(width).enumerate() {
+                c.path.push(i);
+                let values: Vec<RawValue> = row.iter().map(|&x| RawValue::Number(x)).collect();
+                c.push_lookup::<Plain>(|name| {
+                    features.iter().position(|f| f == name).map(|k| &values[k])
+                })
+                .map_err(bad)?;
+                c.path.pop();
+            }
+        }
+        _ => {
+            for (i, &x) in data.iter().enumerate() {
+                let v = c
+                    .check_number(x)
+                    .map_err(|m| Error::InvalidInput(format!("{root}[{i}]: {m}")))?;
+                c.rows.push(v);
+            }
+            c.n_rows = n;
+        }
+    }
+    Ok(done(c))
+}
+
+/// Rows from one column of raw values per feature (`n` values each).
+pub fn rows_from_columns(
+    spec: &InputSpec,
+    columns: &[(String, Vec<RawValue>)],
+    n: usize,
+) -> Result<Decoded, Error> {
+    let mut c = ctx(spec, "inputs", n * spec.row_len);
+    for i in 0..n {
+        c.path.push(i);
+        let row: Vec<(String, RawValue)> = columns
+            .iter()
+            .map(|(k, v)| (k.clone(), v[i].clone()))
+            .collect();
+        c.push_named::<Plain>(&row)
+            .map_err(|e| Error::InvalidInput(e.0))?;
+        c.path.pop();
+    }
+    Ok(done(c))
+}

@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod models;
 pub mod predict;
 pub mod types;
+pub mod v2;
 
 use std::time::Instant;
 
@@ -17,7 +18,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::error::Error;
@@ -46,6 +47,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/training-jobs", get(jobs::list).post(jobs::submit))
         .route("/v1/training-jobs/{id}", get(jobs::get).post(jobs::verb))
         .route("/v1/training-jobs/{id}/events", get(jobs::events))
+        .route("/v2", get(v2::server_metadata))
+        .route("/v2/health/live", get(v2::live))
+        .route("/v2/health/ready", get(v2::ready))
+        .route("/v2/models/{name}", get(v2::metadata))
+        .route("/v2/models/{name}/ready", get(v2::model_ready))
+        .route("/v2/models/{name}/infer", post(v2::infer))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(v2::version_metadata),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(v2::version_ready),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(v2::version_infer),
+        )
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .fallback(not_found)

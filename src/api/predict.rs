@@ -218,7 +218,7 @@ fn encode(
 
 /// Scores per class: probabilities as the model gives them, a sigmoid's `[1-p, p]`, or a
 /// softmax over logits.
-fn class_scores(row: &[f32], probabilities: bool) -> Vec<f32> {
+pub(crate) fn class_scores(row: &[f32], probabilities: bool) -> Vec<f32> {
     match (row.len(), probabilities) {
         (1, true) => vec![1.0 - row[0], row[0]],
         (1, false) => {

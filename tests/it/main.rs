@@ -6,3 +6,4 @@ mod process;
 mod reload;
 mod training;
 mod util;
+mod v2;
