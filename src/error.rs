@@ -53,6 +53,9 @@ pub enum Error {
     /// The forward pass failed on a worker (a bug or a device fault, never the client's input).
     #[error("inference failed: {0}")]
     Forward(String),
+    /// An uploaded model that does not load or run (says which file, tensor or layer).
+    #[error("{0}")]
+    InvalidModel(String),
     /// No dataset has that id.
     #[error("dataset '{0}' not found")]
     DatasetNotFound(String),

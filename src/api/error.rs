@@ -33,6 +33,7 @@ pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
         Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         Error::Forward(_) => (StatusCode::INTERNAL_SERVER_ERROR, "inference_failed"),
+        Error::InvalidModel(_) => (StatusCode::BAD_REQUEST, "invalid_model"),
         Error::DatasetNotFound(_) => (StatusCode::NOT_FOUND, "dataset_not_found"),
         Error::InvalidDataset(_) => (StatusCode::BAD_REQUEST, "invalid_dataset"),
         Error::JobNotFound(_) => (StatusCode::NOT_FOUND, "job_not_found"),

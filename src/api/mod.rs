@@ -9,12 +9,13 @@ pub mod health;
 pub mod jobs;
 pub mod models;
 pub mod predict;
+pub mod repository;
 pub mod types;
 pub mod v2;
 
 use std::time::Instant;
 
-use axum::extract::Request;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -27,13 +28,25 @@ use error::ApiError;
 
 /// Every route kiln serves. `tests` enumerate this router; keep routes here only.
 pub fn router(state: AppState) -> Router {
+    let upload_limit = usize::try_from(state.config.max_upload_bytes).unwrap_or(usize::MAX);
     Router::new()
         .route("/v1/models", get(models::list))
-        .route("/v1/models/{name}", get(models::status).post(predict::verb))
+        .route(
+            "/v1/models/{name}",
+            get(models::status)
+                .post(predict::verb)
+                .delete(repository::delete_model),
+        )
+        .route(
+            "/v1/models/{name}/versions",
+            post(repository::upload).layer(DefaultBodyLimit::max(upload_limit)),
+        )
         .route("/v1/models/{name}/metadata", get(models::metadata))
         .route(
             "/v1/models/{name}/versions/{version}",
-            get(models::version_status).post(predict::version_verb),
+            get(models::version_status)
+                .post(predict::version_verb)
+                .delete(repository::delete_version),
         )
         .route(
             "/v1/models/{name}/versions/{version}/metadata",
@@ -47,6 +60,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/training-jobs", get(jobs::list).post(jobs::submit))
         .route("/v1/training-jobs/{id}", get(jobs::get).post(jobs::verb))
         .route("/v1/training-jobs/{id}/events", get(jobs::events))
+        .route("/v2/repository/index", post(repository::index))
+        .route("/v2/repository/models/{name}/load", post(repository::load))
+        .route(
+            "/v2/repository/models/{name}/unload",
+            post(repository::unload),
+        )
         .route("/v2", get(v2::server_metadata))
         .route("/v2/health/live", get(v2::live))
         .route("/v2/health/ready", get(v2::ready))

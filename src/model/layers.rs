@@ -6,7 +6,7 @@
 //! The same code builds trainable layers over a `VarMap` (training) and frozen ones over
 //! loaded safetensors (serving). Forward passes run only on worker threads.
 
-use candle_core::{DType, Module, ModuleT, Tensor, D};
+use candle_core::{CpuStorage, DType, Layout, Module, ModuleT, Shape, Tensor, D};
 use candle_nn::{rnn::RNN, Init, VarBuilder};
 
 use crate::error::ModelError;
@@ -80,6 +80,16 @@ impl Layer {
     /// `xs` has the batch dimension first. `train` turns on dropout and batch statistics.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         match self {
+            // Training on the CPU: one autograd node per dense layer (see `dense_train`).
+            Layer::Dense(l, act) if train && dense_train_applies(l, xs) => {
+                let relu = matches!(act, Some(a) if a.kind == Activation::Relu);
+                let y = dense_train(l, xs, relu)?;
+                if relu {
+                    Ok(y)
+                } else {
+                    apply_act(y, act, train)
+                }
+            }
             Layer::Dense(l, act) => apply_act(l.forward(xs)?, act, train),
             Layer::Activation(a) => a.forward_t(xs, train),
             Layer::Dropout(rate) if train && *rate > 0.0 => candle_nn::ops::dropout(xs, *rate),
@@ -126,6 +136,216 @@ impl Layer {
                 }
             }
         }
+    }
+}
+
+// === the training dense layer ===
+
+/// Whether [`dense_train`] takes this call: f32 rows `[batch, in]` on the CPU.
+fn dense_train_applies(l: &candle_nn::Linear, xs: &Tensor) -> bool {
+    xs.device().is_cpu()
+        && xs.rank() == 2
+        && xs.dtype() == DType::F32
+        && l.weight().dtype() == DType::F32
+        && l.bias()
+            .is_none_or(|b| b.dtype() == DType::F32 && b.rank() == 1)
+}
+
+/// `x·wᵀ + b` (then `relu` when asked) as one autograd node, for training on the CPU.
+///
+/// The forward values are exactly `candle_nn::Linear` (+ `Tensor::relu`)'s: the same GEMM
+/// call on the same layouts, then the same f32 additions and `max(0)`. What changes is the
+/// backward pass. Through `Linear`, candle's autograd records transpose → matmul →
+/// broadcast → add (→ relu) and, going back, computes the weight gradient as `(xᵀ·g)ᵀ`, a
+/// transposed view that it then adds element by element with a stride of `in` (the slowest
+/// thing in a big model's step), sums the bias gradient with its generic strided reduction,
+/// builds the relu mask in four passes, and computes a gradient for the input batch that
+/// nothing uses. Here the backward computes `g ⊙ mask` (one pass), `gᵀ·x` (the weight
+/// gradient, contiguous), the bias gradient as a column sum in candle's own order, and `g·w`
+/// only when the input needs a gradient (not for the input batch). Every value is the same
+/// formula with the same summation order as candle's path, except that the weight gradient
+/// is one GEMM `gᵀ·x` instead of the transpose of `xᵀ·g`: the same dot products over the batch.
+fn dense_train(l: &candle_nn::Linear, xs: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
+    let op = DenseTrain {
+        relu,
+        mask: std::sync::Mutex::new(None),
+    };
+    match l.bias() {
+        Some(b) => xs.apply_op3(l.weight(), b, op),
+        None => xs.apply_op2(l.weight(), op),
+    }
+}
+
+struct DenseTrain {
+    relu: bool,
+    /// The relu's derivative, `1.0` where the pre-activation is `>= 0` (candle's `ge(0)`),
+    /// recorded by the forward pass for the backward one.
+    mask: std::sync::Mutex<Option<Tensor>>,
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("dense (training): {what} must be f32")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("dense (training): {what} must be contiguous"),
+    }
+}
+
+impl DenseTrain {
+    fn fwd(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = x.1.shape().dims2()?;
+        let (n, k2) = w.1.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("dense (training): input width {k}, weight {n}x{k2}");
+        }
+        // Exactly `x.matmul(&w.t())`: the same storage call with the same layouts.
+        let mut out = x.0.matmul(w.0, (1, m, n, k), x.1, &w.1.transpose(0, 1)?)?;
+        let CpuStorage::F32(z) = &mut out else {
+            candle_core::bail!("dense (training): expected an f32 product")
+        };
+        if let Some((bs, bl)) = b {
+            let bias = f32_slice(bs, bl, "the bias")?;
+            if bias.len() != n {
+                candle_core::bail!("dense (training): bias of {} for {n} units", bias.len());
+            }
+            for row in z.chunks_exact_mut(n) {
+                for (v, &c) in row.iter_mut().zip(bias) {
+                    *v += c;
+                }
+            }
+        }
+        if self.relu {
+            let mut mask = Vec::with_capacity(z.len());
+            for v in z.iter_mut() {
+                mask.push(if *v >= 0.0 { 1f32 } else { 0f32 });
+                *v = v.max(0f32);
+            }
+            let mask = Tensor::from_vec(mask, (m, n), &candle_core::Device::Cpu)?;
+            *self.mask.lock().expect("dense mask lock") = Some(mask);
+        }
+        Ok((out, Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = if self.relu {
+            let mask = self.mask.lock().expect("dense mask lock");
+            let Some(mask) = mask.as_ref() else {
+                candle_core::bail!("dense (training): backward before forward")
+            };
+            grad.mul(mask)?
+        } else {
+            grad.clone()
+        };
+        let gx = if x.track_op() {
+            Some(g.matmul(w)?)
+        } else {
+            None
+        };
+        let gw = if w.track_op() {
+            Some(g.t()?.matmul(x)?)
+        } else {
+            None
+        };
+        let gb = match b {
+            Some(b) if b.track_op() => Some(g.apply_op1_no_bwd(&ColumnSum)?),
+            _ => None,
+        };
+        Ok((gx, gw, gb))
+    }
+}
+
+impl candle_core::CustomOp2 for DenseTrain {
+    fn name(&self) -> &'static str {
+        "kiln-dense-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw, _) = DenseTrain::bwd(self, x, w, None, grad)?;
+        Ok((gx, gw))
+    }
+}
+
+impl candle_core::CustomOp3 for DenseTrain {
+    fn name(&self) -> &'static str {
+        "kiln-dense-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        DenseTrain::bwd(self, x, w, Some(b), grad)
+    }
+}
+
+/// `[rows, cols]` → `[cols]`: each column summed from 0 in row order, as candle's
+/// `sum(0)` does (its reduction over a leading dimension), in one contiguous pass.
+struct ColumnSum;
+
+impl candle_core::CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "kiln-column-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, cols) = l.shape().dims2()?;
+        let v = f32_slice(s, l, "the gradient")?;
+        let mut out = vec![0f32; cols];
+        if cols == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from(cols)));
+        }
+        for row in v.chunks_exact(cols) {
+            for (o, &x) in out.iter_mut().zip(row) {
+                *o += x;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(cols)))
     }
 }
 

@@ -93,6 +93,9 @@ pub struct Registry {
     config: Arc<Config>,
     device: candle_core::Device,
     models: RwLock<BTreeMap<String, BTreeMap<u64, Slot>>>,
+    /// Models an operator unloaded (`/v2/repository/models/{m}/unload`): the watcher leaves
+    /// them unloaded until they are loaded again.
+    unloaded: std::sync::Mutex<std::collections::HashSet<String>>,
     /// One sync at a time (the watcher's and a trainer's publish may race).
     sync_lock: tokio::sync::Mutex<()>,
     /// Set once the first scan has loaded (or failed) every model found at startup.
@@ -113,8 +116,50 @@ impl Registry {
             device,
             models: RwLock::new(BTreeMap::new()),
             sync_lock: tokio::sync::Mutex::new(()),
+            unloaded: std::sync::Mutex::new(std::collections::HashSet::new()),
             initial_load_done: AtomicBool::new(false),
         }
+    }
+
+    /// Loads the model's versions now (its policy applies) and lets the watcher keep it
+    /// loaded. `ModelNotFound` when the models directory has no such model.
+    pub async fn load_model(self: &Arc<Self>, name: &str) -> Result<(), Error> {
+        if !self.config.models_dir.join(name).is_dir() {
+            return Err(Error::ModelNotFound(name.to_owned()));
+        }
+        self.unloaded
+            .lock()
+            .expect("unloaded set lock")
+            .remove(name);
+        self.sync().await;
+        Ok(())
+    }
+
+    /// Unloads every version of a model (requests in flight finish first) and keeps it
+    /// unloaded until `load_model`.
+    pub async fn unload_model(self: &Arc<Self>, name: &str) -> Result<(), Error> {
+        if !self.config.models_dir.join(name).is_dir() && self.view(name).is_err() {
+            return Err(Error::ModelNotFound(name.to_owned()));
+        }
+        self.unloaded
+            .lock()
+            .expect("unloaded set lock")
+            .insert(name.to_owned());
+        self.sync().await;
+        Ok(())
+    }
+
+    pub(crate) fn is_unloaded(&self, name: &str) -> bool {
+        self.unloaded
+            .lock()
+            .expect("unloaded set lock")
+            .contains(name)
+    }
+
+    /// Brings the registry in line with the models directory now (after a publish, an
+    /// upload or a delete) instead of at the next poll.
+    pub async fn refresh(self: &Arc<Self>) {
+        self.sync().await;
     }
 
     /// Releases the readiness latch (the watcher does this after its first scan).

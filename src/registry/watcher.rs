@@ -100,6 +100,10 @@ impl Registry {
         for (name, versions) in &found {
             let policy = self.config.policy_for(name);
             let present: BTreeSet<u64> = versions.keys().copied().collect();
+            if self.is_unloaded(name) {
+                self.end_all(name, versions);
+                continue;
+            }
             let current = self.snapshot().remove(name).unwrap_or_default();
             for v in wanted(&policy, &present) {
                 let (dir, fp) = &versions[&v];
@@ -135,6 +139,26 @@ impl Registry {
             .write()
             .expect("registry lock is never poisoned");
         models.retain(|name, _| found.contains_key(name));
+    }
+
+    /// Every version of an operator-unloaded model is END (and listed as such).
+    fn end_all(&self, name: &str, versions: &BTreeMap<u64, (PathBuf, Fingerprint)>) {
+        let mut models = self
+            .models
+            .write()
+            .expect("registry lock is never poisoned");
+        let slots = models.entry(name.to_owned()).or_default();
+        slots.retain(|v, _| versions.contains_key(v));
+        for (v, (_, fp)) in versions {
+            let slot = slots.entry(*v).or_insert_with(|| Slot {
+                state: VersionState::End,
+                fingerprint: fp.clone(),
+            });
+            if slot.state.loaded().is_some() {
+                tracing::info!(model = name, version = *v, "version unloaded by request");
+            }
+            slot.state = VersionState::End;
+        }
     }
 
     fn state_of(&self, name: &str, version: u64) -> Option<VersionState> {

@@ -59,6 +59,35 @@ pub fn publish(
     weights: &HashMap<String, Tensor>,
     tag: &str,
 ) -> Result<u64, PublishError> {
+    let json = serde_json::to_vec_pretty(spec).expect("model specs serialize");
+    publish_with(models_dir, name, tag, |tmp| {
+        std::fs::write(tmp.join(SPEC_FILE), &json).map_err(io(tmp))?;
+        candle_core::safetensors::save(weights, tmp.join(WEIGHTS_FILE))?;
+        Ok(())
+    })
+}
+
+/// Publishes files as they were given (an upload): `model.json` and `model.safetensors`.
+pub fn publish_files(
+    models_dir: &Path,
+    name: &str,
+    spec_json: &[u8],
+    weights: &[u8],
+    tag: &str,
+) -> Result<u64, PublishError> {
+    publish_with(models_dir, name, tag, |tmp| {
+        std::fs::write(tmp.join(SPEC_FILE), spec_json).map_err(io(tmp))?;
+        std::fs::write(tmp.join(WEIGHTS_FILE), weights).map_err(io(tmp))?;
+        Ok(())
+    })
+}
+
+fn publish_with(
+    models_dir: &Path,
+    name: &str,
+    tag: &str,
+    write: impl FnOnce(&Path) -> Result<(), PublishError>,
+) -> Result<u64, PublishError> {
     let _guard = PUBLISH
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -69,9 +98,7 @@ pub fn publish(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let result = (|| {
-        let json = serde_json::to_vec_pretty(spec).expect("model specs serialize");
-        std::fs::write(tmp.join(SPEC_FILE), json).map_err(io(&tmp))?;
-        candle_core::safetensors::save(weights, tmp.join(WEIGHTS_FILE))?;
+        write(&tmp)?;
         // Readable by a server running as another user; durable before they become visible.
         for f in [SPEC_FILE, WEIGHTS_FILE] {
             #[cfg(unix)]

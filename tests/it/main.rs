@@ -4,6 +4,7 @@ mod api;
 mod batching;
 mod process;
 mod reload;
+mod repository;
 mod training;
 mod util;
 mod v2;
