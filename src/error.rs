@@ -106,7 +106,7 @@ pub enum ModelError {
     Invalid(String),
     #[error("device: {0}")]
     Device(String),
-    #[error("forward pass failed: {0}")]
+    #[error("forward pass failed: {}", crate::model::layers::first_line(.0))]
     Forward(#[from] candle_core::Error),
 }
 

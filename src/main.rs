@@ -67,6 +67,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Import weights saved by PyTorch (`safetensors.torch.save_file(model.state_dict())`) as
+    /// a new version: validated (every tensor's presence and shape, one forward pass) first.
+    Import {
+        /// The weights file.
+        weights: PathBuf,
+        /// model.json describing the layers (their `name` fields map PyTorch's module names).
+        #[arg(long)]
+        spec: PathBuf,
+        /// Model name to publish under.
+        #[arg(long)]
+        name: String,
+        /// Models directory.
+        #[arg(long, env = "KILN_MODELS", default_value = "./models")]
+        models: PathBuf,
+    },
     /// Probe a running server's readiness (for container HEALTHCHECKs): exit 0 on HTTP 200.
     Health {
         /// Address of the server.
@@ -105,6 +120,12 @@ fn main() -> ExitCode {
             json,
         }),
         Command::Health { addr, path } => health(&addr, &path),
+        Command::Import {
+            weights,
+            spec,
+            name,
+            models,
+        } => import(&weights, &spec, &name, &models),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -207,4 +228,48 @@ fn health(addr: &str, path: &str) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("{path} answered {code:?}")
     }
+}
+
+fn import(
+    weights: &std::path::Path,
+    spec: &std::path::Path,
+    name: &str,
+    models: &std::path::Path,
+) -> anyhow::Result<()> {
+    set_compute_threads(1);
+    if !kiln::registry::valid_model_name(name) {
+        anyhow::bail!("invalid model name {name:?}: expected 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit");
+    }
+    let spec_bytes = std::fs::read(spec).with_context(|| format!("reading {}", spec.display()))?;
+    let weight_bytes =
+        std::fs::read(weights).with_context(|| format!("reading {}", weights.display()))?;
+    let text = std::str::from_utf8(&spec_bytes)
+        .with_context(|| format!("{} is not UTF-8", spec.display()))?;
+    let parsed = kiln::model::format::ModelSpec::from_json(text)
+        .map_err(|m| anyhow::anyhow!("{}: {m}", spec.display()))?;
+    let device = candle_core::Device::Cpu;
+    let tensors = candle_core::safetensors::load_buffer(&weight_bytes, &device).map_err(|e| {
+        anyhow::anyhow!("{} is not a valid safetensors file: {e}", weights.display())
+    })?;
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let listing = names
+        .iter()
+        .map(|n| format!("{n} {:?}", tensors[*n].dims()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let model = kiln::model::Model::from_tensors(parsed, tensors.clone(), &device)
+        .map_err(|e| anyhow::anyhow!("{e}\nthe file holds: {listing}"))?;
+    model.warm_up()?;
+    for t in model.unused_tensors() {
+        eprintln!("warning: tensor '{t}' is not used by any layer");
+    }
+    let version =
+        kiln::training::publish::publish_files(models, name, &spec_bytes, &weight_bytes, "import")?;
+    println!(
+        "imported {} as {name} version {version} ({})",
+        weights.display(),
+        models.join(name).join(version.to_string()).display()
+    );
+    Ok(())
 }

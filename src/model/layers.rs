@@ -466,6 +466,11 @@ pub fn build(
     })
 }
 
+/// candle's message without the backtrace it appends when `RUST_BACKTRACE` is set.
+pub fn first_line(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_owned()
+}
+
 /// Fetches a tensor of an exact shape, naming it fully in the error.
 fn get(
     vb: &VarBuilder,
@@ -476,8 +481,12 @@ fn get(
     init: Init,
 ) -> Result<Tensor, String> {
     names.push(format!("{prefix}.{name}"));
-    vb.get_with_hints(shape, name, init)
-        .map_err(|e| format!("tensor '{prefix}.{name}' (expected shape {shape:?}): {e}"))
+    vb.get_with_hints(shape, name, init).map_err(|e| {
+        format!(
+            "tensor '{prefix}.{name}' (expected shape {shape:?}): {}",
+            first_line(&e)
+        )
+    })
 }
 
 fn build_one(
