@@ -24,6 +24,7 @@ pub mod batcher;
 pub mod config;
 pub mod dataset;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod registry;
@@ -49,7 +50,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let device = config.device.open().context("opening the compute device")?;
     let config = Arc::new(config);
-    let registry = Arc::new(registry::Registry::new(config.clone(), device));
+    let metrics = Arc::new(metrics::Metrics::new());
+    let registry = Arc::new(registry::Registry::new(
+        config.clone(),
+        device,
+        metrics.clone(),
+    ));
     let health = Arc::new(state::Health::default());
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
@@ -67,6 +73,7 @@ pub async fn serve(
         config.models_dir.clone(),
         &config.data_dir,
         config.max_concurrent_jobs,
+        metrics.clone(),
     )
     .context("starting the job manager")?;
     let state = state::AppState {
@@ -75,6 +82,7 @@ pub async fn serve(
         health: health.clone(),
         datasets,
         jobs: jobs.clone(),
+        metrics,
     };
     if !config.models_dir.is_dir() {
         tracing::warn!(dir = %config.models_dir.display(), "models directory does not exist; it will be watched for models");

@@ -15,6 +15,7 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub datasets: Arc<DatasetStore>,
     pub jobs: JobManager,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Readiness: the registry's startup latch plus the draining flag set on shutdown.

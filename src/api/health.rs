@@ -56,7 +56,12 @@ mod tests {
 
     fn state(dir: &std::path::Path) -> AppState {
         let config = Arc::new(Config::default());
-        let registry = Arc::new(Registry::new(config.clone(), candle_core::Device::Cpu));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let registry = Arc::new(Registry::new(
+            config.clone(),
+            candle_core::Device::Cpu,
+            metrics.clone(),
+        ));
         let datasets = Arc::new(crate::dataset::DatasetStore::open(dir).unwrap());
         let store = crate::training::store::JobStore::open(&dir.join("kiln.db")).unwrap();
         let jobs = crate::training::jobs::JobManager::start(
@@ -66,6 +71,7 @@ mod tests {
             dir.join("models"),
             dir,
             1,
+            metrics.clone(),
         )
         .unwrap();
         AppState {
@@ -74,6 +80,7 @@ mod tests {
             health: Arc::new(Health::default()),
             datasets,
             jobs,
+            metrics,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod jobs;
+pub mod metrics;
 pub mod models;
 pub mod predict;
 pub mod repository;
@@ -15,7 +16,9 @@ pub mod v2;
 
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+
+use crate::metrics::{HttpLabels, RouteLabels};
 use axum::http::{HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -84,11 +87,12 @@ pub fn router(state: AppState) -> Router {
             "/v2/models/{name}/versions/{version}/infer",
             post(v2::version_infer),
         )
+        .route("/metrics", get(metrics::metrics))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(timing))
+        .layer(middleware::from_fn_with_state(state.clone(), timing))
         .with_state(state)
 }
 
@@ -108,15 +112,32 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 
 /// Every answer carries `x-total-time`, `x-queue-time` and `x-inference-time` (ms); the
 /// predict handler sets the last two, everything else computes nothing and says 0.
-async fn timing(req: Request, next: Next) -> Response {
+async fn timing(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
     let mut res = next.run(req).await;
+    let elapsed = start.elapsed();
+    let m = &state.metrics;
+    m.http_requests
+        .get_or_create(&HttpLabels {
+            route: route.clone(),
+            method,
+            status: res.status().as_u16(),
+        })
+        .inc();
+    m.http_seconds
+        .get_or_create(&RouteLabels { route })
+        .observe(elapsed.as_secs_f64());
     let h = res.headers_mut();
     for name in ["x-queue-time", "x-inference-time"] {
         if !h.contains_key(name) {
             h.insert(name, HeaderValue::from_static("0.000"));
         }
     }
-    h.insert("x-total-time", predict::ms_header(start.elapsed()));
+    h.insert("x-total-time", predict::ms_header(elapsed));
     res
 }

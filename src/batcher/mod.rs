@@ -64,9 +64,10 @@ pub struct Computed {
     pub batch_rows: usize,
 }
 
-/// Counters of one batcher, shown in `GET /v1/models` (and used by tests to prove batching).
-#[derive(Debug, Default)]
+/// Counters of one batcher, shown in `GET /v1/models` (and used by tests to prove batching),
+/// with the version's Prometheus handles.
 pub struct Stats {
+    pub prom: crate::metrics::BatchMetrics,
     pub requests: AtomicU64,
     pub batches: AtomicU64,
     pub rows: AtomicU64,
@@ -87,6 +88,23 @@ pub struct StatsSnapshot {
 }
 
 impl Stats {
+    fn new(prom: crate::metrics::BatchMetrics) -> Self {
+        Stats {
+            prom,
+            requests: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            max_batch_rows: AtomicU64::new(0),
+            rejected_queue_full: AtomicU64::new(0),
+            rejected_deadline: AtomicU64::new(0),
+        }
+    }
+
+    fn deadline_passed(&self) {
+        self.rejected_deadline.fetch_add(1, Ordering::Relaxed);
+        self.prom.rejected_deadline.inc();
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StatsSnapshot {
@@ -119,6 +137,7 @@ pub fn spawn(
     version: u64,
     cfg: BatchConfig,
     workers: usize,
+    prom: crate::metrics::BatchMetrics,
 ) -> BatcherHandle {
     // Bounded: a full queue is answered 503 at once (try_send), never waited on.
     let (tx, rx) = mpsc::channel(cfg.queue_capacity);
@@ -127,7 +146,7 @@ pub fn spawn(
     // Unbounded in type, bounded in fact: at most `workers` batches exist (one per permit).
     let (to_workers, from_batcher) = std::sync::mpsc::channel::<(Batch, OwnedSemaphorePermit)>();
     let from_batcher = Arc::new(Mutex::new(from_batcher));
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::new(prom));
     for i in 0..workers {
         let (model, rx, stats) = (model.clone(), from_batcher.clone(), stats.clone());
         std::thread::Builder::new()
@@ -235,11 +254,16 @@ impl BatcherHandle {
         };
         let mut result: Option<Computed> = None;
         for rx in receivers {
+            // Every 504 is counted here, once, whichever side noticed the deadline first.
             let computed = match tokio::time::timeout_at(deadline.into(), rx).await {
+                Ok(Ok(Err(Error::DeadlineExceeded(t)))) => {
+                    self.stats.deadline_passed();
+                    return Err(Error::DeadlineExceeded(t));
+                }
                 Ok(Ok(reply)) => reply?,
                 Ok(Err(_)) => return Err(Error::Forward("worker stopped before answering".into())),
                 Err(_) => {
-                    self.stats.rejected_deadline.fetch_add(1, Ordering::Relaxed);
+                    self.stats.deadline_passed();
                     return Err(Error::DeadlineExceeded(timeout));
                 }
             };
@@ -281,6 +305,7 @@ impl BatcherHandle {
                 self.stats
                     .rejected_queue_full
                     .fetch_add(1, Ordering::Relaxed);
+                self.stats.prom.rejected_queue_full.inc();
                 Error::QueueFull {
                     name: self.name.to_string(),
                     version: self.version,

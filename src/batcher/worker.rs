@@ -37,7 +37,6 @@ fn compute(model: &Model, batch: Batch, stats: &Stats) {
             continue;
         }
         if e.deadline <= start {
-            stats.rejected_deadline.fetch_add(1, Ordering::Relaxed);
             let waited = start - e.enqueued;
             e.expire(waited);
             continue;
@@ -61,6 +60,11 @@ fn compute(model: &Model, batch: Batch, stats: &Stats) {
     // A panic inside candle must not take the worker (and every later request) down.
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| model.run_rows(input, n_rows)));
     let compute_time = start.elapsed();
+    stats
+        .prom
+        .compute_seconds
+        .observe(compute_time.as_secs_f64());
+    stats.prom.batch_rows.observe(n_rows as f64);
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats.rows.fetch_add(n_rows as u64, Ordering::Relaxed);
     stats
@@ -75,6 +79,10 @@ fn compute(model: &Model, batch: Batch, stats: &Stats) {
     let mut offset = 0;
     for e in entries {
         let len = e.n_rows * out_len;
+        stats
+            .prom
+            .queue_seconds
+            .observe((start - e.enqueued).as_secs_f64());
         let computed = Computed {
             outputs: outputs[offset..offset + len].to_vec(),
             queue_time: start - e.enqueued,

@@ -91,6 +91,7 @@ pub(crate) struct Slot {
 /// The shared registry. Cheap to read, written only by the watcher.
 pub struct Registry {
     config: Arc<Config>,
+    metrics: Arc<crate::metrics::Metrics>,
     device: candle_core::Device,
     models: RwLock<BTreeMap<String, BTreeMap<u64, Slot>>>,
     /// Models an operator unloaded (`/v2/repository/models/{m}/unload`): the watcher leaves
@@ -110,9 +111,14 @@ pub struct ModelView {
 }
 
 impl Registry {
-    pub fn new(config: Arc<Config>, device: candle_core::Device) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        device: candle_core::Device,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Registry {
             config,
+            metrics,
             device,
             models: RwLock::new(BTreeMap::new()),
             sync_lock: tokio::sync::Mutex::new(()),

@@ -77,6 +77,7 @@ struct Inner {
     /// Wakes the scheduler when a job is queued or a slot frees up.
     wake: Notify,
     shutting_down: AtomicBool,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Cheap to clone; lives in `AppState`.
@@ -120,6 +121,7 @@ impl JobManager {
         models_dir: PathBuf,
         data_dir: &std::path::Path,
         max_concurrent_jobs: usize,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<JobManager, JobError> {
         for job in store.interrupted()? {
             // Resume from the checkpoint (or from the start when none was written yet).
@@ -158,6 +160,7 @@ impl JobManager {
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             shutting_down: AtomicBool::new(false),
+            metrics,
         });
         tokio::spawn(scheduler(inner.clone(), max_concurrent_jobs.max(1)));
         Ok(JobManager { inner })
@@ -292,6 +295,14 @@ impl JobManager {
         }
     }
 
+    /// Jobs per state, for `/metrics`.
+    pub async fn count_by_state(&self) -> Vec<(JobState, i64)> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.store.count_by_state().unwrap_or_default())
+            .await
+            .unwrap_or_default()
+    }
+
     /// True while any job thread is still running.
     pub fn busy(&self) -> bool {
         !self.inner.running.lock().expect("job map lock").is_empty()
@@ -368,6 +379,10 @@ impl Hooks for JobHooks<'_> {
         // History first, then the checkpoint files, then the mark: a crash between any two
         // steps resumes from the files' epoch and recomputes (and re-records) what follows,
         // so the history never has a gap.
+        self.inner
+            .metrics
+            .epoch_seconds
+            .observe(event.epoch_seconds);
         let value = serde_json::to_value(event).expect("events serialize");
         let store = &self.inner.store;
         store

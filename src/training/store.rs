@@ -296,6 +296,21 @@ impl JobStore {
         Ok(())
     }
 
+    /// Jobs per state.
+    pub fn count_by_state(&self) -> Result<Vec<(JobState, i64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (s, n) = r?;
+            if let Some(state) = JobState::parse(&s) {
+                out.push((state, n));
+            }
+        }
+        Ok(out)
+    }
+
     /// Notes that the checkpoint of `epoch` is on disk.
     pub fn mark_checkpoint(&self, id: &str, epoch: u32) -> Result<(), StoreError> {
         self.conn().execute(

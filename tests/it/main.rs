@@ -2,6 +2,7 @@
 
 mod api;
 mod batching;
+mod ops;
 mod process;
 mod reload;
 mod repository;

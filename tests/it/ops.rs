@@ -1,0 +1,85 @@
+//! Operations: the Prometheus exposition reflects what the server did.
+
+use serde_json::json;
+
+use crate::util::*;
+
+fn value(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starts with {prefix:?} in:\n{text}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_batches_rejections_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path(), "mlp", 1, &mlp_spec(6));
+    let s = Server::start(dir.path(), "").await;
+    for _ in 0..3 {
+        assert_eq!(
+            s.post(
+                "/v1/models/mlp:predict",
+                &json!({"instances": [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]]})
+            )
+            .await
+            .0,
+            200
+        );
+    }
+    assert_eq!(
+        s.post("/v1/models/mlp:predict", &json!({"instances": [[1]]}))
+            .await
+            .0,
+        400
+    );
+    let r = s.client.get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = r.text().await.unwrap();
+    assert_eq!(
+        value(
+            &text,
+            r#"kiln_http_requests_total{route="/v1/models/{name}",method="POST",status="200"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"kiln_http_requests_total{route="/v1/models/{name}",method="POST",status="400"}"#
+        ),
+        1.0
+    );
+    // Three batches of two rows (the warm-up pass runs before the batcher exists).
+    assert_eq!(
+        value(&text, r#"kiln_batch_rows_count{model="mlp",version="1"}"#),
+        3.0
+    );
+    assert_eq!(
+        value(&text, r#"kiln_batch_rows_sum{model="mlp",version="1"}"#),
+        6.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"kiln_queue_duration_seconds_count{model="mlp",version="1"}"#
+        ),
+        3.0
+    );
+    assert_eq!(value(&text, r#"kiln_models{state="AVAILABLE"}"#), 1.0);
+    assert_eq!(
+        value(&text, r#"kiln_queue_depth{model="mlp",version="1"}"#),
+        0.0
+    );
+    assert_eq!(value(&text, r#"kiln_training_jobs{state="queued"}"#), 0.0);
+    assert!(value(&text, "kiln_process_resident_memory_bytes ") > 1e6);
+    assert!(text.contains("# TYPE kiln_http_request_duration_seconds histogram"));
+}
