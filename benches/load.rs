@@ -24,9 +24,12 @@
 //!   `KILN_BENCH_BATCH_CLIENTS` (16) and `KILN_BENCH_BATCH_ROWS` (32) for the batched one.
 //! - `KILN_BENCH_CLIENT_THREADS` (1): tokio worker threads of the load generator.
 //! - `KILN_BENCH_SERVER_THREADS` (2): tokio worker threads of each in-process server.
-//! - `KILN_BENCH_RSS_SECS` (3): seconds per scenario in each load run on the spawned binary.
+//! - `KILN_BENCH_RSS_SECS` (3): seconds per scenario in each load run on the spawned binary;
+//!   `KILN_BENCH_RSS_RUNS` (2): how many such runs (RSS is read after each).
 //! - `KILN_BENCH_STARTS` (5): spawns of the binary timed to readiness.
 //! - `KILN_BENCH_ONLY` (`all`): `binary` or `inproc` to run one half.
+//! - `KILN_BENCH_CONFIG` (empty: kiln's defaults): a kiln config file's text, used by both the
+//!   binary and the in-process server, e.g. `KILN_BENCH_CONFIG=$'workers = 1\n'`.
 //! - `KILN_BENCH_SCENARIOS` (`single,batch`): which in-process scenarios to run.
 
 use std::collections::HashMap;
@@ -75,8 +78,11 @@ struct Settings {
     client_threads: usize,
     server_threads: usize,
     rss_secs: f64,
+    rss_runs: usize,
     starts: usize,
     only: String,
+    /// kiln config (TOML) for both the binary and the in-process server.
+    config: String,
     scenarios: String,
 }
 
@@ -92,8 +98,10 @@ impl Settings {
             client_threads: env_or("KILN_BENCH_CLIENT_THREADS", 1),
             server_threads: env_or("KILN_BENCH_SERVER_THREADS", 2),
             rss_secs: env_or("KILN_BENCH_RSS_SECS", 3.0),
+            rss_runs: env_or("KILN_BENCH_RSS_RUNS", 2),
             starts: env_or("KILN_BENCH_STARTS", 5),
             only: env_or("KILN_BENCH_ONLY", "all".to_owned()),
+            config: std::env::var("KILN_BENCH_CONFIG").unwrap_or_default(),
             scenarios: env_or("KILN_BENCH_SCENARIOS", "single,batch".to_owned()),
         }
     }
@@ -225,6 +233,8 @@ struct RunResult {
     batch_header_n: u64,
     /// rows / batches from `GET /v1/models` over the measured window (kiln only).
     stats_mean_batch: Option<f64>,
+    /// CPU time and context switches of this process's thread groups over the window.
+    cpu: ThreadCpu,
 }
 
 impl RunResult {
@@ -244,6 +254,102 @@ impl RunResult {
     /// Mean `x-batch-size` per request (request-weighted: a request in a batch of 64 says 64).
     fn header_mean_batch(&self) -> Option<f64> {
         (self.batch_header_n > 0).then(|| self.batch_header_sum as f64 / self.batch_header_n as f64)
+    }
+}
+
+/// CPU nanoseconds and context switches per thread group of this process: the kiln
+/// runtime (`kiln-rt`, its blocking pool included), kiln's batch workers (`kiln-worker-*`),
+/// the ceiling's runtime, the load generator, and the rest (candle's pool, main).
+#[derive(Clone, Debug, Default)]
+struct ThreadCpu(HashMap<&'static str, (u64, u64)>);
+
+fn thread_group(comm: &str) -> &'static str {
+    if comm.starts_with("kiln-worker") {
+        "kiln workers"
+    } else if comm.starts_with("kiln-rt") {
+        "kiln runtime"
+    } else if comm.starts_with("ceiling-rt") {
+        "ceiling runtime"
+    } else if comm.starts_with("loadgen") {
+        "load generator"
+    } else {
+        "other"
+    }
+}
+
+impl ThreadCpu {
+    /// Reads `/proc/self/task/*/{comm,schedstat,status}` (Linux; empty elsewhere).
+    fn now() -> ThreadCpu {
+        let mut out = HashMap::new();
+        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+            return ThreadCpu(out);
+        };
+        for task in dir.flatten() {
+            let p = task.path();
+            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+            let ns: u64 = std::fs::read_to_string(p.join("schedstat"))
+                .ok()
+                .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()))
+                .unwrap_or(0);
+            let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
+            let switches: u64 = status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
+                .sum();
+            let e = out.entry(thread_group(comm.trim())).or_insert((0, 0));
+            e.0 += ns;
+            e.1 += switches;
+        }
+        // The whole machine's busy time (all processes; steal included), from /proc/stat.
+        if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
+            if let Some(line) = stat.lines().next() {
+                let f: Vec<u64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal
+                if f.len() >= 8 {
+                    let busy_ticks = f[0] + f[1] + f[2] + f[5] + f[6] + f[7];
+                    out.insert("machine", (busy_ticks * 10_000_000, 0)); // USER_HZ = 100
+                }
+            }
+        }
+        ThreadCpu(out)
+    }
+
+    /// CPU of this process's threads, nanoseconds.
+    fn process_ns(&self) -> u64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| **k != "machine")
+            .map(|(_, v)| v.0)
+            .sum()
+    }
+
+    fn since(&self, before: &ThreadCpu) -> ThreadCpu {
+        ThreadCpu(
+            self.0
+                .iter()
+                .map(|(k, (ns, sw))| {
+                    let (ns0, sw0) = before.0.get(k).copied().unwrap_or((0, 0));
+                    (*k, (ns.saturating_sub(ns0), sw.saturating_sub(sw0)))
+                })
+                .collect(),
+        )
+    }
+
+    fn ns(&self, group: &str) -> u64 {
+        self.0.get(group).map_or(0, |v| v.0)
+    }
+
+    fn switches(&self, group: &str) -> u64 {
+        self.0.get(group).map_or(0, |v| v.1)
     }
 }
 
@@ -345,11 +451,18 @@ async fn load_run(
         .map(|_| tokio::spawn(connection(addr, path, body.clone(), measure_from, end)))
         .collect();
     let mut stats_mean_batch = None;
+    let control = reqwest::Client::new();
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_before = ThreadCpu::now();
+    let before = if is_kiln {
+        kiln_stats(&control, addr).await
+    } else {
+        None
+    };
+    tokio::time::sleep_until(end.into()).await;
+    let cpu = ThreadCpu::now().since(&cpu_before);
+
     if is_kiln {
-        let control = reqwest::Client::new();
-        tokio::time::sleep_until(measure_from.into()).await;
-        let before = kiln_stats(&control, addr).await;
-        tokio::time::sleep_until(end.into()).await;
         let after = kiln_stats(&control, addr).await;
         if let (Some((b0, r0)), Some((b1, r1))) = (before, after) {
             if b1 > b0 {
@@ -361,6 +474,7 @@ async fn load_run(
         secs,
         rows_per_request: sc.rows,
         stats_mean_batch,
+        cpu,
         ..Default::default()
     };
     for t in tasks {
@@ -407,6 +521,52 @@ fn print_run(target: &str, sc: Scenario, r: &RunResult) {
     );
 }
 
+/// CPU of the server under test (its runtime threads, plus kiln's workers), µs per request.
+fn server_cpu_us(r: &RunResult) -> f64 {
+    let c = &r.cpu;
+    let ns = (c.ns("kiln runtime") + c.ns("kiln workers")).max(c.ns("ceiling runtime"));
+    ns as f64 / 1e3 / r.requests.max(1) as f64
+}
+
+/// How busy the machine was outside this process, in cores.
+fn foreign_cores(r: &RunResult) -> f64 {
+    let machine = r.cpu.ns("machine") as f64;
+    (machine - r.cpu.process_ns() as f64).max(0.0) / (r.secs * 1e9)
+}
+
+/// Where the CPU went in an in-process run, per request.
+fn print_cpu(r: &RunResult) {
+    if r.requests == 0 || r.cpu.0.is_empty() {
+        return;
+    }
+    let per = |ns: u64| ns as f64 / 1e3 / r.requests as f64;
+    let c = &r.cpu;
+    let server = if c.ns("kiln runtime") + c.ns("kiln workers") > c.ns("ceiling runtime") {
+        format!(
+            "kiln {:.1} (runtime {:.1} + workers {:.1})",
+            per(c.ns("kiln runtime") + c.ns("kiln workers")),
+            per(c.ns("kiln runtime")),
+            per(c.ns("kiln workers"))
+        )
+    } else {
+        format!("ceiling {:.1}", per(c.ns("ceiling runtime")))
+    };
+    let switches =
+        c.switches("kiln runtime") + c.switches("kiln workers") + c.switches("ceiling runtime");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let window_ns = r.secs * 1e9;
+    let machine = c.ns("machine") as f64;
+    let foreign = (machine - c.process_ns() as f64).max(0.0);
+    println!(
+        "           CPU µs/request: server {server}, load generator {:.1}, other {:.1}; server context switches/request {:.2}; machine busy {:.0}% of {cores:.0} cores, {:.0}% of a core outside this process",
+        per(c.ns("load generator")),
+        per(c.ns("other")),
+        switches as f64 / r.requests as f64,
+        machine / (window_ns * cores) * 100.0,
+        foreign / window_ns * 100.0,
+    );
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
@@ -433,10 +593,20 @@ struct Boot {
 
 /// Spawns `kiln serve` on 127.0.0.1:0 with JSON logs; a thread reads stderr (and keeps
 /// draining it) and reports the listening address.
-fn spawn_kiln(models: &Path, cwd: &Path) -> (Child, Instant, mpsc::Receiver<(String, Value, Instant)>) {
+fn spawn_kiln(
+    models: &Path,
+    cwd: &Path,
+) -> (Child, Instant, mpsc::Receiver<(String, Value, Instant)>) {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--models"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--models",
+        ])
         .arg(models)
         .current_dir(cwd)
         .env_remove("RUST_LOG")
@@ -482,7 +652,15 @@ fn http_status(addr: SocketAddr, path: &str) -> u16 {
 }
 
 /// Spawns the binary and returns it once `/health/ready` says 200, with the timings.
-fn boot_binary(models: &Path, cwd: &Path) -> (Child, Duration, Boot, mpsc::Receiver<(String, Value, Instant)>) {
+fn boot_binary(
+    models: &Path,
+    cwd: &Path,
+) -> (
+    Child,
+    Duration,
+    Boot,
+    mpsc::Receiver<(String, Value, Instant)>,
+) {
     let (mut child, started, rx) = spawn_kiln(models, cwd);
     let mut boot = Boot::default();
     let deadline = started + Duration::from_secs(30);
@@ -579,14 +757,27 @@ fn bench_binary(s: &Settings, models: &Path, cwd: &Path, client_rt: &tokio::runt
     let (idle, _) = rss_kib(pid);
     println!("  RSS idle (after ready + 0.5 s): {:.1} MiB", mib(idle));
     let scenarios = [
-        Scenario { clients: s.clients, rows: 1 },
-        Scenario { clients: s.batch_clients, rows: s.batch_rows },
+        Scenario {
+            clients: s.clients,
+            rows: 1,
+        },
+        Scenario {
+            clients: s.batch_clients,
+            rows: s.batch_rows,
+        },
     ];
     let mut after = Vec::new();
-    for run in 1..=2 {
+    for run in 1..=s.rss_runs.max(2) {
         for sc in scenarios {
             let body = request_body(sc.rows, 7);
-            let r = client_rt.block_on(load_run(addr, sc, body, s.warmup.min(0.5), s.rss_secs, true));
+            let r = client_rt.block_on(load_run(
+                addr,
+                sc,
+                body,
+                s.warmup.min(0.5),
+                s.rss_secs,
+                true,
+            ));
             print_run("binary", sc, &r);
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -598,10 +789,22 @@ fn bench_binary(s: &Settings, models: &Path, cwd: &Path, client_rt: &tokio::runt
         );
         after.push(rss);
     }
+    let steps: Vec<String> = after
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| {
+            format!(
+                "run {} → run {}: {:+.1} MiB",
+                i + 1,
+                i + 2,
+                mib(w[1]) - mib(w[0])
+            )
+        })
+        .collect();
     println!(
-        "  RSS growth idle → run 1: {:+.1} MiB; run 1 → run 2: {:+.1} MiB",
+        "  RSS growth idle → run 1: {:+.1} MiB; {}",
         mib(after[0]) - mib(idle),
-        mib(after[1]) - mib(after[0])
+        steps.join("; ")
     );
     let _ = child.kill();
     let _ = child.wait();
@@ -624,7 +827,7 @@ fn bench_inprocess(s: &Settings, models: &Path, client_rt: &tokio::runtime::Runt
         models_dir: Some(models.to_owned()),
         ..Default::default()
     };
-    let config = Config::from_toml("", &overrides).expect("the default config is valid");
+    let config = Config::from_toml(&s.config, &overrides).expect("KILN_BENCH_CONFIG is valid");
     println!(
         "\n== in-process: kiln (workers {}, threads {}, max_batch_size {}, max_queue_delay {:?}) vs bare axum ==",
         config.workers, config.threads, config.batching.max_batch_size, config.batching.max_queue_delay
@@ -653,10 +856,16 @@ fn bench_inprocess(s: &Settings, models: &Path, client_rt: &tokio::runtime::Runt
 
     let mut scenarios = Vec::new();
     if s.scenarios.contains("single") {
-        scenarios.push(Scenario { clients: s.clients, rows: 1 });
+        scenarios.push(Scenario {
+            clients: s.clients,
+            rows: 1,
+        });
     }
     if s.scenarios.contains("batch") {
-        scenarios.push(Scenario { clients: s.batch_clients, rows: s.batch_rows });
+        scenarios.push(Scenario {
+            clients: s.batch_clients,
+            rows: s.batch_rows,
+        });
     }
     let mut summary = Vec::new();
     for sc in scenarios {
@@ -672,11 +881,27 @@ fn bench_inprocess(s: &Settings, models: &Path, client_rt: &tokio::runtime::Runt
         let mut ceil = Vec::new();
         let mut kiln = Vec::new();
         for _ in 0..s.rounds {
-            let r = client_rt.block_on(load_run(ceiling_addr, sc, body.clone(), s.warmup, s.secs, false));
+            let r = client_rt.block_on(load_run(
+                ceiling_addr,
+                sc,
+                body.clone(),
+                s.warmup,
+                s.secs,
+                false,
+            ));
             print_run("ceiling", sc, &r);
+            print_cpu(&r);
             ceil.push(r);
-            let r = client_rt.block_on(load_run(kiln_addr, sc, body.clone(), s.warmup, s.secs, true));
+            let r = client_rt.block_on(load_run(
+                kiln_addr,
+                sc,
+                body.clone(),
+                s.warmup,
+                s.secs,
+                true,
+            ));
             print_run("kiln", sc, &r);
+            print_cpu(&r);
             kiln.push(r);
         }
         summary.push((sc, ceil, kiln));
@@ -684,14 +909,22 @@ fn bench_inprocess(s: &Settings, models: &Path, client_rt: &tokio::runtime::Runt
 
     println!("\n== summary: medians over rounds (in-process, loopback) ==");
     println!(
-        "  {:<22} {:<8} {:>9} {:>10} {:>9} {:>9} {:>11}",
-        "scenario", "target", "req/s", "rows/s", "p50 ms", "p99 ms", "mean batch"
+        "  {:<22} {:<8} {:>9} {:>10} {:>9} {:>9} {:>11} {:>14} {:>13}",
+        "scenario",
+        "target",
+        "req/s",
+        "rows/s",
+        "p50 ms",
+        "p99 ms",
+        "mean batch",
+        "server µs/req",
+        "foreign cores"
     );
     for (sc, ceil, kiln) in &summary {
         for (name, runs) in [("ceiling", ceil), ("kiln", kiln)] {
             let mb = median(runs.iter().filter_map(|r| r.stats_mean_batch).collect());
             println!(
-                "  {:<22} {:<8} {:>9.0} {:>10.0} {:>9.3} {:>9.3} {:>11}",
+                "  {:<22} {:<8} {:>9.0} {:>10.0} {:>9.3} {:>9.3} {:>11} {:>14.1} {:>13.2}",
                 sc.label(),
                 name,
                 median(runs.iter().map(RunResult::rps).collect()),
@@ -703,6 +936,8 @@ fn bench_inprocess(s: &Settings, models: &Path, client_rt: &tokio::runtime::Runt
                 } else {
                     "-".to_owned()
                 },
+                median(runs.iter().map(server_cpu_us).collect()),
+                median(runs.iter().map(foreign_cores).collect()),
             );
         }
         let per_round: Vec<f64> = ceil
@@ -712,8 +947,10 @@ fn bench_inprocess(s: &Settings, models: &Path, client_rt: &tokio::runtime::Runt
             .collect();
         let of_medians = median(kiln.iter().map(RunResult::rps).collect())
             / median(ceil.iter().map(RunResult::rps).collect());
+        let cpu_ratio = median(kiln.iter().map(server_cpu_us).collect())
+            / median(ceil.iter().map(server_cpu_us).collect());
         println!(
-            "  {:<22} kiln/ceiling: {:.2} (req/s and rows/s; median of rounds {:.2}; rounds {})",
+            "  {:<22} kiln/ceiling: {:.2} (req/s and rows/s; median of rounds {:.2}; rounds {}); server CPU per request {:.2}x the ceiling's",
             sc.label(),
             of_medians,
             median(per_round.clone()),
@@ -721,7 +958,8 @@ fn bench_inprocess(s: &Settings, models: &Path, client_rt: &tokio::runtime::Runt
                 .iter()
                 .map(|r| format!("{r:.2}"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            cpu_ratio
         );
     }
 
@@ -732,11 +970,16 @@ fn bench_inprocess(s: &Settings, models: &Path, client_rt: &tokio::runtime::Runt
 }
 
 fn main() {
-    // kiln's default `threads = 1`, as `kiln serve` sets it: before anything touches candle.
-    std::env::set_var("RAYON_NUM_THREADS", "1");
-    std::env::set_var("CANDLE_NUM_THREADS", "1");
     // `cargo bench` passes `--bench`; a filter argument is not supported.
     let s = Settings::from_env();
+    // candle's thread counts, as `kiln serve` sets them from `threads` (default 1): before
+    // anything touches candle.
+    let threads = Config::from_toml(&s.config, &Overrides::default())
+        .expect("KILN_BENCH_CONFIG is valid")
+        .threads
+        .to_string();
+    std::env::set_var("RAYON_NUM_THREADS", &threads);
+    std::env::set_var("CANDLE_NUM_THREADS", &threads);
     println!(
         "kiln load benchmark: {} cores; run {:.0} s + {:.0} s warm-up, {} rounds; load generator: hyper http1, {} tokio thread(s); servers: {} tokio threads",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -750,6 +993,9 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let models = tmp.path().join("models");
     write_seed_model(&models);
+    // The binary runs in the temporary dir and reads config/kiln.toml there.
+    std::fs::create_dir_all(tmp.path().join("config")).unwrap();
+    std::fs::write(tmp.path().join("config/kiln.toml"), &s.config).unwrap();
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(s.client_threads)
         .thread_name("loadgen")
@@ -762,5 +1008,8 @@ fn main() {
     if s.only != "binary" {
         bench_inprocess(&s, &models, &client_rt);
     }
-    println!("\ntotal bench time {:.0} s", started.elapsed().as_secs_f64());
+    println!(
+        "\ntotal bench time {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
 }
