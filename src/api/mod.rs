@@ -24,6 +24,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::state::AppState;
@@ -119,8 +120,27 @@ async fn timing(State(state): State<AppState>, req: Request, next: Next) -> Resp
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().as_str().to_owned();
-    let mut res = next.run(req).await;
+    // The request id: the client's (printable ASCII, at most 128 bytes) or a new one.
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(new_request_id, str::to_owned);
+    // One span per request (debug level: per-request logging costs throughput; enable it
+    // with RUST_LOG=kiln=debug). Handlers record the model, version and batch size on it.
+    let span = tracing::debug_span!(
+        "request",
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        model = tracing::field::Empty,
+        version = tracing::field::Empty,
+        batch = tracing::field::Empty,
+    );
+    let mut res = next.run(req).instrument(span.clone()).await;
     let elapsed = start.elapsed();
+    tracing::debug!(parent: &span, status = res.status().as_u16(), total_ms = elapsed.as_secs_f64() * 1e3, "answered");
     let m = &state.metrics;
     m.http_requests
         .get_or_create(&HttpLabels {
@@ -139,5 +159,16 @@ async fn timing(State(state): State<AppState>, req: Request, next: Next) -> Resp
         }
     }
     h.insert("x-total-time", predict::ms_header(elapsed));
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert(REQUEST_ID, v);
+    }
     res
+}
+
+/// Echoed in every answer; taken from the request when the client sends one.
+pub const REQUEST_ID: &str = "x-request-id";
+
+fn new_request_id() -> String {
+    use rand::RngCore;
+    format!("{:016x}", rand::rng().next_u64())
 }

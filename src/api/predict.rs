@@ -86,7 +86,9 @@ async fn handle(
     } else {
         decode(&lv, verb, &body)?
     };
-    let span = tracing::debug_span!("predict", model = %lv.name, version = lv.version, rows = decoded.n_rows);
+    let span = tracing::Span::current();
+    span.record("model", lv.name.as_str());
+    span.record("version", lv.version);
     let computed = lv
         .batcher
         .run(
@@ -97,6 +99,7 @@ async fn handle(
             &span,
         )
         .await?;
+    span.record("batch", computed.batch_rows);
     Ok(encode(
         &lv,
         verb,

@@ -765,7 +765,9 @@ async fn infer_on(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let decoded = to_rows(&lv, req.inputs)?;
-    let span = tracing::debug_span!("infer", model = %lv.name, version = lv.version, rows = decoded.n_rows);
+    let span = tracing::Span::current();
+    span.record("model", lv.name.as_str());
+    span.record("version", lv.version);
     let computed = lv
         .batcher
         .run(

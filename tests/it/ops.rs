@@ -83,3 +83,35 @@ async fn metrics_count_requests_batches_rejections_and_state() {
     assert!(value(&text, "kiln_process_resident_memory_bytes ") > 1e6);
     assert!(text.contains("# TYPE kiln_http_request_duration_seconds histogram"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_echoed_or_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), "").await;
+    let r = s
+        .client
+        .get(s.url("/v1/models"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    let a = s.client.get(s.url("/v1/models")).send().await.unwrap();
+    let b = s.client.get(s.url("/nope")).send().await.unwrap();
+    let (a, b) = (
+        a.headers()["x-request-id"].to_str().unwrap().to_owned(),
+        b.headers()["x-request-id"].to_str().unwrap().to_owned(),
+    );
+    assert_eq!(a.len(), 16);
+    assert_ne!(a, b);
+    // An unusable id (control characters, too long) is replaced.
+    let long = "x".repeat(200);
+    let r = s
+        .client
+        .get(s.url("/v1/models"))
+        .header("x-request-id", long.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"].len(), 16);
+}
