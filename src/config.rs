@@ -30,6 +30,8 @@ pub struct Config {
     pub body_limit: usize,
     pub log_format: LogFormat,
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long readiness answers 503 while requests are still served.
+    pub drain_delay: Duration,
     /// Largest dataset upload, in bytes.
     pub max_upload_bytes: u64,
     /// Training jobs that run at the same time (each on one thread).
@@ -93,6 +95,7 @@ struct FileConfig {
     body_limit_bytes: Option<usize>,
     log_format: Option<LogFormat>,
     drain_timeout_ms: Option<u64>,
+    drain_delay_seconds: Option<f64>,
     max_upload_bytes: Option<u64>,
     max_concurrent_jobs: Option<usize>,
     #[serde(default)]
@@ -170,6 +173,9 @@ pub struct Overrides {
     /// Longest the shutdown waits for in-flight requests, in milliseconds.
     #[arg(long, env = "KILN_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
+    /// After SIGTERM, seconds to keep serving while readiness answers 503.
+    #[arg(long = "drain-delay", env = "KILN_DRAIN_DELAY")]
+    pub drain_delay_seconds: Option<f64>,
     /// Largest dataset upload in bytes.
     #[arg(long, env = "KILN_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<u64>,
@@ -193,6 +199,7 @@ pub mod defaults {
     pub const POLL_INTERVAL_MS: u64 = 2_000;
     pub const BODY_LIMIT_BYTES: usize = 16 * 1024 * 1024;
     pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
+    pub const DRAIN_DELAY_SECONDS: f64 = 5.0;
     pub const MAX_UPLOAD_BYTES: u64 = 100 * 1024 * 1024;
     pub const MAX_CONCURRENT_JOBS: usize = 1;
 }
@@ -351,7 +358,17 @@ impl Config {
                 "max_upload_bytes and max_concurrent_jobs must be positive".into(),
             ));
         }
+        let drain_delay = o
+            .drain_delay_seconds
+            .or(f.drain_delay_seconds)
+            .unwrap_or(d::DRAIN_DELAY_SECONDS);
+        if !(0.0..=3600.0).contains(&drain_delay) {
+            return Err(invalid(format!(
+                "drain_delay_seconds {drain_delay} must be between 0 and 3600"
+            )));
+        }
         Ok(Config {
+            drain_delay: Duration::from_secs_f64(drain_delay),
             listen,
             max_upload_bytes,
             max_concurrent_jobs,

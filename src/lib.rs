@@ -46,7 +46,7 @@ pub use config::Config;
 pub async fn serve(
     config: Config,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = shutdown::Drain> + Send + 'static,
 ) -> anyhow::Result<()> {
     let device = config.device.open().context("opening the compute device")?;
     let config = Arc::new(config);
@@ -98,8 +98,12 @@ pub async fn serve(
     let drain_jobs = jobs.clone();
     let app = api::router(state);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
+        let drain = shutdown.await;
         drain_health.start_draining();
+        if !drain.delay.is_zero() {
+            // Readiness already answers 503; keep serving so the load balancer can notice.
+            tokio::time::sleep(drain.delay).await;
+        }
         // Running jobs stop at their next step and go back to the queue (checkpoint kept).
         drain_jobs.shutdown();
         let _ = signalled_tx.send(());

@@ -157,7 +157,8 @@ fn serve(config: Option<PathBuf>, overrides: &Overrides) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        kiln::serve(config, listener, kiln::shutdown::signal()).await
+        let delay = config.drain_delay;
+        kiln::serve(config, listener, kiln::shutdown::signal(delay)).await
     })
 }
 

@@ -821,6 +821,101 @@ mod tests {
             .fold(input.clone(), |x, l| l.forward_t(&x, false).unwrap())
     }
 
+    /// Pseudo-random values in [-1, 1) (a fixed LCG: no RNG state needed).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005) | 1;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    }
+
+    /// The training dense node gives bit for bit the values and gradients of candle's
+    /// `Linear` (+ relu) path, with and without bias and relu, for a plain input and for an
+    /// input that needs a gradient, including pre-activations that are exactly 0.
+    #[test]
+    fn dense_train_matches_candle_linear() {
+        let dev = Device::Cpu;
+        let (batch, fan_in, units) = (7, 5, 4);
+        for (relu, bias, input_var) in [
+            (true, true, false),
+            (true, true, true),
+            (false, true, true),
+            (true, false, true),
+            (false, false, false),
+        ] {
+            let mut xv = values(batch * fan_in, 1);
+            // A zero row: with a zero bias its pre-activations are exactly 0 (relu' = 1 there).
+            xv[..fan_in].iter_mut().for_each(|v| *v = 0.0);
+            let w = candle_core::Var::from_vec(values(units * fan_in, 2), (units, fan_in), &dev)
+                .unwrap();
+            let mut bv = values(units, 3);
+            bv[0] = 0.0;
+            let b = candle_core::Var::from_vec(bv, units, &dev).unwrap();
+            let lin =
+                candle_nn::Linear::new(w.as_tensor().clone(), bias.then(|| b.as_tensor().clone()));
+            let x = candle_core::Var::from_vec(xv.clone(), (batch, fan_in), &dev).unwrap();
+            let plain = Tensor::from_vec(xv, (batch, fan_in), &dev).unwrap();
+            let input = if input_var { x.as_tensor() } else { &plain };
+            let weights = Tensor::from_vec(values(batch * units, 4), (batch, units), &dev).unwrap();
+            let act = relu.then(|| Act::new(Activation::Relu));
+            let layer = Layer::Dense(lin.clone(), act);
+            let fused = layer.forward_t(input, true).unwrap();
+            let mut reference = lin.forward(input).unwrap();
+            if relu {
+                reference = reference.relu().unwrap();
+            }
+            assert_eq!(
+                bits(&fused),
+                bits(&reference),
+                "forward {relu} {bias} {input_var}"
+            );
+            let g1 = (&fused * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (&reference * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let mut checked = vec![w.as_tensor()];
+            if bias {
+                checked.push(b.as_tensor());
+            }
+            if input_var {
+                checked.push(x.as_tensor());
+            }
+            for t in checked {
+                let (a, r) = (
+                    g1.get(t).expect("fused grad"),
+                    g2.get(t).expect("reference grad"),
+                );
+                assert_eq!(a.dims(), r.dims());
+                assert_eq!(bits(a), bits(r), "gradient {relu} {bias} {input_var}");
+            }
+            // No gradient is computed for an input that does not need one.
+            assert!(input_var || g1.get(&plain).is_none());
+        }
+    }
+
     #[test]
     fn dense_stack_shapes_and_names() {
         let (b, vm) = built(

@@ -308,7 +308,6 @@ pub fn train(
     let mut outcome = Outcome::Completed;
     let mut epochs_run = start_epoch;
     let mut order: Vec<usize> = (0..n).collect();
-    let mut xbuf = Vec::with_capacity(t.batch_size * w);
     let mut ybuf = Vec::with_capacity(t.batch_size);
     let mut train_out = Vec::with_capacity(n * setup.out);
     let mut train_y = Vec::with_capacity(n);
@@ -327,10 +326,12 @@ pub fn train(
                 outcome = Outcome::Cancelled;
                 break 'epochs;
             }
+            // Gathered straight into the batch tensor's own buffer (no second copy).
+            let mut xbuf = Vec::with_capacity(idx.len() * w);
             gather(&data.x_train, w, idx, &mut xbuf);
             ybuf.clear();
             ybuf.extend(idx.iter().map(|&i| data.y_train[i]));
-            let xs = Tensor::from_slice(&xbuf, (idx.len(), w), &device)?;
+            let xs = Tensor::from_vec(xbuf, (idx.len(), w), &device)?;
             let ys = setup.targets(&ybuf)?;
             let out = forward(&layers, xs, true, &mut dropout_rng)?;
             let l = loss.compute(&out, &ys)?;

@@ -2,6 +2,7 @@
 
 mod api;
 mod batching;
+mod import;
 mod ops;
 mod process;
 mod reload;

@@ -30,6 +30,11 @@ fn spawn_server_with_data(models: &Path, data: &Path, extra: &[&str]) -> (Child,
         .arg(models)
         .arg("--data")
         .arg(data)
+        .args(if extra.contains(&"--drain-delay") {
+            &[][..]
+        } else {
+            &["--drain-delay", "0"][..]
+        })
         .args(extra)
         .env_remove("KILN_CONFIG")
         .current_dir(models)
@@ -443,4 +448,45 @@ fn train_writes_a_version_that_serves() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("target column 'colour'"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_readiness_503_and_serves_through_the_drain_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path(), "mlp", 1, &mlp_spec(6));
+    let (mut child, base) = spawn_server(dir.path(), &["--drain-delay", "1.5"]);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &base).await;
+    signal(&child, "-TERM");
+    let body = serde_json::json!({"instances": [[1, 2, 3, 4, 5, 6]]});
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // Readiness flips to 503 at once…
+    loop {
+        let r = client
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readiness never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // …while predictions are still answered.
+    let r = client
+        .post(format!("{base}/v1/models/mlp:predict"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
 }

@@ -44,6 +44,7 @@ impl Server {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(kiln::serve(config, listener, async move {
             let _ = rx.await;
+            kiln::shutdown::Drain::immediate()
         }));
         let server = Server {
             data,
