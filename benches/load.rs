@@ -840,6 +840,7 @@ fn bench_inprocess(s: &Settings, models: &Path, client_rt: &tokio::runtime::Runt
     let kiln_addr = kiln_listener.local_addr().unwrap();
     let kiln_task = kiln_rt.spawn(kiln::serve(config, kiln_listener, async move {
         let _ = stop_rx.await;
+        kiln::shutdown::Drain::immediate()
     }));
     let ready_deadline = Instant::now() + Duration::from_secs(30);
     while http_status(kiln_addr, "/health/ready") != 200 {

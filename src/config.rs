@@ -34,6 +34,8 @@ pub struct Config {
     pub drain_delay: Duration,
     /// Largest dataset upload, in bytes.
     pub max_upload_bytes: u64,
+    /// The API key file; `None`: every route is open.
+    pub api_keys: Option<PathBuf>,
     /// Training jobs that run at the same time (each on one thread).
     pub max_concurrent_jobs: usize,
     /// Per-model overrides, by model name.
@@ -96,6 +98,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     drain_timeout_ms: Option<u64>,
     drain_delay_seconds: Option<f64>,
+    api_keys: Option<PathBuf>,
     max_upload_bytes: Option<u64>,
     max_concurrent_jobs: Option<usize>,
     #[serde(default)]
@@ -176,6 +179,9 @@ pub struct Overrides {
     /// After SIGTERM, seconds to keep serving while readiness answers 503.
     #[arg(long = "drain-delay", env = "KILN_DRAIN_DELAY")]
     pub drain_delay_seconds: Option<f64>,
+    /// API key file (see `kiln keys new`); without one every route is open.
+    #[arg(long, env = "KILN_API_KEYS")]
+    pub api_keys: Option<PathBuf>,
     /// Largest dataset upload in bytes.
     #[arg(long, env = "KILN_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<u64>,
@@ -368,6 +374,7 @@ impl Config {
             )));
         }
         Ok(Config {
+            api_keys: o.api_keys.clone().or(f.api_keys),
             drain_delay: Duration::from_secs_f64(drain_delay),
             listen,
             max_upload_bytes,

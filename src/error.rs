@@ -74,6 +74,12 @@ pub enum Error {
     /// A server-side failure (disk, database); the detail goes to the log.
     #[error("{0}")]
     Internal(String),
+    /// No or an unknown API key.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The key lacks the route's scope.
+    #[error("{0}")]
+    Forbidden(String),
     /// No route matches.
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },

@@ -20,6 +20,7 @@
 //! The two doors tests use: [`serve`] (a real socket) and [`api::router`].
 
 pub mod api;
+pub mod auth;
 pub mod batcher;
 pub mod config;
 pub mod dataset;
@@ -50,6 +51,17 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let device = config.device.open().context("opening the compute device")?;
     let config = Arc::new(config);
+    let keys = match &config.api_keys {
+        Some(path) => {
+            let keys = auth::Keys::load(path)?;
+            tracing::info!(file = %path.display(), "API keys required on every route but the health checks");
+            Some(Arc::new(keys))
+        }
+        None => {
+            tracing::warn!("no API key file (--api-keys / KILN_API_KEYS): every route is open to anyone who can reach this port");
+            None
+        }
+    };
     let metrics = Arc::new(metrics::Metrics::new());
     let registry = Arc::new(registry::Registry::new(
         config.clone(),
@@ -83,6 +95,7 @@ pub async fn serve(
         datasets,
         jobs: jobs.clone(),
         metrics,
+        keys,
     };
     if !config.models_dir.is_dir() {
         tracing::warn!(dir = %config.models_dir.display(), "models directory does not exist; it will be watched for models");

@@ -82,6 +82,11 @@ enum Command {
         #[arg(long, env = "KILN_MODELS", default_value = "./models")]
         models: PathBuf,
     },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Probe a running server's readiness (for container HEALTHCHECKs): exit 0 on HTTP 200.
     Health {
         /// Address of the server.
@@ -90,6 +95,22 @@ enum Command {
         /// Path to probe.
         #[arg(long, default_value = "/health/ready")]
         path: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a random key, append its SHA-256 and scopes to FILE, print the key (once).
+    New {
+        /// A name for the key (shown in logs and errors, never the key).
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes: predict, train, admin.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// The key file (created if missing).
+        #[arg(long, env = "KILN_API_KEYS")]
+        file: PathBuf,
     },
 }
 
@@ -120,6 +141,9 @@ fn main() -> ExitCode {
             json,
         }),
         Command::Health { addr, path } => health(&addr, &path),
+        Command::Keys {
+            command: KeysCommand::New { name, scopes, file },
+        } => new_key(&name, &scopes, &file),
         Command::Import {
             weights,
             spec,
@@ -272,5 +296,23 @@ fn import(
         weights.display(),
         models.join(name).join(version.to_string()).display()
     );
+    Ok(())
+}
+
+fn new_key(name: &str, scopes: &[String], file: &std::path::Path) -> anyhow::Result<()> {
+    let scopes = scopes
+        .iter()
+        .map(|s| {
+            kiln::auth::Scope::parse(s).ok_or_else(|| {
+                anyhow::anyhow!("unknown scope '{s}': expected predict, train or admin")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let key = kiln::auth::new_key(file, name, &scopes)?;
+    eprintln!(
+        "key '{name}' added to {}; it is shown once:",
+        file.display()
+    );
+    println!("{key}");
     Ok(())
 }

@@ -16,6 +16,8 @@ pub struct AppState {
     pub datasets: Arc<DatasetStore>,
     pub jobs: JobManager,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// API keys; `None`: every route is open.
+    pub keys: Option<Arc<crate::auth::Keys>>,
 }
 
 /// Readiness: the registry's startup latch plus the draining flag set on shutdown.

@@ -40,6 +40,8 @@ pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::InvalidSpec(_) => (StatusCode::BAD_REQUEST, "invalid_spec"),
         Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         Error::RouteNotFound { .. } => (StatusCode::NOT_FOUND, "route_not_found"),
         Error::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
     }
@@ -70,6 +72,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if matches!(self.0, Error::Unauthorized(_)) {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if matches!(
             self.0,
             Error::QueueFull { .. } | Error::ShuttingDown | Error::ModelUnavailable { .. }

@@ -81,6 +81,7 @@ mod tests {
             datasets,
             jobs,
             metrics,
+            keys: None,
         }
     }
 

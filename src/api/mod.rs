@@ -21,7 +21,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use crate::metrics::{HttpLabels, RouteLabels};
 use axum::http::{HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tracing::Instrument;
@@ -93,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::ready))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), timing))
         .with_state(state)
 }
@@ -165,10 +166,115 @@ async fn timing(State(state): State<AppState>, req: Request, next: Next) -> Resp
     res
 }
 
+/// With API keys configured: the route's rule (`auth::rule_for`) decides; a route without
+/// a rule needs an admin key (fail closed).
+async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use crate::auth::{rule_for, Rule, Scope};
+    let Some(keys) = &state.keys else {
+        return next.run(req).await;
+    };
+    // No matched route: the fallback answers 404 and reveals nothing.
+    let Some(route) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+    else {
+        return next.run(req).await;
+    };
+    let scope = match rule_for(req.method().as_str(), &route) {
+        Some(Rule::Open) => return next.run(req).await,
+        Some(Rule::Scope(s)) => s,
+        None => Scope::Admin,
+    };
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return ApiError(Error::Unauthorized(
+            "this route needs an API key: Authorization: Bearer <key>".into(),
+        ))
+        .into_response();
+    };
+    let Some(entry) = keys.find(presented) else {
+        return ApiError(Error::Unauthorized("unknown API key".into())).into_response();
+    };
+    if !entry.scopes.contains(&scope) {
+        return ApiError(Error::Forbidden(format!(
+            "API key '{}' lacks the '{}' scope this route needs",
+            entry.name,
+            scope.as_str()
+        )))
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// Echoed in every answer; taken from the request when the client sends one.
 pub const REQUEST_ID: &str = "x-request-id";
 
 fn new_request_id() -> String {
     use rand::RngCore;
     format!("{:016x}", rand::rng().next_u64())
+}
+
+/// Every `(method, route)` the router declares, read from this file's source: the auth
+/// tests walk it, so a route added here without an access rule fails them.
+pub fn declared_routes(source: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = source;
+    while let Some(i) = rest.find(".route(") {
+        rest = &rest[i + ".route(".len()..];
+        let Some(open) = rest.find('"') else { break };
+        let Some(len) = rest[open + 1..].find('"') else {
+            break;
+        };
+        let path = rest[open + 1..open + 1 + len].to_owned();
+        let end = rest
+            .find(".route(")
+            .or_else(|| rest.find(".fallback("))
+            .unwrap_or(rest.len());
+        let body = &rest[..end];
+        for (token, method) in [
+            ("get(", "GET"),
+            ("post(", "POST"),
+            ("delete(", "DELETE"),
+            ("put(", "PUT"),
+            ("patch(", "PATCH"),
+        ] {
+            let mut from = 0;
+            while let Some(j) = body[from..].find(token) {
+                let at = from + j;
+                let prev = body[..at].chars().last().unwrap_or(' ');
+                if !(prev.is_alphanumeric() || prev == '_' || prev == ':') {
+                    out.push((method.to_owned(), path.clone()));
+                }
+                from = at + token.len();
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_declared_route_has_an_access_rule() {
+        let routes = super::declared_routes(include_str!("mod.rs"));
+        assert!(routes.len() > 30, "{routes:?}");
+        assert!(routes.contains(&("DELETE".into(), "/v1/models/{name}".into())));
+        for (method, path) in &routes {
+            assert!(
+                crate::auth::rule_for(method, path).is_some(),
+                "{method} {path} has no rule in auth::rule_for"
+            );
+        }
+    }
 }
