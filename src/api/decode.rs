@@ -852,3 +852,110 @@ pub fn rows_from_columns(
     }
     Ok(done(c))
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::format::ModelSpec;
+
+    fn model(json: serde_json::Value) -> Model {
+        let spec: ModelSpec = serde_json::from_value(json).unwrap();
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(
+            &vm,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        );
+        Model::check_and_build(&spec, &vb).unwrap();
+        let tensors = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        Model::from_tensors(spec, tensors, &candle_core::Device::Cpu).unwrap()
+    }
+
+    fn models() -> Vec<Model> {
+        vec![
+            model(
+                serde_json::json!({"format_version": 1, "task": "classification", "input": {"shape": [2, 2]},
+                "layers": [{"type": "flatten"}, {"type": "dense", "units": 2}]}),
+            ),
+            model(
+                serde_json::json!({"format_version": 1, "task": "classification", "input": {"shape": [3], "features": ["a", "b", "c"]},
+                "layers": [{"type": "dense", "units": 2}],
+                "preprocessing": {"features": [
+                    {"kind": "numeric", "name": "a", "fill": 0.0},
+                    {"kind": "numeric", "name": "b"},
+                    {"kind": "categorical", "name": "c", "encoding": "ordinal", "categories": ["x", "y"]}]}}),
+            ),
+            model(
+                serde_json::json!({"format_version": 1, "task": "classification", "input": {"shape": [3], "dtype": "int64"},
+                "layers": [{"type": "embedding", "input_dim": 5, "output_dim": 2}, {"type": "flatten"}, {"type": "dense", "units": 2}]}),
+            ),
+        ]
+    }
+
+    /// Arbitrary JSON values, nested a few levels.
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|x| serde_json::Number::from_f64(x)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number)),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[a-c]{0,3}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map(
+                    "instances|inputs|examples|context|signature_name|[a-c]",
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Any bytes: an error or rows of the right width, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            for m in &models() {
+                let spec = InputSpec::of(m);
+                for r in [decode_predict(&bytes, &spec), decode_examples(&bytes, &spec)] {
+                    if let Ok(d) = r {
+                        prop_assert_eq!(d.rows.len(), d.n_rows * m.spec().row_len());
+                    }
+                }
+            }
+        }
+
+        /// Any JSON shape: the same, and every error is a 400 kind.
+        #[test]
+        fn arbitrary_json_never_panics(v in json()) {
+            let bytes = serde_json::to_vec(&v).unwrap();
+            for m in &models() {
+                let spec = InputSpec::of(m);
+                for r in [decode_predict(&bytes, &spec), decode_examples(&bytes, &spec)] {
+                    match r {
+                        Ok(d) => {
+                            prop_assert_eq!(d.rows.len(), d.n_rows * m.spec().row_len());
+                            prop_assert!(d.rows.iter().all(|x| x.is_finite()));
+                        }
+                        Err(Error::InvalidInput(_) | Error::MalformedJson(_)) => {}
+                        Err(other) => prop_assert!(false, "unexpected error kind: {other}"),
+                    }
+                }
+            }
+        }
+    }
+}
