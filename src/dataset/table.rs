@@ -685,11 +685,9 @@ pub(crate) mod tests {
 
     use super::*;
 
-    /// `CARGO_MANIFEST_DIR/../shared/datasets/<name>`.
+    /// `tests/data/<name>`: copies of the project's shared data sets (see its README).
     pub(crate) fn shared_dataset(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/datasets")
-            .join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
     }
 
     pub(crate) fn write_temp(bytes: &[u8]) -> tempfile::NamedTempFile {
@@ -857,7 +855,6 @@ pub(crate) mod tests {
             ("breast_cancer_train.csv", 455, 31),
             ("diabetes_train.csv", 353, 11),
             ("digits_train.csv", 1437, 65),
-            ("mnist1d_train.csv", 4000, 41),
         ] {
             let t = read_table(&shared_dataset(file), None, None).unwrap();
             assert_eq!((t.n_rows, t.columns.len()), (rows, cols), "{file}");
