@@ -11,7 +11,7 @@
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -276,28 +276,9 @@ pub(super) fn new_id() -> String {
     format!("ds_{:016x}", rand::rng().random::<u64>())
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (civil-from-days, after Howard Hinnant's `chrono`-compatible
-/// algorithm).
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 #[cfg(test)]
@@ -320,7 +301,7 @@ mod tests {
 
     #[test]
     fn formats_times() {
-        let at = |s| rfc3339(UNIX_EPOCH + Duration::from_millis(s));
+        let at = |s| rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(s));
         assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(at(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(at(1_700_000_000_123), "2023-11-14T22:13:20.123Z");

@@ -283,13 +283,8 @@ async fn wait_epochs(client: &reqwest::Client, base: &str, id: &str, epochs: u64
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_killed_with_sigkill_resumes_from_its_checkpoint_after_restart() {
-    let models = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
-    let (mut child, base) = spawn_server_with_data(models.path(), data.path(), &[]);
-    wait_ready(&client, &base).await;
+/// Uploads the iris data and queues a job that would train for a very long time.
+async fn start_endless_job(client: &reqwest::Client, base: &str, model: &str) -> String {
     let csv = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/iris.csv"))
         .unwrap();
     let ds: Value = client
@@ -302,7 +297,7 @@ async fn a_job_killed_with_sigkill_resumes_from_its_checkpoint_after_restart() {
         .json()
         .await
         .unwrap();
-    let spec = serde_json::json!({"model": "resumed", "dataset": ds["id"], "target": "species",
+    let spec = serde_json::json!({"model": model, "dataset": ds["id"], "target": "species",
                                   "training": {"epochs": 100000, "batch_size": 4}});
     let j: Value = client
         .post(format!("{base}/v1/training-jobs"))
@@ -313,7 +308,17 @@ async fn a_job_killed_with_sigkill_resumes_from_its_checkpoint_after_restart() {
         .json()
         .await
         .unwrap();
-    let id = j["id"].as_str().unwrap().to_owned();
+    j["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_killed_with_sigkill_resumes_from_its_checkpoint_after_restart() {
+    let models = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let (mut child, base) = spawn_server_with_data(models.path(), data.path(), &[]);
+    wait_ready(&client, &base).await;
+    let id = start_endless_job(&client, &base, "resumed").await;
     wait_epochs(&client, &base, &id, 3).await;
     signal(&child, "-KILL");
     child.wait().unwrap();
@@ -357,30 +362,7 @@ async fn sigterm_puts_a_running_job_back_in_the_queue() {
     let client = reqwest::Client::new();
     let (mut child, base) = spawn_server_with_data(models.path(), data.path(), &[]);
     wait_ready(&client, &base).await;
-    let csv = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/iris.csv"))
-        .unwrap();
-    let ds: Value = client
-        .post(format!("{base}/v1/datasets"))
-        .header("content-type", "text/csv")
-        .body(csv)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let spec = serde_json::json!({"model": "later", "dataset": ds["id"], "target": "species",
-                                  "training": {"epochs": 100000, "batch_size": 4}});
-    let j: Value = client
-        .post(format!("{base}/v1/training-jobs"))
-        .json(&spec)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = j["id"].as_str().unwrap().to_owned();
+    let id = start_endless_job(&client, &base, "later").await;
     wait_epochs(&client, &base, &id, 2).await;
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success(), "kiln did not exit 0");
