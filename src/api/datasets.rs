@@ -186,6 +186,7 @@ pub async fn delete(
         .run_blocking(move |s| s.delete(&id))
         .await
         .map_err(Error::from)?;
+    state.jobs.forget_table(&shown);
     tracing::info!(dataset = %shown, "dataset deleted");
     Ok(StatusCode::NO_CONTENT)
 }

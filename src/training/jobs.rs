@@ -78,6 +78,9 @@ struct Inner {
     wake: Notify,
     shutting_down: AtomicBool,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The table the last submit parsed (dataset id, table): its job usually starts right
+    /// after, and parsing a large upload twice would double the job's start-up time.
+    last_table: Mutex<Option<(String, Arc<crate::dataset::Table>)>>,
 }
 
 /// Cheap to clone; lives in `AppState`.
@@ -161,6 +164,7 @@ impl JobManager {
             wake: Notify::new(),
             shutting_down: AtomicBool::new(false),
             metrics,
+            last_table: Mutex::new(None),
         });
         tokio::spawn(scheduler(inner.clone(), max_concurrent_jobs.max(1)));
         Ok(JobManager { inner })
@@ -199,6 +203,8 @@ impl JobManager {
             let resolved = spec
                 .resolve(&table)
                 .map_err(|e| JobError::InvalidSpec(e.0))?;
+            *inner.last_table.lock().expect("table cache lock") =
+                Some((dataset.clone(), Arc::new(table)));
             let id = new_job_id();
             let spec_json = serde_json::to_value(&resolved).expect("specs serialize");
             inner.store.insert(&id, &resolved.spec.model, &spec_json)?;
@@ -301,6 +307,14 @@ impl JobManager {
         tokio::task::spawn_blocking(move || inner.store.count_by_state().unwrap_or_default())
             .await
             .unwrap_or_default()
+    }
+
+    /// Drops a cached table (its dataset was deleted: the data is the user's).
+    pub fn forget_table(&self, dataset: &str) {
+        let mut slot = self.inner.last_table.lock().expect("table cache lock");
+        if slot.as_ref().is_some_and(|(id, _)| id == dataset) {
+            *slot = None;
+        }
     }
 
     /// True while any job thread is still running.
@@ -472,9 +486,22 @@ fn execute(
         Ok(s) => s,
         Err(e) => return fail(format!("the stored spec cannot be read: {e}")),
     };
-    let table = match inner.datasets.load_table(&resolved.spec.dataset) {
-        Ok(t) => t,
-        Err(e) => return fail(format!("dataset '{}': {e}", resolved.spec.dataset)),
+    let cached = {
+        let mut slot = inner.last_table.lock().expect("table cache lock");
+        match slot.take() {
+            Some((id, t)) if id == resolved.spec.dataset => Some(t),
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    };
+    let table = match cached {
+        Some(t) => t,
+        None => match inner.datasets.load_table(&resolved.spec.dataset) {
+            Ok(t) => Arc::new(t),
+            Err(e) => return fail(format!("dataset '{}': {e}", resolved.spec.dataset)),
+        },
     };
     let validation = match &resolved.spec.validation_dataset {
         None => None,
