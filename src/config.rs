@@ -36,6 +36,10 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// The API key file; `None`: every route is open.
     pub api_keys: Option<PathBuf>,
+    /// Most instances in one prediction request (413 beyond).
+    pub max_rows_per_request: usize,
+    /// Origins allowed by CORS (`["*"]` for any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
     /// Training jobs that run at the same time (each on one thread).
     pub max_concurrent_jobs: usize,
     /// Per-model overrides, by model name.
@@ -99,6 +103,8 @@ struct FileConfig {
     drain_timeout_ms: Option<u64>,
     drain_delay_seconds: Option<f64>,
     api_keys: Option<PathBuf>,
+    max_rows_per_request: Option<usize>,
+    cors_origins: Option<Vec<String>>,
     max_upload_bytes: Option<u64>,
     max_concurrent_jobs: Option<usize>,
     #[serde(default)]
@@ -182,6 +188,12 @@ pub struct Overrides {
     /// API key file (see `kiln keys new`); without one every route is open.
     #[arg(long, env = "KILN_API_KEYS")]
     pub api_keys: Option<PathBuf>,
+    /// Most instances in one prediction request.
+    #[arg(long, env = "KILN_MAX_ROWS_PER_REQUEST")]
+    pub max_rows_per_request: Option<usize>,
+    /// Origins allowed by CORS, comma-separated (`*` for any).
+    #[arg(long, env = "KILN_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
     /// Largest dataset upload in bytes.
     #[arg(long, env = "KILN_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<u64>,
@@ -206,6 +218,7 @@ pub mod defaults {
     pub const BODY_LIMIT_BYTES: usize = 16 * 1024 * 1024;
     pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
     pub const DRAIN_DELAY_SECONDS: f64 = 5.0;
+    pub const MAX_ROWS_PER_REQUEST: usize = 100_000;
     pub const MAX_UPLOAD_BYTES: u64 = 100 * 1024 * 1024;
     pub const MAX_CONCURRENT_JOBS: usize = 1;
 }
@@ -373,7 +386,20 @@ impl Config {
                 "drain_delay_seconds {drain_delay} must be between 0 and 3600"
             )));
         }
+        let max_rows_per_request = o
+            .max_rows_per_request
+            .or(f.max_rows_per_request)
+            .unwrap_or(d::MAX_ROWS_PER_REQUEST);
+        if max_rows_per_request == 0 {
+            return Err(invalid("max_rows_per_request must be positive".into()));
+        }
         Ok(Config {
+            max_rows_per_request,
+            cors_origins: o
+                .cors_origins
+                .clone()
+                .or(f.cors_origins)
+                .unwrap_or_default(),
             api_keys: o.api_keys.clone().or(f.api_keys),
             drain_delay: Duration::from_secs_f64(drain_delay),
             listen,

@@ -32,6 +32,9 @@ pub enum Error {
     /// The request body is larger than the configured limit.
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    /// More instances than one request may carry.
+    #[error("{rows} instances in one request; the limit is {limit}: split the request")]
+    TooManyRows { rows: usize, limit: usize },
     /// The request body is not JSON.
     #[error("unsupported content type '{0}': send application/json")]
     UnsupportedMediaType(String),

@@ -26,6 +26,7 @@ pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
         Error::InvalidModelName(_) => (StatusCode::BAD_REQUEST, "invalid_model_name"),
         Error::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+        Error::TooManyRows { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_rows"),
         Error::UnsupportedMediaType(_) => {
             (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
         }

@@ -95,6 +95,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), timing))
+        .layer(tower::util::option_layer(cors(&state.config.cors_origins)))
         .with_state(state)
 }
 
@@ -213,6 +214,26 @@ async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> R
         .into_response();
     }
     next.run(req).await
+}
+
+/// CORS for browser clients: none unless origins are configured.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods(Any)
+            .allow_headers(Any)
+            .expose_headers(Any),
+    )
 }
 
 /// Echoed in every answer; taken from the request when the client sends one.

@@ -86,6 +86,13 @@ async fn handle(
     } else {
         decode(&lv, verb, &body)?
     };
+    if decoded.n_rows > state.config.max_rows_per_request {
+        return Err(Error::TooManyRows {
+            rows: decoded.n_rows,
+            limit: state.config.max_rows_per_request,
+        }
+        .into());
+    }
     let span = tracing::Span::current();
     span.record("model", lv.name.as_str());
     span.record("version", lv.version);

@@ -765,6 +765,13 @@ async fn infer_on(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let decoded = to_rows(&lv, req.inputs)?;
+    if decoded.n_rows > state.config.max_rows_per_request {
+        return Err(Error::TooManyRows {
+            rows: decoded.n_rows,
+            limit: state.config.max_rows_per_request,
+        }
+        .into());
+    }
     let span = tracing::Span::current();
     span.record("model", lv.name.as_str());
     span.record("version", lv.version);

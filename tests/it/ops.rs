@@ -115,3 +115,61 @@ async fn request_ids_are_echoed_or_generated() {
         .unwrap();
     assert_eq!(r.headers()["x-request-id"].len(), 16);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_per_request_are_limited_and_cors_is_opt_in() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path(), "mlp", 1, &mlp_spec(6));
+    let s = Server::start(
+        dir.path(),
+        "max_rows_per_request = 3\ncors_origins = [\"https://app.example\"]",
+    )
+    .await;
+    let four = json!({"instances": [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]]});
+    let (code, e) = s.post("/v1/models/mlp:predict", &four).await;
+    assert_eq!(
+        (code, e["code"].as_str()),
+        (413, Some("too_many_rows")),
+        "{e}"
+    );
+    let v2 = json!({"inputs": [{"name": "input", "shape": [4, 6], "datatype": "FP32", "data": vec![0.5; 24]}]});
+    assert_eq!(s.post("/v2/models/mlp/infer", &v2).await.0, 413);
+    assert_eq!(
+        s.post(
+            "/v1/models/mlp:predict",
+            &json!({"instances": [[1, 2, 3, 4, 5, 6]]})
+        )
+        .await
+        .0,
+        200
+    );
+    let r = s
+        .client
+        .get(s.url("/v1/models"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let r = s
+        .client
+        .get(s.url("/v1/models"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    // Without configured origins, no CORS headers at all.
+    let plain = Server::start(dir.path(), "").await;
+    let r = plain
+        .client
+        .get(plain.url("/v1/models"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
