@@ -4,6 +4,7 @@
 //! cargo bench --bench train                  # every case below, then a table
 //! cargo bench --bench train -- seed_b32      # one case (seed_b32, seed_b256, mlp_b256)
 //! cargo bench --bench train -- http          # the same spec via `kiln train` and via a server job
+//! cargo bench --bench train -- hooks         # a server job's per-epoch work, piece by piece
 //! python3 benches/train_torch.py             # kiln and PyTorch interleaved, one table
 //! ```
 //!
@@ -291,6 +292,9 @@ struct RunTimes {
     end_to_end: f64,
     /// Job only: `finished_at − started_at` of the job record (the job thread's life).
     job_thread: Option<f64>,
+    /// Job only: seconds until POST /v1/training-jobs answered (the spec is resolved
+    /// against the dataset before the answer).
+    submit: Option<f64>,
 }
 
 impl RunTimes {
@@ -338,6 +342,7 @@ fn cli_once(csv: &Path, spec: &Path, models: &Path) -> RunTimes {
         loop_seconds,
         end_to_end: started.elapsed().as_secs_f64(),
         job_thread: None,
+        submit: None,
     }
 }
 
@@ -409,6 +414,7 @@ async fn http_once(client: &reqwest::Client, base: &str, dataset: &str, spec: &V
         r.text().await.unwrap()
     );
     let job: Value = r.json().await.unwrap();
+    let submit = submitted.elapsed().as_secs_f64();
     let id = job["id"].as_str().unwrap().to_owned();
     let mut events = client
         .get(format!("{base}/v1/training-jobs/{id}/events"))
@@ -462,6 +468,7 @@ async fn http_once(client: &reqwest::Client, base: &str, dataset: &str, spec: &V
         loop_seconds,
         end_to_end,
         job_thread: Some(job_thread),
+        submit: Some(submit),
     }
 }
 
@@ -527,7 +534,7 @@ fn http_vs_cli() {
                 (epochs as usize, epochs as usize)
             );
             eprintln!(
-                "  round {}: cli {:.1} ms/epoch between events (loop {:.1}, after it {:.1}), process {:.2} s | job {:.1} ms/epoch between events (loop {:.1}, after it {:.1}), submit→end {:.2} s, job thread {:.2} s",
+                "  round {}: cli {:.1} ms/epoch between events (loop {:.1}, after it {:.1}), process {:.2} s | job {:.1} ms/epoch between events (loop {:.1}, after it {:.1}), submit→end {:.2} s (POST answered in {:.2} s), job thread {:.2} s",
                 round + 1,
                 c.per_epoch() * 1e3,
                 c.loop_seconds * 1e3 / f64::from(epochs),
@@ -537,6 +544,7 @@ fn http_vs_cli() {
                 h.loop_seconds * 1e3 / f64::from(epochs),
                 h.hooks_per_epoch() * 1e3,
                 h.end_to_end,
+                h.submit.unwrap(),
                 h.job_thread.unwrap()
             );
             cli.push(c);
@@ -563,10 +571,11 @@ fn http_vs_cli() {
             "cli_process_seconds": med(&cli, &|r| r.end_to_end),
             "job_submit_to_end_seconds": med(&http, &|r| r.end_to_end),
             "job_thread_seconds": med(&http, &|r| r.job_thread.unwrap()),
+            "job_submit_answer_seconds": med(&http, &|r| r.submit.unwrap()),
             "end_to_end_ratio": median(&cli.iter().zip(&http).map(|(c, h)| h.end_to_end / c.end_to_end).collect::<Vec<_>>()),
         });
         eprintln!(
-            "  medians: per epoch cli {:.1} ms, job {:.1} ms (×{:.3}); after the loop cli {:.1} ms, job {:.1} ms per epoch; end to end cli {:.2} s, job {:.2} s (×{:.3}; job thread {:.2} s)",
+            "  medians: per epoch cli {:.1} ms, job {:.1} ms (×{:.3}); after the loop cli {:.1} ms, job {:.1} ms per epoch; end to end cli {:.2} s, job {:.2} s (×{:.3}; POST answered in {:.2} s, job thread {:.2} s)",
             line["cli_ms_per_epoch"].as_f64().unwrap(),
             line["job_ms_per_epoch"].as_f64().unwrap(),
             line["per_epoch_ratio"].as_f64().unwrap(),
@@ -575,10 +584,98 @@ fn http_vs_cli() {
             line["cli_process_seconds"].as_f64().unwrap(),
             line["job_submit_to_end_seconds"].as_f64().unwrap(),
             line["end_to_end_ratio"].as_f64().unwrap(),
+            line["job_submit_answer_seconds"].as_f64().unwrap(),
             line["job_thread_seconds"].as_f64().unwrap(),
         );
         println!("{line}");
     }
+}
+
+/// What a server job does after each epoch, timed piece by piece (the same calls as the job
+/// hooks in src/training/jobs.rs: the history row, the checkpoint files, the mark).
+struct JobLikeHooks {
+    store: kiln::training::store::JobStore,
+    ckdir: std::path::PathBuf,
+    /// Per epoch: (record_epoch, checkpoint::save, mark_checkpoint) seconds.
+    times: Vec<(f64, f64, f64)>,
+    loop_seconds: Vec<f64>,
+}
+
+impl Hooks for JobLikeHooks {
+    fn should_stop(&self) -> bool {
+        false
+    }
+    fn epoch_done(&mut self, event: &EpochEvent, ck: &Checkpoint) -> Result<(), String> {
+        let value = serde_json::to_value(event).unwrap();
+        let t0 = Instant::now();
+        self.store
+            .record_epoch("job_0000000000000000", event.epoch, &value, false)
+            .map_err(|e| e.to_string())?;
+        let t1 = Instant::now();
+        kiln::training::checkpoint::save(&self.ckdir, ck)?;
+        let t2 = Instant::now();
+        self.store
+            .mark_checkpoint("job_0000000000000000", event.epoch)
+            .map_err(|e| e.to_string())?;
+        let t3 = Instant::now();
+        self.times.push((
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            (t3 - t2).as_secs_f64(),
+        ));
+        self.loop_seconds.push(event.epoch_seconds);
+        Ok(())
+    }
+}
+
+/// `hooks`: the seed model at batch 32 on the small data set with a job's per-epoch work.
+fn job_hooks() {
+    let case = CASES[0];
+    let rows = env_or("KILN_BENCH_HTTP_SMALL_ROWS", 1_000usize);
+    let epochs = env_or("KILN_BENCH_HTTP_SMALL_EPOCHS", 50u32);
+    let dir = tempfile::tempdir().unwrap();
+    let store = kiln::training::store::JobStore::open(&dir.path().join("kiln.db")).unwrap();
+    store
+        .insert(
+            "job_0000000000000000",
+            "bench",
+            &case.spec(epochs, "synthetic"),
+        )
+        .unwrap();
+    let (x, y) = synthetic(rows, case.width, 7);
+    let t = table(&x, &y, case.width);
+    let spec = JobSpec::from_json(case.spec(epochs, "synthetic").to_string().as_bytes())
+        .unwrap()
+        .resolve(&t)
+        .unwrap();
+    let (data, _) = prepare_data(&t, &spec, None).unwrap();
+    let mut hooks = JobLikeHooks {
+        store,
+        ckdir: dir.path().join("checkpoints").join("job_0000000000000000"),
+        times: Vec::new(),
+        loop_seconds: Vec::new(),
+    };
+    train(&spec, &data, None, &mut hooks).unwrap();
+    let ms = |f: &dyn Fn(&(f64, f64, f64)) -> f64| {
+        median(&hooks.times.iter().map(|t| f(t) * 1e3).collect::<Vec<_>>())
+    };
+    let line = json!({
+        "bench": "kiln_job_hooks",
+        "rows": rows,
+        "epochs": epochs,
+        "loop_ms": median(&hooks.loop_seconds.iter().map(|s| s * 1e3).collect::<Vec<_>>()),
+        "record_epoch_ms": ms(&|t| t.0),
+        "checkpoint_save_ms": ms(&|t| t.1),
+        "mark_checkpoint_ms": ms(&|t| t.2),
+    });
+    eprintln!(
+        "per epoch (medians): training loop {:.2} ms; job hooks: history row {:.2} ms, checkpoint files {:.2} ms, checkpoint mark {:.2} ms",
+        line["loop_ms"].as_f64().unwrap(),
+        line["record_epoch_ms"].as_f64().unwrap(),
+        line["checkpoint_save_ms"].as_f64().unwrap(),
+        line["mark_checkpoint_ms"].as_f64().unwrap(),
+    );
+    println!("{line}");
 }
 
 fn main() {
@@ -591,6 +688,10 @@ fn main() {
         .collect();
     if args.iter().any(|a| a == "http") {
         http_vs_cli();
+        return;
+    }
+    if args.iter().any(|a| a == "hooks") {
+        job_hooks();
         return;
     }
     if args.first().map(String::as_str) == Some("csv") {

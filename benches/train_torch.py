@@ -11,6 +11,9 @@ What it does:
   CARGO_TARGET_DIR) and runs its binary once per case and round;
 - trains the same model in PyTorch in this process, on one thread (`torch.set_num_threads(1)`,
   OMP/MKL_NUM_THREADS=1), right after kiln's run of the same case: kiln, torch, kiln, torch ...
+  PyTorch runs twice per round by default: with its default Adam (what `Adam(params, lr)`
+  gives: the per-tensor loop on the CPU) and with `Adam(..., fused=True)`, its fastest CPU
+  Adam — kiln's own Adam is a fused in-place pass, so the second is the like-for-like one;
 - prints a table of medians and kiln/PyTorch ratios.
 
 Cases (see benches/train.rs): the seed model 100→64 relu→32 relu→10 at batch 32 and 256,
@@ -101,7 +104,7 @@ def case_shape(name):
 _data = {}
 
 
-def torch_case(name, seed):
+def torch_case(name, seed, adam="default"):
     width, hidden, batch, rows, epochs = case_shape(name)
     key = (rows, width)
     if key not in _data:
@@ -116,7 +119,8 @@ def torch_case(name, seed):
         prev = h
     layers.append(torch.nn.Linear(prev, 10))
     model = torch.nn.Sequential(*layers)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    extra = {} if adam == "default" else {adam: True}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **extra)
     gen = torch.Generator().manual_seed(seed)
     n = rows
     steps = (n + batch - 1) // batch
@@ -144,6 +148,7 @@ def torch_case(name, seed):
     sps = [rows / s for s in secs]
     return {
         "bench": "torch",
+        "adam": adam,
         "case": name,
         "rows": rows,
         "width": width,
@@ -178,8 +183,11 @@ def build_kiln():
 
 
 def kiln_case(exe, name):
-    out = subprocess.run([exe, name], cwd=REPO, check=True, stdout=subprocess.PIPE).stdout.decode()
-    for line in out.splitlines():
+    p = subprocess.run([exe, name], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if p.returncode != 0:
+        sys.stderr.write(p.stderr.decode())
+        sys.exit(f"kiln's bench failed on {name}")
+    for line in p.stdout.decode().splitlines():
         if line.startswith("{"):
             v = json.loads(line)
             if v.get("bench") == "kiln" and v.get("case") == name:
@@ -193,6 +201,9 @@ def main():
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--kiln-bin", help="a built benches/train.rs binary (default: build it)")
     ap.add_argument("--json", help="write every run's figures to this file")
+    ap.add_argument("--torch-adam", nargs="+", default=["default", "fused"],
+                    choices=["default", "fused", "foreach"],
+                    help="PyTorch Adam implementations to run (default: the default one and fused=True)")
     args = ap.parse_args()
 
     exe = args.kiln_bin or build_kiln()
@@ -201,53 +212,58 @@ def main():
         f"cpu capability {torch.backends.cpu.get_cpu_capability()}); kiln bench {exe}",
         file=sys.stderr,
     )
-    runs = {c: {"kiln": [], "torch": []} for c in args.cases}
+    sides = ["kiln"] + [f"torch-{a}" for a in args.torch_adam]
+    runs = {c: {side: [] for side in sides} for c in args.cases}
     for r in range(args.rounds):
         for c in args.cases:
             k = kiln_case(exe, c)
-            t = torch_case(c, seed=42 + r)
             runs[c]["kiln"].append(k)
-            runs[c]["torch"].append(t)
-            print(
-                f"round {r + 1}/{args.rounds} {c:<9}: kiln {k['median_samples_per_sec']:>9.0f} samples/s "
-                f"({k['median_ms_per_step']:.3f} ms/step) | torch {t['median_samples_per_sec']:>9.0f} samples/s "
-                f"({t['median_ms_per_step']:.3f} ms/step) | loss kiln {k['last_loss']:.4f} torch {t['last_loss']:.4f}",
-                file=sys.stderr,
-                flush=True,
-            )
+            line = (f"round {r + 1}/{args.rounds} {c:<9}: kiln {k['median_samples_per_sec']:>8.0f}/s "
+                    f"{k['median_ms_per_step']:7.3f} ms/step (loss {k['last_loss']:.4f})")
+            for a in args.torch_adam:
+                t = torch_case(c, seed=42 + r, adam=a)
+                runs[c][f"torch-{a}"].append(t)
+                line += (f" | torch {a} {t['median_samples_per_sec']:>8.0f}/s {t['median_ms_per_step']:7.3f} ms/step "
+                         f"(loss {t['last_loss']:.4f})")
+            print(line, file=sys.stderr, flush=True)
 
     targets = {"seed_b32": ("samples/s", 4.0), "seed_b256": ("samples/s", 1.5), "mlp_b256": ("step", 1.25)}
     print()
-    print(f"{'case':<10} {'batch':>5} | {'kiln samples/s':>14} {'torch samples/s':>15} | "
-          f"{'kiln ms/step':>12} {'torch ms/step':>13} | {'kiln/torch speed':>16} | target")
+    head = f"{'case':<10} {'batch':>5} | {'kiln samples/s':>14} {'ms/step':>8}"
+    for a in args.torch_adam:
+        head += f" | {'torch(' + a + ') samples/s':>24} {'ms/step':>8} {'kiln speed':>10}"
+    print(head + " | target")
     summary = {}
     for c in args.cases:
-        ks, ts = runs[c]["kiln"], runs[c]["torch"]
+        ks = runs[c]["kiln"]
         k_sps = median([s for v in ks for s in v["samples_per_sec"]])
-        t_sps = median([s for v in ts for s in v["samples_per_sec"]])
         k_ms = median([s * 1e3 / v["steps_per_epoch"] for v in ks for s in v["epoch_seconds"]])
-        t_ms = median([s * 1e3 / v["steps_per_epoch"] for v in ts for s in v["epoch_seconds"]])
-        # Paired: each round's kiln median over the torch median that ran right after it.
-        paired = median([k["median_samples_per_sec"] / t["median_samples_per_sec"] for k, t in zip(ks, ts)])
+        row = f"{c:<10} {ks[0]['batch']:>5} | {k_sps:>14.0f} {k_ms:>8.3f}"
+        summary[c] = {"kiln_samples_per_sec": k_sps, "kiln_ms_per_step": k_ms, "torch": {}}
         kind, goal = targets[c]
-        if kind == "step":
-            met = (1.0 / paired) <= goal
-            tgt = f"step ≤ {goal}× torch's: {1 / paired:.2f}× {'met' if met else 'MISSED'}"
-        else:
-            met = paired >= goal
-            tgt = f"≥ {goal}×: {'met' if met else 'MISSED'}"
-        print(f"{c:<10} {ks[0]['batch']:>5} | {k_sps:>14.0f} {t_sps:>15.0f} | {k_ms:>12.3f} {t_ms:>13.3f} | "
-              f"{paired:>15.2f}× | {tgt}")
-        summary[c] = {
-            "kiln_samples_per_sec": k_sps,
-            "torch_samples_per_sec": t_sps,
-            "kiln_ms_per_step": k_ms,
-            "torch_ms_per_step": t_ms,
-            "paired_speed_ratio": paired,
-            "target_met": met,
-        }
-    print("\n(medians over every epoch of every round; ratio: median over rounds of kiln/torch "
-          "samples/s, each pair run back to back)")
+        verdicts = []
+        for a in args.torch_adam:
+            ts = runs[c][f"torch-{a}"]
+            t_sps = median([s for v in ts for s in v["samples_per_sec"]])
+            t_ms = median([s * 1e3 / v["steps_per_epoch"] for v in ts for s in v["epoch_seconds"]])
+            # Paired: each round's kiln median over that of the torch run right after it.
+            paired = median([k["median_samples_per_sec"] / t["median_samples_per_sec"] for k, t in zip(ks, ts)])
+            row += f" | {t_sps:>24.0f} {t_ms:>8.3f} {paired:>9.2f}×"
+            if kind == "step":
+                met = (1.0 / paired) <= goal
+                verdicts.append(f"vs {a}: step {1 / paired:.2f}× torch's (≤ {goal}×) {'met' if met else 'MISSED'}")
+            else:
+                met = paired >= goal
+                verdicts.append(f"vs {a}: ≥ {goal}× {'met' if met else 'MISSED'}")
+            summary[c]["torch"][a] = {
+                "samples_per_sec": t_sps,
+                "ms_per_step": t_ms,
+                "paired_speed_ratio": paired,
+                "target_met": met,
+            }
+        print(row + " | " + "; ".join(verdicts))
+    print("\n(samples/s and ms/step: medians over every epoch of every round; kiln speed: median over "
+          "rounds of kiln's samples/s over PyTorch's in the run right after it)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"summary": summary, "runs": runs, "torch": torch.__version__}, f, indent=1)

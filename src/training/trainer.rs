@@ -6,6 +6,7 @@
 //! continues the same trajectory.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -21,7 +22,7 @@ use super::prepare::Prepared;
 use super::rng::{streams, Rng, RngState};
 use super::spec::{MetricName, ResolvedSpec};
 use crate::model::format::{Activation, ModelSpec, Task};
-use crate::model::layers::Layer;
+use crate::model::layers::{Layer, ParamGrads};
 use crate::model::Model;
 
 /// One epoch's numbers: an SSE event, a row of the job's history, a progress-bar line.
@@ -129,19 +130,22 @@ fn training_layers(layers: &[Layer], loss: Loss) -> Vec<Layer> {
     out
 }
 
+/// The forward pass. With `sink` (training), dense layers hand their parameter gradients to
+/// it during `backward()` (drain it into the `GradStore` afterwards: [`ParamGrads`]).
 fn forward(
     layers: &[Layer],
     xs: Tensor,
     train: bool,
     dropout: &mut Rng,
+    sink: Option<&Arc<ParamGrads>>,
 ) -> Result<Tensor, TrainError> {
     let mut x = xs;
     for l in layers {
         // Dropout draws its masks from the seeded stream, not candle's unseeded RNG.
-        x = if let (Layer::Dropout(rate), true) = (l, train) {
-            dropout.dropout(&x, f64::from(*rate))?
-        } else {
-            l.forward_t(&x, train)?
+        x = match (l, train, sink) {
+            (Layer::Dropout(rate), true, _) => dropout.dropout(&x, f64::from(*rate))?,
+            (_, true, Some(sink)) => l.forward_train(&x, sink)?,
+            _ => l.forward_t(&x, train)?,
         };
     }
     Ok(x)
@@ -309,6 +313,7 @@ pub fn train(
     let mut epochs_run = start_epoch;
     let mut order: Vec<usize> = (0..n).collect();
     let mut ybuf = Vec::with_capacity(t.batch_size);
+    let sink = Arc::new(ParamGrads::default());
     let mut train_out = Vec::with_capacity(n * setup.out);
     let mut train_y = Vec::with_capacity(n);
     'epochs: for epoch in start_epoch..t.epochs {
@@ -333,9 +338,10 @@ pub fn train(
             ybuf.extend(idx.iter().map(|&i| data.y_train[i]));
             let xs = Tensor::from_vec(xbuf, (idx.len(), w), &device)?;
             let ys = setup.targets(&ybuf)?;
-            let out = forward(&layers, xs, true, &mut dropout_rng)?;
+            let out = forward(&layers, xs, true, &mut dropout_rng, Some(&sink))?;
             let l = loss.compute(&out, &ys)?;
-            let grads = l.backward()?;
+            let mut grads = l.backward().inspect_err(|_| sink.clear())?;
+            sink.drain_into(&mut grads)?;
             opt.step(&grads)?;
             let lv = f64::from(l.to_scalar::<f32>()?);
             if !lv.is_finite() {
@@ -463,7 +469,7 @@ fn evaluate(
     for start in (0..n).step_by(CHUNK) {
         let len = CHUNK.min(n - start);
         let xs = Tensor::from_slice(&x[start * w..(start + len) * w], (len, w), &setup.device)?;
-        let out = forward(layers, xs, false, &mut unused)?;
+        let out = forward(layers, xs, false, &mut unused, None)?;
         let ys = setup.targets(&y[start..start + len])?;
         loss_sum += f64::from(setup.loss.compute(&out, &ys)?.to_scalar::<f32>()?) * len as f64;
         outputs.extend(out.flatten_all()?.to_vec1::<f32>()?);
