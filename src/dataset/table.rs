@@ -687,7 +687,9 @@ pub(crate) mod tests {
 
     /// `tests/data/<name>`: copies of the project's shared data sets (see its README).
     pub(crate) fn shared_dataset(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name)
     }
 
     pub(crate) fn write_temp(bytes: &[u8]) -> tempfile::NamedTempFile {
