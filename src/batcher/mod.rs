@@ -137,7 +137,6 @@ pub fn spawn(
     version: u64,
     cfg: BatchConfig,
     workers: usize,
-    threads: usize,
     prom: crate::metrics::BatchMetrics,
 ) -> BatcherHandle {
     // Bounded: a full queue is answered 503 at once (try_send), never waited on.
@@ -150,20 +149,10 @@ pub fn spawn(
     let stats = Arc::new(Stats::new(prom));
     for i in 0..workers {
         let (model, rx, stats) = (model.clone(), from_batcher.clone(), stats.clone());
-        // Each worker is the first thread of its own rayon pool of `threads` threads: candle's
-        // parallel ops then run on this pool (inline with one thread) instead of being handed
-        // to rayon's global pool and waited for, a hop per op that cost 2-3x the forward of a
-        // small model (benches/forward.rs, "in rayon pool").
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name({
-                let name = name.to_owned();
-                move |t| format!("kiln-worker-{name}-{version}-{i}.{t}")
-            })
-            .build()
-            .expect("building a worker thread pool");
-        pool.spawn(move || worker::run(&model, &rx, &stats));
-        // Dropping the handle lets the pool end once its worker loop returns.
+        std::thread::Builder::new()
+            .name(format!("kiln-worker-{name}-{version}-{i}"))
+            .spawn(move || worker::run(&model, &rx, &stats))
+            .expect("spawning a worker thread");
     }
     tokio::spawn(batching_task(rx, cfg, idle, to_workers));
     BatcherHandle {
