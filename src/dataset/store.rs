@@ -104,7 +104,7 @@ impl DatasetStore {
     /// [`get`](Self::get), [`list`](Self::list), [`delete`](Self::delete) and
     /// [`load_table`](Self::load_table).
     ///
-    /// ```ignore
+    /// ```text
     /// let info = store.run_blocking(move |s| s.get(&id)).await?;
     /// ```
     pub async fn run_blocking<T, F>(&self, f: F) -> Result<T, DatasetError>

@@ -63,7 +63,7 @@ impl UploadOptions {
 
 /// An upload in progress, written from a thread that may block.
 ///
-/// ```ignore
+/// ```text
 /// let mut upload = store.begin_upload(UploadOptions::default())?;
 /// for chunk in chunks { upload.write_chunk(&chunk)?; }
 /// let info = upload.finish()?; // parses and profiles: seconds for 100 MB
@@ -228,7 +228,7 @@ enum Message {
 
 /// An upload fed from async code: hand it each chunk of the request body as it arrives.
 ///
-/// ```ignore
+/// ```text
 /// let mut upload = store.begin_upload_async(options)?;
 /// while let Some(chunk) = next_chunk(&mut body).await? {
 ///     upload.write_chunk(chunk).await?; // TooLarge → 413; nothing is left on disk
