@@ -5,16 +5,17 @@
 //! ```
 //!
 //! Models (random weights, built by kiln's own layer builder, run through `Model::run_rows`,
-//! the call a worker thread makes per batch: flat rows in → one tensor → forward → flat rows
-//! out):
+//! the call a worker makes per batch: flat rows in → one tensor → forward → flat rows out),
+//! called as kiln's batch workers call it: from the thread of a one-thread rayon pool
+//! (`threads = 1`; see `batcher::spawn`):
 //! - the compute-bound MLP 784→1024 relu→1024 relu→10, at batch 1, 32 and 256, with GFLOP/s
 //!   (2·(784·1024 + 1024·1024 + 1024·10) FLOPs per row);
 //! - the seed model 100→64 relu→32 relu→10 softmax, at batch 1, 32 and 256.
 //!
 //! Also, as references: `Model::forward` on a prebuilt tensor (no input copy, no copy back),
-//! one bare candle matmul of the MLP's middle layer shape (256×1024 · 1024×1024ᵀ), and the
-//! seed model run from a rayon pool thread rather than a plain thread (kiln's workers are
-//! plain threads: see the comment at that case).
+//! the MLP's three GEMMs as bare candle matmuls (no bias, relu or copies), and the
+//! seed model called from a plain thread (how workers called it before they ran on their own
+//! rayon pool: see the comment at that case).
 //!
 //! `RAYON_NUM_THREADS=1` and `CANDLE_NUM_THREADS=1` are set first thing (kiln's default
 //! `threads = 1`): every figure is one core. Timing: rounds interleaved over all cases
@@ -112,6 +113,10 @@ struct Case {
     iters: u64,
     /// Seconds per call, one entry per round.
     samples: Vec<f64>,
+    /// Minor page faults of the whole process over all timed calls.
+    faults: u64,
+    /// Calls timed in all.
+    calls: u64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -160,9 +165,11 @@ fn main() {
                     let out = m.run_rows(input.clone(), batch).unwrap();
                     black_box(out);
                 }),
-                in_pool: false,
+                in_pool: true,
                 iters: 0,
                 samples: Vec::new(),
+                faults: 0,
+                calls: 0,
             });
         }
         // The same at batch 256 without the host copies in and out.
@@ -176,49 +183,69 @@ fn main() {
             run: Box::new(move || {
                 black_box(m.forward(&xs).unwrap());
             }),
-            in_pool: false,
+            in_pool: true,
             iters: 0,
             samples: Vec::new(),
+            faults: 0,
+            calls: 0,
         });
     }
-    // Bare candle GEMM of the MLP's middle layer, as Linear calls it (x · wᵀ).
+    // The MLP's three GEMMs alone, as Linear calls them (x · wᵀ), with no bias, relu or host
+    // copies: the candle floor under the MLP rows above (same FLOPs per row).
     {
-        let x = Tensor::from_vec(rows(256 * 1024, 3), (256, 1024), &Device::Cpu).unwrap();
-        let w = Tensor::from_vec(rows(1024 * 1024, 4), (1024, 1024), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(rows(256 * 784, 3), (256, 784), &Device::Cpu).unwrap();
+        let ws: Vec<Tensor> = [(1024usize, 784usize), (1024, 1024), (10, 1024)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(o, n))| {
+                (Tensor::from_vec(rows(o * n, 4 + i as u64), (o, n), &Device::Cpu).unwrap() * 0.05)
+                    .unwrap()
+            })
+            .collect();
         cases.push(Case {
-            name: "bare candle matmul 256x1024 . (1024x1024)^T".into(),
+            name: "mlp's 3 bare candle matmuls (x . w^T)".into(),
             batch: 256,
-            flops_per_row: 2.0 * 1024.0 * 1024.0,
+            flops_per_row: MLP_FLOPS_PER_ROW,
             run: Box::new(move || {
-                black_box(x.matmul(&w.t().unwrap()).unwrap());
+                let mut h = x.clone();
+                for w in &ws {
+                    h = h.matmul(&w.t().unwrap()).unwrap();
+                }
+                black_box(h);
             }),
-            in_pool: false,
+            in_pool: true,
             iters: 0,
             samples: Vec::new(),
+            faults: 0,
+            calls: 0,
         });
     }
-    // The seed model called from a rayon pool thread instead of a plain thread. candle's
-    // softmax_last_dim (and layer/rms norm) split rows with rayon's par_chunks: from a plain
-    // thread (a kiln worker, or this bench's main thread) each call hands the job to the
-    // global pool and sleeps until it is done; from a pool thread it runs inline.
+    // The seed model called from a plain thread (this bench's main thread), as kiln's workers
+    // called it until they ran on their own rayon pool. candle's softmax_last_dim (and the
+    // layer/rms norms) split rows with rayon's par_chunks: from a thread outside any pool each
+    // call hands the job to rayon's global pool and sleeps until it is done (two thread
+    // wake-ups per op); from a pool thread it runs inline.
     for batch in [1usize, 32, 256] {
         let input = rows(batch * 100, batch as u64);
         let m = seed.clone();
         cases.push(Case {
-            name: "seed 100-64-32-10 run_rows in rayon pool".into(),
+            name: "seed 100-64-32-10 run_rows, plain thread".into(),
             batch,
             flops_per_row: SEED_FLOPS_PER_ROW,
             run: Box::new(move || {
                 black_box(m.run_rows(input.clone(), batch).unwrap());
             }),
-            in_pool: true,
+            in_pool: false,
             iters: 0,
             samples: Vec::new(),
+            faults: 0,
+            calls: 0,
         });
     }
+    // A worker's pool, as `batcher::spawn` builds it with `threads = 1`.
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
-        .thread_name(|_| "bench-pool".into())
+        .thread_name(|_| "bench-worker".into())
         .build()
         .expect("a one-thread rayon pool");
 
@@ -258,11 +285,14 @@ fn main() {
                 }
                 t.elapsed().as_secs_f64() / iters as f64
             };
+            let faults = minor_faults();
             let per = if c.in_pool {
                 pool.install(|| timed(&mut c.run))
             } else {
                 timed(&mut c.run)
             };
+            c.faults += minor_faults().saturating_sub(faults);
+            c.calls += iters;
             c.samples.push(per);
         }
     }
@@ -270,8 +300,16 @@ fn main() {
     let busy = machine_busy_secs() - busy_before;
 
     println!(
-        "\n{:<44} {:>6} {:>10} {:>12} {:>9} {:>12} {:>9} {:>7}",
-        "case", "batch", "µs/call", "rows/s", "GFLOP/s", "best rows/s", "best GF/s", "spread"
+        "\n{:<44} {:>6} {:>10} {:>12} {:>9} {:>12} {:>9} {:>7} {:>12}",
+        "case",
+        "batch",
+        "µs/call",
+        "rows/s",
+        "GFLOP/s",
+        "best rows/s",
+        "best GF/s",
+        "spread",
+        "faults/call"
     );
     for c in &cases {
         let med = median(c.samples.clone());
@@ -280,7 +318,7 @@ fn main() {
         let rows_ps = c.batch as f64 / med;
         let best_rows_ps = c.batch as f64 / lo;
         println!(
-            "{:<44} {:>6} {:>10.1} {:>12.0} {:>9.1} {:>12.0} {:>9.1} {:>6.0}%",
+            "{:<44} {:>6} {:>10.1} {:>12.0} {:>9.1} {:>12.0} {:>9.1} {:>6.0}% {:>12.1}",
             c.name,
             c.batch,
             med * 1e6,
@@ -288,7 +326,8 @@ fn main() {
             rows_ps * c.flops_per_row / 1e9,
             best_rows_ps,
             best_rows_ps * c.flops_per_row / 1e9,
-            (hi - lo) / med * 100.0
+            (hi - lo) / med * 100.0,
+            c.faults as f64 / c.calls.max(1) as f64
         );
     }
     println!(
@@ -298,6 +337,18 @@ fn main() {
         "measured in {wall:.0} s; the machine was busy {:.2} cores on average (this bench uses ~1: more means other work shared the machine)",
         busy / wall
     );
+}
+
+/// Minor page faults of this process so far (field 10 of /proc/self/stat); 0 elsewhere.
+fn minor_faults() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // The command name (field 2) may hold spaces: count fields after its ')'.
+            let rest = &s[s.rfind(')')? + 2..];
+            rest.split_whitespace().nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// Seconds of CPU the whole machine spent busy (all processes, steal included), from
