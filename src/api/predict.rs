@@ -86,27 +86,7 @@ async fn handle(
     } else {
         decode(&lv, verb, &body)?
     };
-    if decoded.n_rows > state.config.max_rows_per_request {
-        return Err(Error::TooManyRows {
-            rows: decoded.n_rows,
-            limit: state.config.max_rows_per_request,
-        }
-        .into());
-    }
-    let span = tracing::Span::current();
-    span.record("model", lv.name.as_str());
-    span.record("version", lv.version);
-    let computed = lv
-        .batcher
-        .run(
-            decoded.rows,
-            decoded.n_rows,
-            lv.model.spec().row_len(),
-            timeout,
-            &span,
-        )
-        .await?;
-    span.record("batch", computed.batch_rows);
+    let computed = compute(state, &lv, decoded.rows, decoded.n_rows, timeout).await?;
     Ok(encode(
         &lv,
         verb,
@@ -115,6 +95,33 @@ async fn handle(
         &decoded.warnings,
         computed,
     ))
+}
+
+/// A request's rows through its version's batcher (v1 and v2 alike, so they share one
+/// queue): the row limit, the request span's fields, the computed batch.
+pub(crate) async fn compute(
+    state: &AppState,
+    lv: &LoadedVersion,
+    rows: Vec<f32>,
+    n_rows: usize,
+    timeout: Duration,
+) -> Result<Computed, Error> {
+    let limit = state.config.max_rows_per_request;
+    if n_rows > limit {
+        return Err(Error::TooManyRows {
+            rows: n_rows,
+            limit,
+        });
+    }
+    let span = tracing::Span::current();
+    span.record("model", lv.name.as_str());
+    span.record("version", lv.version);
+    let computed = lv
+        .batcher
+        .run(rows, n_rows, lv.model.spec().row_len(), timeout, &span)
+        .await?;
+    span.record("batch", computed.batch_rows);
+    Ok(computed)
 }
 
 fn decode(lv: &LoadedVersion, verb: Verb, body: &[u8]) -> Result<Decoded, Error> {

@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 use super::decode::{rows_from_columns, rows_from_tensor, Decoded, InputSpec};
 use super::error::ApiError;
 use super::extract::{check_name, parse_version};
-use super::predict::{class_scores, ms_header, TIMEOUT_HEADER};
+use super::predict::{class_scores, compute, ms_header, TIMEOUT_HEADER};
 use crate::error::Error;
 use crate::model::format::{InputDType, Task};
 use crate::preprocess::RawValue;
@@ -765,26 +765,7 @@ async fn infer_on(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let decoded = to_rows(&lv, req.inputs)?;
-    if decoded.n_rows > state.config.max_rows_per_request {
-        return Err(Error::TooManyRows {
-            rows: decoded.n_rows,
-            limit: state.config.max_rows_per_request,
-        }
-        .into());
-    }
-    let span = tracing::Span::current();
-    span.record("model", lv.name.as_str());
-    span.record("version", lv.version);
-    let computed = lv
-        .batcher
-        .run(
-            decoded.rows,
-            decoded.n_rows,
-            lv.model.spec().row_len(),
-            timeout,
-            &span,
-        )
-        .await?;
+    let computed = compute(state, &lv, decoded.rows, decoded.n_rows, timeout).await?;
     let mut outputs = outputs_of(&lv, decoded.n_rows, computed.outputs);
     // Requested outputs: select (in the requested order) and read per-output binary flags.
     let mut binary: Vec<bool> = vec![binary_all; outputs.len()];
