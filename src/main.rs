@@ -38,35 +38,7 @@ enum Command {
         device: String,
     },
     /// Train a model from a CSV (or JSON records) file and write it as a new version.
-    Train {
-        /// The data: CSV with a header, or JSON records.
-        #[arg(long)]
-        data: PathBuf,
-        /// Target column (overrides the spec's).
-        #[arg(long)]
-        target: Option<String>,
-        /// A second file with the same columns to validate on (instead of a split).
-        #[arg(long)]
-        validation_data: Option<PathBuf>,
-        /// Job spec (JSON, as POST /v1/training-jobs takes; `dataset` may be omitted).
-        #[arg(long)]
-        spec: Option<PathBuf>,
-        /// Model name (overrides the spec's; default: the data file's stem).
-        #[arg(long)]
-        model: Option<String>,
-        /// Models directory to publish into.
-        #[arg(long, env = "KILN_MODELS", default_value = "./models")]
-        models: PathBuf,
-        /// Epochs (overrides the spec's).
-        #[arg(long)]
-        epochs: Option<u32>,
-        /// candle intra-op threads.
-        #[arg(long, env = "KILN_THREADS", default_value_t = 1)]
-        threads: usize,
-        /// Print one JSON line per epoch instead of the progress bar.
-        #[arg(long)]
-        json: bool,
-    },
+    Train(train::Args),
     /// Import weights saved by PyTorch (`safetensors.torch.save_file(model.state_dict())`) as
     /// a new version: validated (every tensor's presence and shape, one forward pass) first.
     Import {
@@ -119,27 +91,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, overrides } => serve(config, &overrides),
         Command::Check { dir, device } => check(&dir, &device),
-        Command::Train {
-            data,
-            target,
-            validation_data,
-            spec,
-            model,
-            models,
-            epochs,
-            threads,
-            json,
-        } => train::run(&train::Args {
-            data,
-            target,
-            validation_data,
-            spec,
-            model,
-            models,
-            epochs,
-            threads,
-            json,
-        }),
+        Command::Train(args) => train::run(&args),
         Command::Health { addr, path } => health(&addr, &path),
         Command::Keys {
             command: KeysCommand::New { name, scopes, file },

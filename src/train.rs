@@ -8,15 +8,35 @@ use kiln::training::run;
 use kiln::training::spec::JobSpec;
 use kiln::training::trainer::{Checkpoint, EpochEvent, Hooks, Outcome};
 
+/// `kiln train`'s flags.
+#[derive(clap::Args)]
 pub struct Args {
+    /// The data: CSV with a header, or JSON records.
+    #[arg(long)]
     pub data: PathBuf,
+    /// Target column (overrides the spec's).
+    #[arg(long)]
     pub target: Option<String>,
+    /// A second file with the same columns to validate on (instead of a split).
+    #[arg(long)]
     pub validation_data: Option<PathBuf>,
+    /// Job spec (JSON, as POST /v1/training-jobs takes; `dataset` may be omitted).
+    #[arg(long)]
     pub spec: Option<PathBuf>,
+    /// Model name (overrides the spec's; default: the data file's stem).
+    #[arg(long)]
     pub model: Option<String>,
+    /// Models directory to publish into.
+    #[arg(long, env = "KILN_MODELS", default_value = "./models")]
     pub models: PathBuf,
+    /// Epochs (overrides the spec's).
+    #[arg(long)]
     pub epochs: Option<u32>,
+    /// candle intra-op threads.
+    #[arg(long, env = "KILN_THREADS", default_value_t = 1)]
     pub threads: usize,
+    /// Print one JSON line per epoch instead of the progress bar.
+    #[arg(long)]
     pub json: bool,
 }
 
