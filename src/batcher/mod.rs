@@ -1,22 +1,26 @@
 //! The dynamic batcher of one model version: an *entry* (a request's rows, or a chunk of
-//! them) waits in a bounded queue; the batcher task forms a *batch* only once a *worker*
-//! is free, so a lone request runs at once and batches grow while workers are busy.
+//! them) waits in a bounded queue; a *worker* that is free takes everything queued (up to
+//! `max_batch_size` rows) as one *batch*, so a lone request runs at once and batches grow
+//! while workers are busy.
 //!
 //! ```text
-//! api task ──try_send(Entry)──▶ [queue: queue_capacity] ──▶ batching_task (tokio)
-//!    ▲                                                       │ acquire an idle-worker permit,
-//!    │ oneshot Reply                                          │ then take what is queued
-//!    └──────────── worker threads (std::thread) ◀──(Batch, permit)
+//! api task ──push(Entry)──▶ [queue: queue_capacity] ◀──take a batch── worker threads
+//!    ▲                       (a push wakes a worker only if one is idle)   (std::thread)
+//!    └──────────────────────────── oneshot Reply ◀─────────────────────────────┘
 //! ```
+//!
+//! There is no task between the request and the worker: under load a worker finishing a
+//! batch takes the next one without sleeping, and each request costs one cross-thread
+//! wake-up (its reply) instead of three.
 
 mod policy;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
 
 use crate::config::BatchConfig;
 use crate::error::Error;
@@ -118,19 +122,90 @@ impl Stats {
     }
 }
 
+/// The queue of one version, shared by its handles (which push) and its workers (which
+/// pull). The lock is held only to push or to take a batch: never while computing.
+pub(crate) struct Queue {
+    state: Mutex<QueueState>,
+    /// Signalled when an entry arrives and a worker is waiting for one, and on close.
+    arrived: Condvar,
+    cfg: BatchConfig,
+}
+
+pub(crate) struct QueueState {
+    pending: Pending,
+    /// Workers blocked on `arrived` with nothing to do (a push wakes one).
+    idle: usize,
+    /// Workers holding a batch open for `max_queue_delay` (a push wakes them all).
+    gathering: usize,
+    /// Every handle dropped: workers finish what is queued, then exit.
+    closed: bool,
+}
+
+impl Queue {
+    /// Takes the next batch, blocking while the queue is empty; `None` once it is closed
+    /// and drained. With `max_queue_delay`, a batch smaller than `max_batch_size` waits up
+    /// to that long after its oldest entry arrived for more rows.
+    pub(crate) fn next_batch(&self) -> Option<Batch> {
+        let mut st = self.state.lock().expect("no thread panics holding the queue lock");
+        loop {
+            while st.pending.is_empty() {
+                if st.closed {
+                    return None;
+                }
+                st.idle += 1;
+                st = self.arrived.wait(st).expect("queue lock");
+                st.idle -= 1;
+            }
+            if !self.cfg.max_queue_delay.is_zero() {
+                let until = st.pending.oldest().expect("not empty") + self.cfg.max_queue_delay;
+                while !st.pending.is_full() && !st.closed {
+                    let now = Instant::now();
+                    if now >= until {
+                        break;
+                    }
+                    st.gathering += 1;
+                    st = self.arrived.wait_timeout(st, until - now).expect("queue lock").0;
+                    st.gathering -= 1;
+                    if st.pending.is_empty() {
+                        break; // another worker took them
+                    }
+                }
+            }
+            // Entries past their deadline are answered 504 here; if nothing is left, wait on.
+            if let Some(batch) = st.pending.next_batch(Instant::now()) {
+                return Some(batch);
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.state.lock().expect("queue lock").closed = true;
+        self.arrived.notify_all();
+    }
+}
+
 /// Cheap to clone; lives in the registry's loaded version. When the last handle drops, the
-/// queue closes, the batcher task drains and ends, and the workers exit.
+/// queue closes, the workers compute what is left in it and exit.
 #[derive(Clone)]
 pub struct BatcherHandle {
-    tx: mpsc::Sender<Entry>,
-    cfg: BatchConfig,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue: Arc<Queue>,
     stats: Arc<Stats>,
     name: Arc<str>,
     version: u64,
 }
 
-/// Starts the batcher task and `workers` worker threads for one model version.
-/// Must be called inside a tokio runtime.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+/// Starts `workers` worker threads for one model version. Each pulls batches off the
+/// version's queue itself: no hand-off task between the request and the worker.
 pub fn spawn(
     model: Arc<Model>,
     name: &str,
@@ -139,91 +214,46 @@ pub fn spawn(
     workers: usize,
     prom: crate::metrics::BatchMetrics,
 ) -> BatcherHandle {
-    // Bounded: a full queue is answered 503 at once (try_send), never waited on.
-    let (tx, rx) = mpsc::channel(cfg.queue_capacity);
-    // One permit per idle worker: a batch forms only when a worker can take it at once.
-    let idle = Arc::new(Semaphore::new(workers));
-    // Unbounded in type, bounded in fact: at most `workers` batches exist (one per permit).
-    let (to_workers, from_batcher) = std::sync::mpsc::channel::<(Batch, OwnedSemaphorePermit)>();
-    let from_batcher = Arc::new(Mutex::new(from_batcher));
+    let queue = Arc::new(Queue {
+        state: Mutex::new(QueueState {
+            pending: Pending::new(cfg.max_batch_size),
+            idle: 0,
+            gathering: 0,
+            closed: false,
+        }),
+        arrived: Condvar::new(),
+        cfg,
+    });
     let stats = Arc::new(Stats::new(prom));
     for i in 0..workers {
-        let (model, rx, stats) = (model.clone(), from_batcher.clone(), stats.clone());
+        let (model, queue, stats) = (model.clone(), queue.clone(), stats.clone());
         std::thread::Builder::new()
             .name(format!("kiln-worker-{name}-{version}-{i}"))
-            .spawn(move || worker::run(&model, &rx, &stats))
+            .spawn(move || worker::run(&model, &queue, &stats))
             .expect("spawning a worker thread");
     }
-    tokio::spawn(batching_task(rx, cfg, idle, to_workers));
     BatcherHandle {
-        tx,
-        cfg,
-        stats,
-        name: name.into(),
-        version,
-    }
-}
-
-/// Forms batches: wait for an entry, wait for an idle worker, take what is queued (up to
-/// `max_batch_size` rows, waiting up to `max_queue_delay` if set), hand it over.
-async fn batching_task(
-    mut rx: mpsc::Receiver<Entry>,
-    cfg: BatchConfig,
-    idle: Arc<Semaphore>,
-    to_workers: std::sync::mpsc::Sender<(Batch, OwnedSemaphorePermit)>,
-) {
-    let mut pending = Pending::new(cfg.max_batch_size);
-    loop {
-        if pending.is_empty() {
-            match rx.recv().await {
-                Some(e) => pending.push(e),
-                None => break,
-            }
-        }
-        let permit = idle
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the idle semaphore is never closed");
-        while !pending.is_full() {
-            match rx.try_recv() {
-                Ok(e) => pending.push(e),
-                Err(_) => break,
-            }
-        }
-        if !cfg.max_queue_delay.is_zero() {
-            let oldest = pending.oldest().expect("pending is not empty here");
-            let until = tokio::time::Instant::from_std(oldest + cfg.max_queue_delay);
-            while !pending.is_full() {
-                tokio::select! {
-                    () = tokio::time::sleep_until(until) => break,
-                    e = rx.recv() => match e {
-                        Some(e) => pending.push(e),
-                        None => break,
-                    },
-                }
-            }
-        }
-        if let Some(batch) = pending.next_batch(Instant::now()) {
-            if to_workers.send((batch, permit)).is_err() {
-                break; // workers gone: the process is ending
-            }
-        }
+        inner: Arc::new(Inner {
+            queue,
+            stats,
+            name: name.into(),
+            version,
+        }),
     }
 }
 
 impl BatcherHandle {
     pub fn config(&self) -> &BatchConfig {
-        &self.cfg
+        &self.inner.queue.cfg
     }
 
     pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
+        self.inner.stats.snapshot()
     }
 
     /// Entries waiting in the queue right now.
     pub fn queue_depth(&self) -> usize {
-        self.cfg.queue_capacity - self.tx.capacity()
+        self.inner.queue.state.lock().expect("queue lock").pending.len()
     }
 
     /// Computes `n_rows` rows (flat, `row_len` values each) before `deadline`. A request
@@ -238,8 +268,9 @@ impl BatcherHandle {
     ) -> Result<Computed, Error> {
         let now = Instant::now();
         let deadline = now + timeout;
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let max = self.cfg.max_batch_size;
+        let stats = &self.inner.stats;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let max = self.config().max_batch_size;
         let receivers = if n_rows <= max {
             vec![self.submit(rows, n_rows, now, deadline, timeout, span)?]
         } else {
@@ -257,13 +288,13 @@ impl BatcherHandle {
             // Every 504 is counted here, once, whichever side noticed the deadline first.
             let computed = match tokio::time::timeout_at(deadline.into(), rx).await {
                 Ok(Ok(Err(Error::DeadlineExceeded(t)))) => {
-                    self.stats.deadline_passed();
+                    stats.deadline_passed();
                     return Err(Error::DeadlineExceeded(t));
                 }
                 Ok(Ok(reply)) => reply?,
                 Ok(Err(_)) => return Err(Error::Forward("worker stopped before answering".into())),
                 Err(_) => {
-                    self.stats.deadline_passed();
+                    stats.deadline_passed();
                     return Err(Error::DeadlineExceeded(timeout));
                 }
             };
@@ -300,23 +331,33 @@ impl BatcherHandle {
             timeout,
             span: span.clone(),
         };
-        self.tx.try_send(entry).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                self.stats
-                    .rejected_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
-                self.stats.prom.rejected_queue_full.inc();
-                Error::QueueFull {
-                    name: self.name.to_string(),
-                    version: self.version,
-                    capacity: self.cfg.queue_capacity,
-                }
-            }
-            mpsc::error::TrySendError::Closed(_) => Error::ModelUnavailable {
-                name: self.name.to_string(),
-                reason: format!("version {} is unloading", self.version),
-            },
-        })?;
+        let inner = &*self.inner;
+        let queue = &inner.queue;
+        let mut st = queue.state.lock().expect("queue lock");
+        if st.closed {
+            return Err(Error::ModelUnavailable {
+                name: inner.name.to_string(),
+                reason: format!("version {} is unloading", inner.version),
+            });
+        }
+        if st.pending.len() >= queue.cfg.queue_capacity {
+            drop(st);
+            inner.stats.rejected_queue_full.fetch_add(1, Ordering::Relaxed);
+            inner.stats.prom.rejected_queue_full.inc();
+            return Err(Error::QueueFull {
+                name: inner.name.to_string(),
+                version: inner.version,
+                capacity: queue.cfg.queue_capacity,
+            });
+        }
+        st.pending.push(entry);
+        let (idle, gathering) = (st.idle, st.gathering);
+        drop(st);
+        if gathering > 0 {
+            queue.arrived.notify_all();
+        } else if idle > 0 {
+            queue.arrived.notify_one();
+        }
         Ok(rx)
     }
 }

@@ -1,13 +1,12 @@
 //! The batching policy: which pending entries form the next batch. A plain struct with no
-//! channels and no clock of its own; the batcher task moves messages, this decides.
+//! channels and no clock of its own; the queue's lock guards it, this decides.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::{Batch, Entry};
 
-/// Entries taken off the queue and not yet handed to a worker. Holds at most
-/// `max_rows` rows plus the one entry that did not fit into the last batch.
+/// Entries queued and not yet taken by a worker, in arrival order.
 pub(crate) struct Pending {
     entries: VecDeque<Entry>,
     rows: usize,
@@ -26,6 +25,11 @@ impl Pending {
     pub(crate) fn push(&mut self, e: Entry) {
         self.rows += e.n_rows;
         self.entries.push_back(e);
+    }
+
+    /// Entries waiting (the queue depth).
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -3,28 +3,17 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::OwnedSemaphorePermit;
-
-use super::{Batch, Computed, Stats};
+use super::{Batch, Computed, Queue, Stats};
 use crate::error::Error;
 use crate::model::Model;
 
-type Inbox = std::sync::mpsc::Receiver<(Batch, OwnedSemaphorePermit)>;
-
-/// The worker loop; returns when the batcher task has ended (its sender dropped).
-pub(super) fn run(model: &Model, inbox: &Arc<Mutex<Inbox>>, stats: &Stats) {
-    loop {
-        // The lock is held only by idle workers waiting for the next batch.
-        let msg = inbox
-            .lock()
-            .expect("no worker panics while holding the inbox")
-            .recv();
-        let Ok((batch, permit)) = msg else { return };
+/// The worker loop; returns once every handle of the version is dropped and the queue is
+/// drained.
+pub(super) fn run(model: &Model, queue: &Queue, stats: &Stats) {
+    while let Some(batch) = queue.next_batch() {
         compute(model, batch, stats);
-        drop(permit); // this worker is idle again: the batcher may form the next batch
     }
 }
 
