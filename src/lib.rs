@@ -88,7 +88,7 @@ pub async fn serve(
         metrics.clone(),
     )
     .context("starting the job manager")?;
-    let state = state::AppState {
+    let state = state::AppState::new(state::Shared {
         config: config.clone(),
         registry: registry.clone(),
         health: health.clone(),
@@ -96,7 +96,7 @@ pub async fn serve(
         jobs: jobs.clone(),
         metrics,
         keys,
-    };
+    });
     if !config.models_dir.is_dir() {
         tracing::warn!(dir = %config.models_dir.display(), "models directory does not exist; it will be watched for models");
     }

@@ -13,14 +13,15 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub route: String,
-    pub method: String,
+    /// The route as declared (`/v1/models/{name}`), interned: no allocation per request.
+    pub route: &'static str,
+    pub method: &'static str,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub route: String,
+    pub route: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -230,8 +231,8 @@ mod tests {
         let m = Metrics::new();
         m.http_requests
             .get_or_create(&HttpLabels {
-                route: "/v1/models".into(),
-                method: "GET".into(),
+                route: "/v1/models",
+                method: "GET",
                 status: 200,
             })
             .inc();

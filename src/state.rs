@@ -1,4 +1,4 @@
-//! `AppState`: the clonable bag of handles every handler extracts.
+//! `AppState`: the handles every handler extracts, behind one `Arc`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,8 +8,26 @@ use crate::dataset::DatasetStore;
 use crate::registry::Registry;
 use crate::training::jobs::JobManager;
 
+/// Cheap to clone (one reference count): every handler and middleware extracts it.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The handles behind an [`AppState`].
+pub struct Shared {
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
     pub health: Arc<Health>,

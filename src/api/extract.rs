@@ -21,15 +21,19 @@ impl FromRequest<AppState> for JsonBody {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+            let ct = ct.to_str().unwrap_or("");
             let essence = ct.split(';').next().unwrap_or("").trim();
-            let ok = essence == "application/json"
-                || essence.ends_with("+json")
-                || essence == "application/x-www-form-urlencoded"
-                || essence == "text/plain"
+            let is = |t: &str| essence.eq_ignore_ascii_case(t);
+            let json_suffix = essence.len() >= 5
+                && essence.is_char_boundary(essence.len() - 5)
+                && essence[essence.len() - 5..].eq_ignore_ascii_case("+json");
+            let ok = is("application/json")
+                || json_suffix
+                || is("application/x-www-form-urlencoded")
+                || is("text/plain")
                 || essence.is_empty();
             if !ok {
-                return Err(Error::UnsupportedMediaType(essence.to_owned()).into());
+                return Err(Error::UnsupportedMediaType(essence.to_ascii_lowercase()).into());
             }
         }
         let limit = state.config.body_limit;
@@ -38,6 +42,37 @@ impl FromRequest<AppState> for JsonBody {
             .await
             .map_err(|_| Error::BodyTooLarge { limit })?;
         Ok(JsonBody(bytes))
+    }
+}
+
+/// The request's own deadline (`X-Request-Timeout-Ms`), if it sets one. Read from the
+/// header alone: the handler does not copy the header map.
+pub struct Deadline(pub Option<std::time::Duration>);
+
+/// Per-request deadline header, in milliseconds.
+pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
+
+impl<S: Sync> axum::extract::FromRequestParts<S> for Deadline {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(v) = parts.headers.get(TIMEOUT_HEADER) else {
+            return Ok(Deadline(None));
+        };
+        v.to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(|ms| Deadline(Some(std::time::Duration::from_millis(ms))))
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "header {TIMEOUT_HEADER}: expected a positive number of milliseconds"
+                ))
+                .into()
+            })
     }
 }
 

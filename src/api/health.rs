@@ -52,7 +52,7 @@ mod tests {
 
     use crate::config::Config;
     use crate::registry::Registry;
-    use crate::state::{AppState, Health};
+    use crate::state::{AppState, Health, Shared};
 
     fn state(dir: &std::path::Path) -> AppState {
         let config = Arc::new(Config::default());
@@ -74,7 +74,7 @@ mod tests {
             metrics.clone(),
         )
         .unwrap();
-        AppState {
+        AppState::new(Shared {
             registry,
             config,
             health: Arc::new(Health::default()),
@@ -82,7 +82,7 @@ mod tests {
             jobs,
             metrics,
             keys: None,
-        }
+        })
     }
 
     async fn status(state: &AppState, path: &str) -> u16 {

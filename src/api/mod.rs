@@ -19,7 +19,7 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 
 use crate::metrics::{HttpLabels, RouteLabels};
-use axum::http::{HeaderValue, Method, Uri};
+use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -93,8 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::ready))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .layer(middleware::from_fn_with_state(state.clone(), timing))
+        .layer(middleware::from_fn_with_state(state.clone(), edge))
         .layer(tower::util::option_layer(cors(&state.config.cors_origins)))
         .with_state(state)
 }
@@ -113,77 +112,114 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     })
 }
 
+/// The one middleware every request passes: request id, span, access check, timing
+/// headers and HTTP metrics. Written to allocate nothing per request but the request id's
+/// and the total time's header values (routes and methods are interned labels).
+///
 /// Every answer carries `x-total-time`, `x-queue-time` and `x-inference-time` (ms); the
-/// predict handler sets the last two, everything else computes nothing and says 0.
-async fn timing(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// predict handlers set the last two, everything else computes nothing and says 0.
+async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+        .map_or("unmatched", |p| intern_route(p.as_str()));
+    let method = method_label(req.method());
     // The request id: the client's (printable ASCII, at most 128 bytes) or a new one.
     let request_id = req
         .headers()
         .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(new_request_id, str::to_owned);
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .cloned()
+        .unwrap_or_else(new_request_id);
     // One span per request (debug level: per-request logging costs throughput; enable it
     // with RUST_LOG=kiln=debug). Handlers record the model, version and batch size on it.
     let span = tracing::debug_span!(
         "request",
-        request_id = %request_id,
-        method = %method,
-        route = %route,
+        request_id = request_id.to_str().unwrap_or(""),
+        method,
+        route,
         model = tracing::field::Empty,
         version = tracing::field::Empty,
         batch = tracing::field::Empty,
     );
-    let mut res = next.run(req).instrument(span.clone()).await;
+    let mut res = match authorize(&state, method, route, &req) {
+        Ok(()) => next.run(req).instrument(span.clone()).await,
+        Err(refused) => refused.into_response(),
+    };
     let elapsed = start.elapsed();
-    tracing::debug!(parent: &span, status = res.status().as_u16(), total_ms = elapsed.as_secs_f64() * 1e3, "answered");
+    let status = res.status().as_u16();
+    tracing::debug!(parent: &span, status, total_ms = elapsed.as_secs_f64() * 1e3, "answered");
     let m = &state.metrics;
     m.http_requests
         .get_or_create(&HttpLabels {
-            route: route.clone(),
+            route,
             method,
-            status: res.status().as_u16(),
+            status,
         })
         .inc();
     m.http_seconds
         .get_or_create(&RouteLabels { route })
         .observe(elapsed.as_secs_f64());
     let h = res.headers_mut();
-    for name in ["x-queue-time", "x-inference-time"] {
-        if !h.contains_key(name) {
+    for name in [X_QUEUE_TIME, X_INFERENCE_TIME] {
+        if !h.contains_key(&name) {
             h.insert(name, HeaderValue::from_static("0.000"));
         }
     }
-    h.insert("x-total-time", predict::ms_header(elapsed));
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        h.insert(REQUEST_ID, v);
-    }
+    h.insert(X_TOTAL_TIME, predict::ms_header(elapsed));
+    h.insert(REQUEST_ID, request_id);
     res
 }
 
+const X_QUEUE_TIME: HeaderName = HeaderName::from_static("x-queue-time");
+const X_INFERENCE_TIME: HeaderName = HeaderName::from_static("x-inference-time");
+const X_TOTAL_TIME: HeaderName = HeaderName::from_static("x-total-time");
+
+/// The route as a `'static` label. Matched routes are the router's finite set, so each is
+/// copied once, the first time it is seen.
+fn intern_route(route: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{LazyLock, RwLock};
+    static ROUTES: LazyLock<RwLock<HashSet<&'static str>>> = LazyLock::new(Default::default);
+    if let Some(r) = ROUTES.read().expect("route interner").get(route) {
+        return r;
+    }
+    let mut routes = ROUTES.write().expect("route interner");
+    if let Some(r) = routes.get(route) {
+        return r;
+    }
+    let r: &'static str = Box::leak(route.into());
+    routes.insert(r);
+    r
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
 /// With API keys configured: the route's rule (`auth::rule_for`) decides; a route without
-/// a rule needs an admin key (fail closed).
-async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// a rule needs an admin key (fail closed). No matched route: the fallback answers 404 and
+/// reveals nothing.
+fn authorize(state: &AppState, method: &str, route: &str, req: &Request) -> Result<(), ApiError> {
     use crate::auth::{rule_for, Rule, Scope};
     let Some(keys) = &state.keys else {
-        return next.run(req).await;
+        return Ok(());
     };
-    // No matched route: the fallback answers 404 and reveals nothing.
-    let Some(route) = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-    else {
-        return next.run(req).await;
-    };
-    let scope = match rule_for(req.method().as_str(), &route) {
-        Some(Rule::Open) => return next.run(req).await,
+    if route == "unmatched" {
+        return Ok(());
+    }
+    let scope = match rule_for(method, route) {
+        Some(Rule::Open) => return Ok(()),
         Some(Rule::Scope(s)) => s,
         None => Scope::Admin,
     };
@@ -197,23 +233,21 @@ async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> R
         })
         .map(str::trim);
     let Some(presented) = presented else {
-        return ApiError(Error::Unauthorized(
+        return Err(ApiError(Error::Unauthorized(
             "this route needs an API key: Authorization: Bearer <key>".into(),
-        ))
-        .into_response();
+        )));
     };
     let Some(entry) = keys.find(presented) else {
-        return ApiError(Error::Unauthorized("unknown API key".into())).into_response();
+        return Err(ApiError(Error::Unauthorized("unknown API key".into())));
     };
     if !entry.scopes.contains(&scope) {
-        return ApiError(Error::Forbidden(format!(
+        return Err(ApiError(Error::Forbidden(format!(
             "API key '{}' lacks the '{}' scope this route needs",
             entry.name,
             scope.as_str()
-        )))
-        .into_response();
+        ))));
     }
-    next.run(req).await
+    Ok(())
 }
 
 /// CORS for browser clients: none unless origins are configured.
@@ -239,9 +273,17 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 /// Echoed in every answer; taken from the request when the client sends one.
 pub const REQUEST_ID: &str = "x-request-id";
 
-fn new_request_id() -> String {
+/// 16 random hex digits.
+fn new_request_id() -> HeaderValue {
     use rand::RngCore;
-    format!("{:016x}", rand::rng().next_u64())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = rand::rng().next_u64();
+    let mut id = [0u8; 16];
+    for b in id.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
 }
 
 /// Every `(method, route)` the router declares, read from this file's source: the auth

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::decode::{decode_examples, decode_predict, Decoded, InputSpec, Layout};
 use super::error::ApiError;
-use super::extract::{check_name, parse_version, split_verb, JsonBody, Verb};
+use super::extract::{check_name, parse_version, split_verb, Deadline, JsonBody, Verb};
 use super::types::{ClassifyResponse, Nested, PredictResponse, RegressResponse};
 use crate::batcher::Computed;
 use crate::error::Error;
@@ -20,8 +20,7 @@ use crate::model::format::Task;
 use crate::registry::LoadedVersion;
 use crate::state::AppState;
 
-/// Per-request deadline header, in milliseconds.
-pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
+pub use super::extract::TIMEOUT_HEADER;
 
 /// Bodies above this size are decoded on a blocking thread, not on the async runtime.
 const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
@@ -30,40 +29,24 @@ const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
 pub async fn verb(
     State(state): State<AppState>,
     Path(segment): Path<String>,
-    headers: HeaderMap,
+    Deadline(timeout): Deadline,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let (name, verb) = split_verb(&segment)?;
-    handle(&state, name, None, verb, &headers, body).await
+    handle(&state, name, None, verb, timeout, body).await
 }
 
 /// `POST /v1/models/{name}/versions/{version}:{verb}`
 pub async fn version_verb(
     State(state): State<AppState>,
     Path((name, segment)): Path<(String, String)>,
-    headers: HeaderMap,
+    Deadline(timeout): Deadline,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let (version, verb) = split_verb(&segment)?;
     check_name(&name)?;
     let version = parse_version(&name, version)?;
-    handle(&state, &name, Some(version), verb, &headers, body).await
-}
-
-fn request_timeout(headers: &HeaderMap, default: Duration) -> Result<Duration, Error> {
-    let Some(v) = headers.get(TIMEOUT_HEADER) else {
-        return Ok(default);
-    };
-    v.to_str()
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-        .map(Duration::from_millis)
-        .ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "header {TIMEOUT_HEADER}: expected a positive number of milliseconds"
-            ))
-        })
+    handle(&state, &name, Some(version), verb, timeout, body).await
 }
 
 async fn handle(
@@ -71,12 +54,12 @@ async fn handle(
     name: &str,
     version: Option<u64>,
     verb: Verb,
-    headers: &HeaderMap,
+    timeout: Option<Duration>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_name(name)?;
     let lv = state.registry.get(name, version)?;
-    let timeout = request_timeout(headers, lv.batcher.config().request_timeout)?;
+    let timeout = timeout.unwrap_or(lv.batcher.config().request_timeout);
     check_task(&lv, verb)?;
     let decoded = if body.len() > BLOCKING_DECODE_BYTES {
         let lv2 = lv.clone();
@@ -252,15 +235,28 @@ pub(crate) fn class_scores(row: &[f32], probabilities: bool) -> Vec<f32> {
     }
 }
 
-/// Milliseconds with microsecond precision, as a header value.
+/// Milliseconds with microsecond precision, as a header value (formatted on the stack).
 pub fn ms_header(d: Duration) -> HeaderValue {
-    HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1000.0))
-        .expect("a number is a valid header")
+    use std::io::Write;
+    let us = d.as_micros();
+    let mut buf = [0u8; 48];
+    let mut w = &mut buf[..];
+    write!(w, "{}.{:03}", us / 1000, us % 1000).expect("48 bytes hold any duration");
+    let len = 48 - w.len();
+    HeaderValue::from_bytes(&buf[..len]).expect("a number is a valid header")
 }
 
 #[cfg(test)]
 mod tests {
     use super::class_scores;
+
+    #[test]
+    fn ms_headers() {
+        use std::time::Duration;
+        assert_eq!(super::ms_header(Duration::from_micros(1_234_567)), "1234.567");
+        assert_eq!(super::ms_header(Duration::from_nanos(999)), "0.000");
+        assert_eq!(super::ms_header(Duration::from_micros(42)), "0.042");
+    }
 
     #[test]
     fn scores() {
