@@ -42,6 +42,14 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 
+/// mimalloc instead of glibc's malloc for every binary that links kiln (the server, the
+/// tests, the benches). Serving allocates on one thread and frees on another (request rows
+/// on the runtime, freed by a worker; outputs the other way), which glibc's arenas handle
+/// with locks and slow paths; training reuses large blocks that glibc hands back to the OS
+/// and faults in again (../shared/CANDLE-NOTES.md). See docs/benchmarks.md for the figures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Serves until `shutdown` resolves, then stops accepting, answers every request already
 /// accepted (bounded by `drain_timeout`) and returns.
 pub async fn serve(
