@@ -189,6 +189,18 @@ impl Ctx<'_> {
 
 /// Parses a `:predict` body: `{"instances": [...]}` or `{"inputs": ...}`.
 pub fn decode_predict(body: &[u8], spec: &InputSpec) -> Result<Decoded, Error> {
+    // Plain tensors of plain numbers: one pass, no serde (see `fast_rows`); anything else,
+    // errors included, through the full decoder.
+    if spec.prep.is_none() && spec.dtype == InputDType::Float32 {
+        if let Some((rows, n_rows)) = super::fast_rows::instances(body, spec.shape) {
+            return Ok(Decoded {
+                rows,
+                n_rows,
+                layout: Layout::Row,
+                warnings: Vec::new(),
+            });
+        }
+    }
     decode(body, spec, Body::Predict)
 }
 
@@ -934,6 +946,38 @@ mod proptests {
                 for d in [decode_predict(&bytes, &spec), decode_examples(&bytes, &spec)].into_iter().flatten() {
                     prop_assert_eq!(d.rows.len(), d.n_rows * m.spec().row_len());
                 }
+            }
+        }
+
+        /// Numeric instances in any JSON spelling: the fast path and the full decoder read
+        /// the same bits.
+        #[test]
+        fn the_fast_path_reads_what_the_full_decoder_reads(
+            rows in prop::collection::vec(prop::collection::vec(
+                prop_oneof![any::<f32>().prop_map(f64::from), any::<f64>(), -1e6f64..1e6, (-1000i64..1000).prop_map(|i| i as f64)],
+                4), 1..5),
+            exponent in any::<bool>(),
+        ) {
+            let m = &models()[0];
+            let spec = InputSpec::of(m);
+            let mut body = String::from(r#"{"instances": ["#);
+            for (i, row) in rows.iter().enumerate() {
+                if i > 0 { body.push(','); }
+                let row: Vec<String> = row.iter().map(|x| if exponent { format!("{x:e}") } else { serde_json::to_string(x).unwrap() }).collect();
+                body.push_str(&format!("[[{}, {}], [{}, {}]]", row[0], row[1], row[2], row[3]));
+            }
+            body.push_str("]}");
+            let full = decode(body.as_bytes(), &spec, Body::Predict);
+            let fast = super::super::fast_rows::instances(body.as_bytes(), &[2, 2]);
+            match (full, fast) {
+                (Ok(full), Some((rows, n))) => {
+                    prop_assert_eq!(full.n_rows, n);
+                    let a: Vec<u32> = full.rows.iter().map(|x| x.to_bits()).collect();
+                    let b: Vec<u32> = rows.iter().map(|x| x.to_bits()).collect();
+                    prop_assert_eq!(a, b);
+                }
+                (Err(_), None) => {}
+                (full, fast) => prop_assert!(false, "{body}: full {full:?}, fast {fast:?}"),
             }
         }
 

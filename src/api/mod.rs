@@ -5,6 +5,7 @@ pub mod datasets;
 pub mod decode;
 pub mod error;
 pub mod extract;
+mod fast_rows;
 pub mod health;
 pub mod jobs;
 pub mod metrics;
