@@ -30,7 +30,10 @@
 //! - `KILN_BENCH_ONLY` (`all`): `binary` or `inproc` to run one half.
 //! - `KILN_BENCH_CONFIG` (empty: kiln's defaults): a kiln config file's text, used by both the
 //!   binary and the in-process server, e.g. `KILN_BENCH_CONFIG=$'workers = 1\n'`.
-//! - `KILN_BENCH_SCENARIOS` (`single,batch`): which in-process scenarios to run.
+//! - `KILN_BENCH_SCENARIOS` (`single,batch,compute`): which in-process scenarios to run;
+//!   `compute` serves the MLP 784→1024→1024→10 to `KILN_BENCH_COMPUTE_CLIENTS` (256)
+//!   single-row clients and compares its rows/s with the same model's in-process forward at
+//!   the batch size the batcher reached (on 1 thread, and on as many threads as workers).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -75,6 +78,7 @@ struct Settings {
     clients: usize,
     batch_clients: usize,
     batch_rows: usize,
+    compute_clients: usize,
     client_threads: usize,
     server_threads: usize,
     rss_secs: f64,
@@ -95,6 +99,7 @@ impl Settings {
             clients: env_or("KILN_BENCH_CLIENTS", 64),
             batch_clients: env_or("KILN_BENCH_BATCH_CLIENTS", 16),
             batch_rows: env_or("KILN_BENCH_BATCH_ROWS", 32),
+            compute_clients: env_or("KILN_BENCH_COMPUTE_CLIENTS", 256),
             client_threads: env_or("KILN_BENCH_CLIENT_THREADS", 1),
             server_threads: env_or("KILN_BENCH_SERVER_THREADS", 2),
             rss_secs: env_or("KILN_BENCH_RSS_SECS", 3.0),
@@ -102,7 +107,7 @@ impl Settings {
             starts: env_or("KILN_BENCH_STARTS", 5),
             only: env_or("KILN_BENCH_ONLY", "all".to_owned()),
             config: std::env::var("KILN_BENCH_CONFIG").unwrap_or_default(),
-            scenarios: env_or("KILN_BENCH_SCENARIOS", "single,batch".to_owned()),
+            scenarios: env_or("KILN_BENCH_SCENARIOS", "single,batch,compute".to_owned()),
         }
     }
 }
@@ -112,12 +117,51 @@ impl Settings {
 struct Scenario {
     clients: usize,
     rows: usize,
+    /// The served model: `seed`, or `mlp` for the compute-bound case.
+    model: &'static str,
 }
 
 impl Scenario {
     fn label(&self) -> String {
-        format!("{} clients x {} row(s)", self.clients, self.rows)
+        if self.model == MODEL {
+            format!("{} clients x {} row(s)", self.clients, self.rows)
+        } else {
+            format!("{} x {} row(s) {}", self.clients, self.rows, self.model)
+        }
     }
+
+    fn row_len(&self) -> usize {
+        if self.model == MLP {
+            MLP_ROW_LEN
+        } else {
+            ROW_LEN
+        }
+    }
+
+    fn path(&self) -> &'static str {
+        if self.model == MLP {
+            "/v1/models/mlp:predict"
+        } else {
+            "/v1/models/seed:predict"
+        }
+    }
+}
+
+/// The compute-bound model: MLP 784→1024 relu→1024 relu→10.
+const MLP: &str = "mlp";
+const MLP_ROW_LEN: usize = 784;
+
+fn mlp_spec() -> Value {
+    json!({
+        "format_version": 1,
+        "task": "classification",
+        "input": {"shape": [MLP_ROW_LEN]},
+        "layers": [
+            {"type": "dense", "units": 1024, "activation": "relu"},
+            {"type": "dense", "units": 1024, "activation": "relu"},
+            {"type": "dense", "units": 10}
+        ]
+    })
 }
 
 // === the model fixture ===
@@ -136,9 +180,8 @@ fn seed_spec() -> Value {
     })
 }
 
-/// Writes `<models>/seed/1/{model.json, model.safetensors}` with random weights.
-fn write_seed_model(models: &Path) {
-    let spec_json = seed_spec();
+/// Writes `<models>/<name>/1/{model.json, model.safetensors}` with random weights.
+fn write_model(models: &Path, name: &str, spec_json: &Value) {
     let spec = ModelSpec::from_json(&spec_json.to_string()).expect("the seed spec parses");
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
@@ -150,22 +193,27 @@ fn write_seed_model(models: &Path) {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
         .collect();
-    let dir = models.join(MODEL).join("1");
+    let dir = models.join(name).join("1");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("model.json"),
-        serde_json::to_vec_pretty(&spec_json).unwrap(),
+        serde_json::to_vec_pretty(spec_json).unwrap(),
     )
     .unwrap();
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
 }
 
-/// `{"instances": [[100 floats] × n]}` with deterministic values in [-1, 1).
-fn request_body(n: usize, seed: u64) -> Bytes {
+/// `{"instances": [[row_len floats] × n]}` with deterministic values in [-1, 1).
+fn request_body(n: usize, row_len: usize, seed: u64) -> Bytes {
+    Bytes::from(serde_json::to_vec(&json!({ "instances": rows(n, row_len, seed) })).unwrap())
+}
+
+/// `n` rows of `row_len` deterministic values in [-1, 1).
+fn rows(n: usize, row_len: usize, seed: u64) -> Vec<Vec<f32>> {
     let mut s = seed.wrapping_mul(6364136223846793005) | 1;
-    let rows: Vec<Vec<f32>> = (0..n)
+    (0..n)
         .map(|_| {
-            (0..ROW_LEN)
+            (0..row_len)
                 .map(|_| {
                     s = s
                         .wrapping_mul(6364136223846793005)
@@ -174,8 +222,82 @@ fn request_body(n: usize, seed: u64) -> Bytes {
                 })
                 .collect()
         })
+        .collect()
+}
+
+// === the compute-bound case: served rows/s against the in-process forward ===
+
+/// The MLP behind `compute_clients` single-row clients, against the same model's
+/// in-process forward (`Model::run_rows`, the call a worker makes) at the batch size the
+/// batcher reached, on one plain thread and on `workers` concurrent threads (as many as
+/// serve it), rounds interleaved.
+fn bench_compute(s: &Settings, models: &Path, addr: SocketAddr, client_rt: &tokio::runtime::Runtime) {
+    let config = Config::from_toml(&s.config, &Overrides::default()).expect("valid config");
+    let workers = config.workers;
+    let sc = Scenario {
+        clients: s.compute_clients,
+        rows: 1,
+        model: MLP,
+    };
+    let body = request_body(1, MLP_ROW_LEN, 11);
+    let dir = models.join(MLP).join("1");
+    let model = std::sync::Arc::new(
+        Model::load(&dir, &candle_core::Device::Cpu).expect("the bench MLP loads"),
+    );
+    println!(
+        "-- compute-bound: {} ({} bytes per request) vs the in-process forward, {} rounds of {:.0} s --",
+        sc.label(),
+        body.len(),
+        s.rounds,
+        s.secs
+    );
+    let mut served = Vec::new();
+    let mut single = Vec::new();
+    let mut parallel = Vec::new();
+    let mut batches = Vec::new();
+    for _ in 0..s.rounds {
+        let r = client_rt.block_on(load_run(addr, sc, body.clone(), s.warmup, s.secs, true));
+        print_run("kiln", sc, &r);
+        print_cpu(&r);
+        let batch = r.stats_mean_batch.unwrap_or(1.0).round().max(1.0) as usize;
+        let one = forward_rows_per_sec(&model, batch, 1, s.secs.min(3.0));
+        let many = forward_rows_per_sec(&model, batch, workers, s.secs.min(3.0));
+        println!(
+            "  in-process forward at batch {batch}: {one:.0} rows/s on 1 thread, {many:.0} rows/s on {workers} threads"
+        );
+        served.push(r.rows_ps());
+        single.push(one);
+        parallel.push(many);
+        batches.push(batch as f64);
+    }
+    let (sv, one, many) = (median(served), median(single), median(parallel));
+    println!(
+        "  compute-bound summary (medians): served {sv:.0} rows/s at mean batch {:.0}; in-process {one:.0} rows/s (1 thread), {many:.0} ({workers} threads); served/in-process {:.2} (1 thread), {:.2} ({workers} threads)",
+        median(batches),
+        sv / one,
+        sv / many
+    );
+}
+
+/// Rows per second of `Model::run_rows` at `batch` on `threads` plain threads at once.
+fn forward_rows_per_sec(model: &std::sync::Arc<Model>, batch: usize, threads: usize, secs: f64) -> f64 {
+    let input: Vec<f32> = rows(batch, MLP_ROW_LEN, 5).concat();
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (model, input) = (model.clone(), input.clone());
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let mut calls = 0u64;
+                while Instant::now() < end {
+                    std::hint::black_box(model.run_rows(input.clone(), batch).unwrap());
+                    calls += 1;
+                }
+                calls as f64 * batch as f64 / start.elapsed().as_secs_f64()
+            })
+        })
         .collect();
-    Bytes::from(serde_json::to_vec(&json!({ "instances": rows })).unwrap())
+    handles.into_iter().map(|h| h.join().unwrap()).sum()
 }
 
 // === the ceiling: bare axum, same JSON in, same shape out ===
@@ -417,7 +539,11 @@ async fn connection(
 }
 
 /// `(batches, rows)` of the seed model's version 1, from `GET /v1/models`.
-async fn kiln_stats(client: &reqwest::Client, addr: SocketAddr) -> Option<(u64, u64)> {
+async fn kiln_stats(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    model: &str,
+) -> Option<(u64, u64)> {
     let v: Value = client
         .get(format!("http://{addr}/v1/models"))
         .send()
@@ -429,7 +555,7 @@ async fn kiln_stats(client: &reqwest::Client, addr: SocketAddr) -> Option<(u64, 
     let model = v["models"]
         .as_array()?
         .iter()
-        .find(|m| m["name"] == MODEL)?;
+        .find(|m| m["name"] == model)?;
     let stats = &model["versions"].as_array()?.first()?["stats"];
     Some((stats["batches"].as_u64()?, stats["rows"].as_u64()?))
 }
@@ -443,7 +569,7 @@ async fn load_run(
     secs: f64,
     is_kiln: bool,
 ) -> RunResult {
-    let path: &'static str = "/v1/models/seed:predict";
+    let path = sc.path();
     let begin = Instant::now();
     let measure_from = begin + Duration::from_secs_f64(warmup);
     let end = measure_from + Duration::from_secs_f64(secs);
@@ -455,7 +581,7 @@ async fn load_run(
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu_before = ThreadCpu::now();
     let before = if is_kiln {
-        kiln_stats(&control, addr).await
+        kiln_stats(&control, addr, sc.model).await
     } else {
         None
     };
@@ -463,7 +589,7 @@ async fn load_run(
     let cpu = ThreadCpu::now().since(&cpu_before);
 
     if is_kiln {
-        let after = kiln_stats(&control, addr).await;
+        let after = kiln_stats(&control, addr, sc.model).await;
         if let (Some((b0, r0)), Some((b1, r1))) = (before, after) {
             if b1 > b0 {
                 stats_mean_batch = Some((r1 - r0) as f64 / (b1 - b0) as f64);
@@ -760,16 +886,18 @@ fn bench_binary(s: &Settings, models: &Path, cwd: &Path, client_rt: &tokio::runt
         Scenario {
             clients: s.clients,
             rows: 1,
+            model: MODEL,
         },
         Scenario {
             clients: s.batch_clients,
             rows: s.batch_rows,
+            model: MODEL,
         },
     ];
     let mut after = Vec::new();
     for run in 1..=s.rss_runs.max(2) {
         for sc in scenarios {
-            let body = request_body(sc.rows, 7);
+            let body = request_body(sc.rows, sc.row_len(), 7);
             let r = client_rt.block_on(load_run(
                 addr,
                 sc,
@@ -821,6 +949,12 @@ fn bench_inprocess(s: &Settings, models: &Path, client_rt: &tokio::runtime::Runt
             .build()
             .unwrap()
     };
+    // The compute-bound model joins the seed model only here (the binary's start-up and
+    // memory figures are of the seed model alone).
+    let compute = s.scenarios.contains("compute");
+    if compute {
+        write_model(models, MLP, &mlp_spec());
+    }
     // kiln, as the binary runs it (logs at info to stderr, like `kiln serve`).
     let kiln_rt = server_rt("kiln-rt");
     let overrides = Overrides {
@@ -860,17 +994,19 @@ fn bench_inprocess(s: &Settings, models: &Path, client_rt: &tokio::runtime::Runt
         scenarios.push(Scenario {
             clients: s.clients,
             rows: 1,
+            model: MODEL,
         });
     }
     if s.scenarios.contains("batch") {
         scenarios.push(Scenario {
             clients: s.batch_clients,
             rows: s.batch_rows,
+            model: MODEL,
         });
     }
     let mut summary = Vec::new();
     for sc in scenarios {
-        let body = request_body(sc.rows, 42);
+        let body = request_body(sc.rows, sc.row_len(), 42);
         println!(
             "-- {} ({} bytes per request), {} rounds of {:.0} s (+{:.0} s warm-up) --",
             sc.label(),
@@ -964,6 +1100,10 @@ fn bench_inprocess(s: &Settings, models: &Path, client_rt: &tokio::runtime::Runt
         );
     }
 
+    if compute {
+        bench_compute(s, models, kiln_addr, client_rt);
+    }
+
     let _ = stop_tx.send(());
     let _ = kiln_rt.block_on(kiln_task);
     ceiling_rt.shutdown_background();
@@ -993,7 +1133,7 @@ fn main() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let models = tmp.path().join("models");
-    write_seed_model(&models);
+    write_model(&models, MODEL, &seed_spec());
     // The binary runs in the temporary dir and reads config/kiln.toml there.
     std::fs::create_dir_all(tmp.path().join("config")).unwrap();
     std::fs::write(tmp.path().join("config/kiln.toml"), &s.config).unwrap();

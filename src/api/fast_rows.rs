@@ -119,7 +119,7 @@ impl Parser<'_> {
         let mut exp10: i64 = 0;
         // More than 19 significant digits do not fit: the exact parser takes over.
         let mut exact = true;
-        let mut digit = |d: u8, mantissa: &mut u64, exact: &mut bool| {
+        let digit = |d: u8, mantissa: &mut u64, exact: &mut bool| {
             match mantissa
                 .checked_mul(10)
                 .and_then(|m| m.checked_add(u64::from(d - b'0')))
