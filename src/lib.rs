@@ -12,8 +12,9 @@
 //! ```text
 //! POST /v1/models/iris:predict
 //!   api: name:verb → registry.get (clone an Arc) → decode + preprocess → batcher.run
-//!   batcher task: wait for an idle worker, take what is queued (≤ max_batch_size rows)
-//!   worker thread: one tensor → forward → one copy back → rows scattered to the replies
+//!   batcher queue: the entry waits (a push wakes a worker only if one is idle)
+//!   worker thread: take what is queued (≤ max_batch_size rows) → one tensor → forward →
+//!                  one copy back → rows scattered to the replies
 //!   api: {"predictions": …} with x-queue-time / x-inference-time / x-total-time
 //! ```
 //!
