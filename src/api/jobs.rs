@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::Stream;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::error::ApiError;
@@ -35,7 +35,7 @@ pub struct JobView<'a> {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
-    pub progress: Value,
+    pub progress: ProgressView<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<&'a [Value]>,
     pub report: Option<&'a Value>,
@@ -43,6 +43,19 @@ pub struct JobView<'a> {
     pub error: Option<&'a str>,
     /// The spec with every default filled in.
     pub spec: &'a Value,
+}
+
+/// How far a job has come.
+#[derive(Serialize)]
+pub struct ProgressView<'a> {
+    /// Epochs completed.
+    pub epoch: u64,
+    /// Epochs the spec asks for.
+    pub epochs: u64,
+    /// `epoch / epochs`.
+    pub fraction: f64,
+    /// The last epoch's numbers (`null` before the first epoch ends).
+    pub last: Option<&'a Value>,
 }
 
 fn view<'a>(r: &'a JobRecord, history: Option<&'a [Value]>) -> JobView<'a> {
@@ -56,12 +69,16 @@ fn view<'a>(r: &'a JobRecord, history: Option<&'a [Value]>) -> JobView<'a> {
         .as_ref()
         .and_then(|p| p["epoch"].as_u64())
         .unwrap_or(0);
-    let progress = json!({
-        "epoch": epoch,
-        "epochs": epochs,
-        "fraction": if epochs == 0 { 0.0 } else { epoch as f64 / epochs as f64 },
-        "last": r.progress,
-    });
+    let progress = ProgressView {
+        epoch,
+        epochs,
+        fraction: if epochs == 0 {
+            0.0
+        } else {
+            epoch as f64 / epochs as f64
+        },
+        last: r.progress.as_ref(),
+    };
     JobView {
         id: &r.id,
         state: r.state,
@@ -186,9 +203,37 @@ pub async fn list(
     .into_response())
 }
 
+/// The data of the `end` event: how the job ended.
+#[derive(Serialize)]
+pub struct JobEndView<'a> {
+    pub state: JobState,
+    pub model: &'a str,
+    /// The published model version (succeeded jobs).
+    pub version: Option<u64>,
+    pub metrics: Option<&'a Value>,
+    pub error: Option<&'a str>,
+}
+
+/// The data of the `error` event: the job could not be read.
+#[derive(Serialize)]
+pub struct StreamErrorView {
+    pub error: String,
+}
+
+fn json_event(kind: &'static str, data: &impl Serialize) -> Event {
+    let data = serde_json::to_string(data).expect("event views serialize");
+    Event::default().event(kind).data(data)
+}
+
 fn end_event(r: &JobRecord) -> Event {
-    let data = json!({"state": r.state, "model": r.model, "version": r.version, "metrics": r.metrics, "error": r.error});
-    Event::default().event("end").data(data.to_string())
+    let end = JobEndView {
+        state: r.state,
+        model: &r.model,
+        version: r.version,
+        metrics: r.metrics.as_ref(),
+        error: r.error.as_deref(),
+    };
+    json_event("end", &end)
 }
 
 struct Follow {
@@ -221,11 +266,10 @@ impl Follow {
                 }
             }
             Err(e) => {
-                self.pending.push_back(
-                    Event::default()
-                        .event("error")
-                        .data(json!({"error": e.to_string()}).to_string()),
-                );
+                let error = StreamErrorView {
+                    error: e.to_string(),
+                };
+                self.pending.push_back(json_event("error", &error));
                 self.done = true;
             }
         }

@@ -11,7 +11,7 @@ use axum::extract::{Multipart, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::error::ApiError;
 use super::extract::{check_name, parse_version};
@@ -28,8 +28,39 @@ fn triton_state(s: &VersionState) -> &'static str {
     }
 }
 
+/// One model version in the repository index.
+#[derive(Serialize)]
+pub struct RepositoryIndexView {
+    pub name: String,
+    pub version: String,
+    /// `READY`, `LOADING` or `UNAVAILABLE`.
+    pub state: &'static str,
+    /// Why the version is unavailable; empty otherwise.
+    pub reason: String,
+}
+
+/// A model's state after `load` or `unload`.
+#[derive(Serialize)]
+pub struct RepositoryModelResponse {
+    pub name: String,
+    /// `READY` after a load, `UNAVAILABLE` after an unload.
+    pub state: &'static str,
+    /// The version requests without a version go to (after a load).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_version: Option<String>,
+}
+
+/// The version an upload published.
+#[derive(Serialize)]
+pub struct UploadResponse {
+    pub name: String,
+    pub version: String,
+    /// The version's state once the registry has seen it (`AVAILABLE` normally).
+    pub state: &'static str,
+}
+
 /// `POST /v2/repository/index`: every model version with its state and the reason.
-pub async fn index(State(state): State<AppState>) -> Json<Vec<Value>> {
+pub async fn index(State(state): State<AppState>) -> Json<Vec<RepositoryIndexView>> {
     let mut out = Vec::new();
     for m in state.registry.list() {
         for (v, s) in &m.versions {
@@ -38,7 +69,12 @@ pub async fn index(State(state): State<AppState>) -> Json<Vec<Value>> {
                 VersionState::End => "unloaded".into(),
                 VersionState::Available(_) | VersionState::Loading => String::new(),
             };
-            out.push(json!({"name": m.name, "version": v.to_string(), "state": triton_state(s), "reason": reason}));
+            out.push(RepositoryIndexView {
+                name: m.name.clone(),
+                version: v.to_string(),
+                state: triton_state(s),
+                reason,
+            });
         }
     }
     Json(out)
@@ -48,7 +84,7 @@ pub async fn index(State(state): State<AppState>) -> Json<Vec<Value>> {
 pub async fn load(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RepositoryModelResponse>, ApiError> {
     check_name(&name)?;
     state.registry.load_model(&name).await?;
     let view = state.registry.view(&name)?;
@@ -64,19 +100,25 @@ pub async fn load(
         ))
         .into());
     }
-    Ok(Json(
-        json!({"name": name, "state": "READY", "default_version": view.default_version.map(|v| v.to_string())}),
-    ))
+    Ok(Json(RepositoryModelResponse {
+        name,
+        state: "READY",
+        default_version: view.default_version.map(|v| v.to_string()),
+    }))
 }
 
 /// `POST /v2/repository/models/{name}/unload`
 pub async fn unload(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RepositoryModelResponse>, ApiError> {
     check_name(&name)?;
     state.registry.unload_model(&name).await?;
-    Ok(Json(json!({"name": name, "state": "UNAVAILABLE"})))
+    Ok(Json(RepositoryModelResponse {
+        name,
+        state: "UNAVAILABLE",
+        default_version: None,
+    }))
 }
 
 /// `POST /v1/models/{name}/versions` (multipart: `model.json` + `model.safetensors`): the
@@ -159,7 +201,11 @@ pub async fn upload(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(json!({"name": name, "version": version.to_string(), "state": st})),
+        Json(UploadResponse {
+            name,
+            version: version.to_string(),
+            state: st,
+        }),
     )
         .into_response())
 }

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::decode::{rows_from_columns, rows_from_tensor, Decoded, InputSpec};
 use super::error::ApiError;
@@ -35,28 +35,49 @@ const PLATFORM: &str = "kiln_candle";
 
 // === metadata, health ===
 
-/// `GET /v2`
-pub async fn server_metadata() -> Json<Value> {
-    Json(json!({
-        "name": "kiln",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_repository"],
-    }))
+/// `GET /v2`: the server's name, version and protocol extensions.
+#[derive(Serialize)]
+pub struct ServerMetadataResponse {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub extensions: &'static [&'static str],
 }
 
 /// `GET /v2/health/live`
-pub async fn live() -> Json<Value> {
-    Json(json!({"live": true}))
+#[derive(Serialize)]
+pub struct LiveResponse {
+    pub live: bool,
+}
+
+/// `GET /v2/health/ready`: with the reasons when not ready.
+#[derive(Serialize)]
+pub struct ReadyResponse {
+    pub ready: bool,
+    pub reasons: Vec<String>,
+}
+
+/// `GET /v2`
+pub async fn server_metadata() -> Json<ServerMetadataResponse> {
+    Json(ServerMetadataResponse {
+        name: "kiln",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: &["binary_tensor_data", "model_repository"],
+    })
+}
+
+/// `GET /v2/health/live`
+pub async fn live() -> Json<LiveResponse> {
+    Json(LiveResponse { live: true })
 }
 
 /// `GET /v2/health/ready`: the same readiness as `/health/ready`.
-pub async fn ready(state: State<AppState>) -> Response {
+pub async fn ready(state: State<AppState>) -> (StatusCode, Json<ReadyResponse>) {
     let (status, body) = super::health::ready(state).await;
-    (
-        status,
-        Json(json!({"ready": status == StatusCode::OK, "reasons": body.0.reasons})),
-    )
-        .into_response()
+    let ready = ReadyResponse {
+        ready: status == StatusCode::OK,
+        reasons: body.0.reasons,
+    };
+    (status, Json(ready))
 }
 
 fn lookup(
@@ -69,11 +90,34 @@ fn lookup(
     state.registry.get(name, v)
 }
 
+/// `GET /v2/models/{name}[/versions/{version}]`: the protocol's model metadata.
 #[derive(Serialize)]
-struct TensorMetadata {
-    name: String,
-    datatype: &'static str,
-    shape: Vec<i64>,
+pub struct ModelMetadataResponse {
+    pub name: String,
+    /// The versions that can answer now.
+    pub versions: Vec<String>,
+    pub platform: &'static str,
+    pub inputs: Vec<TensorMetadataView>,
+    pub outputs: Vec<TensorMetadataView>,
+}
+
+/// One input or output tensor of a model.
+#[derive(Serialize)]
+pub struct TensorMetadataView {
+    pub name: String,
+    pub datatype: &'static str,
+    /// With `-1` for the batch dimension.
+    pub shape: Vec<i64>,
+}
+
+/// `GET /v2/models/{name}[/versions/{version}]/ready`
+#[derive(Serialize)]
+pub struct ModelReadyResponse {
+    pub name: String,
+    pub ready: bool,
+    /// Why the model cannot answer (only when not ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn batched(shape: &[usize]) -> Vec<i64> {
@@ -82,14 +126,14 @@ fn batched(shape: &[usize]) -> Vec<i64> {
         .collect()
 }
 
-fn model_metadata(state: &AppState, lv: &LoadedVersion) -> Value {
+fn model_metadata(state: &AppState, lv: &LoadedVersion) -> ModelMetadataResponse {
     let spec = lv.model.spec();
     let input = InputSpec::of(&lv.model);
     let dtype = match spec.input.dtype {
         InputDType::Float32 => "FP32",
         InputDType::Int64 => "INT64",
     };
-    let mut inputs = vec![TensorMetadata {
+    let mut inputs = vec![TensorMetadataView {
         name: "input".into(),
         datatype: dtype,
         shape: batched(&input.raw_shape()),
@@ -100,7 +144,7 @@ fn model_metadata(state: &AppState, lv: &LoadedVersion) -> Value {
                 crate::preprocess::FeatureTransform::Numeric { .. } => "FP64",
                 crate::preprocess::FeatureTransform::Categorical { .. } => "BYTES",
             };
-            inputs.push(TensorMetadata {
+            inputs.push(TensorMetadataView {
                 name: f.name().to_owned(),
                 datatype,
                 shape: vec![-1],
@@ -110,18 +154,18 @@ fn model_metadata(state: &AppState, lv: &LoadedVersion) -> Value {
     }
     let outputs = match spec.task {
         Task::Classification => vec![
-            TensorMetadata {
+            TensorMetadataView {
                 name: "probabilities".into(),
                 datatype: "FP32",
                 shape: vec![-1, class_count(lv) as i64],
             },
-            TensorMetadata {
+            TensorMetadataView {
                 name: "label".into(),
                 datatype: "BYTES",
                 shape: vec![-1],
             },
         ],
-        Task::Regression => vec![TensorMetadata {
+        Task::Regression => vec![TensorMetadataView {
             name: "output".into(),
             datatype: "FP32",
             shape: batched(lv.model.output_shape()),
@@ -138,7 +182,13 @@ fn model_metadata(state: &AppState, lv: &LoadedVersion) -> Value {
                 .collect()
         })
         .unwrap_or_default();
-    json!({"name": lv.name, "versions": versions, "platform": PLATFORM, "inputs": inputs, "outputs": outputs})
+    ModelMetadataResponse {
+        name: lv.name.clone(),
+        versions,
+        platform: PLATFORM,
+        inputs,
+        outputs,
+    }
 }
 
 fn class_count(lv: &LoadedVersion) -> usize {
@@ -154,7 +204,7 @@ fn class_count(lv: &LoadedVersion) -> usize {
 pub async fn metadata(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelMetadataResponse>, ApiError> {
     let lv = lookup(&state, &name, None)?;
     Ok(Json(model_metadata(&state, &lv)))
 }
@@ -163,29 +213,35 @@ pub async fn metadata(
 pub async fn version_metadata(
     State(state): State<AppState>,
     Path((name, v)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelMetadataResponse>, ApiError> {
     let lv = lookup(&state, &name, Some(&v))?;
     Ok(Json(model_metadata(&state, &lv)))
 }
 
-fn readiness(state: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+fn readiness(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<(StatusCode, Json<ModelReadyResponse>), ApiError> {
     check_name(name)?;
-    match lookup(state, name, version) {
-        Ok(_) => Ok(Json(json!({"name": name, "ready": true})).into_response()),
-        Err(e @ (Error::ModelNotFound(_) | Error::VersionNotFound { .. })) => Err(e.into()),
-        Err(other) => Ok((
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"name": name, "ready": false, "error": other.to_string()})),
-        )
-            .into_response()),
-    }
+    let (status, error) = match lookup(state, name, version) {
+        Ok(_) => (StatusCode::OK, None),
+        Err(e @ (Error::ModelNotFound(_) | Error::VersionNotFound { .. })) => return Err(e.into()),
+        Err(other) => (StatusCode::SERVICE_UNAVAILABLE, Some(other.to_string())),
+    };
+    let ready = ModelReadyResponse {
+        name: name.to_owned(),
+        ready: error.is_none(),
+        error,
+    };
+    Ok((status, Json(ready)))
 }
 
 /// `GET /v2/models/{name}/ready`
 pub async fn model_ready(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<ModelReadyResponse>), ApiError> {
     readiness(&state, &name, None)
 }
 
@@ -193,7 +249,7 @@ pub async fn model_ready(
 pub async fn version_ready(
     State(state): State<AppState>,
     Path((name, v)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<ModelReadyResponse>), ApiError> {
     readiness(&state, &name, Some(&v))
 }
 
@@ -644,6 +700,54 @@ fn spec_has_no_fill(lv: &LoadedVersion, feature: &str) -> bool {
     })
 }
 
+/// The answer to an inference request (its JSON part, with the binary extension).
+#[derive(Serialize)]
+pub struct InferResponse<'a> {
+    pub model_name: &'a str,
+    pub model_version: String,
+    /// The request's `id`, echoed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Present when the request raised warnings (unknown categories).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<InferParametersView<'a>>,
+    pub outputs: Vec<OutputTensorView<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct InferParametersView<'a> {
+    /// One per instance and feature, naming both.
+    pub warnings: &'a [String],
+}
+
+/// One output tensor: its data inline, or its size in the binary data after the JSON.
+#[derive(Serialize)]
+pub struct OutputTensorView<'a> {
+    pub name: &'static str,
+    pub datatype: &'static str,
+    pub shape: &'a [usize],
+    /// Flat, row-major; absent when the tensor is sent as binary data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<TensorDataView<'a>>,
+    /// Present when the tensor is sent as binary data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<BinaryDataView>,
+}
+
+/// Numbers (FP32 outputs) or strings (BYTES outputs).
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum TensorDataView<'a> {
+    Numbers(&'a [f32]),
+    Strings(&'a [String]),
+}
+
+#[derive(Serialize)]
+pub struct BinaryDataView {
+    /// Bytes of this tensor in the binary data, in output order.
+    pub binary_data_size: usize,
+}
+
 /// One output tensor of the answer.
 struct OutTensor {
     name: &'static str,
@@ -787,34 +891,56 @@ async fn infer_on(
         outputs = selected;
         binary = flags;
     }
+    let mut res = encode(&lv, req.id, &decoded.warnings, &outputs, &binary);
+    let h = res.headers_mut();
+    h.insert("x-queue-time", ms_header(computed.queue_time));
+    h.insert("x-inference-time", ms_header(computed.compute_time));
+    h.insert("x-batch-size", HeaderValue::from(computed.batch_rows));
+    Ok(res)
+}
+
+/// The answer: JSON, or JSON followed by the tensors sent as binary data (the extension's
+/// `application/octet-stream` body, its JSON length in `Inference-Header-Content-Length`).
+fn encode(
+    lv: &LoadedVersion,
+    id: Option<String>,
+    warnings: &[String],
+    outputs: &[OutTensor],
+    binary: &[bool],
+) -> Response {
     let mut blob = Vec::new();
-    let views: Vec<Value> = outputs
+    let views = outputs
         .iter()
-        .zip(&binary)
+        .zip(binary)
         .map(|(o, &bin)| {
-            let mut v = json!({"name": o.name, "datatype": o.datatype, "shape": o.shape});
-            if bin {
+            let (data, parameters) = if bin {
                 let bytes = o.bytes();
-                v["parameters"] = json!({"binary_data_size": bytes.len()});
+                let size = bytes.len();
                 blob.extend_from_slice(&bytes);
+                (None, Some(BinaryDataView { binary_data_size: size }))
             } else if o.datatype == "BYTES" {
-                v["data"] = json!(o.strings);
+                (Some(TensorDataView::Strings(&o.strings)), None)
             } else {
-                v["data"] = json!(o.numbers);
+                (Some(TensorDataView::Numbers(&o.numbers)), None)
+            };
+            OutputTensorView {
+                name: o.name,
+                datatype: o.datatype,
+                shape: &o.shape,
+                data,
+                parameters,
             }
-            v
         })
         .collect();
-    let mut answer =
-        json!({"model_name": lv.name, "model_version": lv.version.to_string(), "outputs": views});
-    if let Some(id) = req.id {
-        answer["id"] = Value::String(id);
-    }
-    if !decoded.warnings.is_empty() {
-        answer["parameters"] = json!({"warnings": decoded.warnings});
-    }
+    let answer = InferResponse {
+        model_name: &lv.name,
+        model_version: lv.version.to_string(),
+        id,
+        parameters: (!warnings.is_empty()).then_some(InferParametersView { warnings }),
+        outputs: views,
+    };
     let json_bytes = serde_json::to_vec(&answer).expect("answers serialize");
-    let mut res = if blob.is_empty() {
+    if blob.is_empty() {
         (
             [(
                 header::CONTENT_TYPE,
@@ -838,12 +964,7 @@ async fn infer_on(
         r.headers_mut()
             .insert(HEADER_LENGTH, HeaderValue::from(json_len));
         r
-    };
-    let h = res.headers_mut();
-    h.insert("x-queue-time", ms_header(computed.queue_time));
-    h.insert("x-inference-time", ms_header(computed.compute_time));
-    h.insert("x-batch-size", HeaderValue::from(computed.batch_rows));
-    Ok(res)
+    }
 }
 
 /// Reads the body up to the limit (any content type: the binary extension is not JSON).
