@@ -4,6 +4,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::error::Error;
 
@@ -50,7 +51,7 @@ pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
 }
 
 /// The body of every error answer.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ErrorResponse<'a> {
     /// What went wrong, for people (a generic message for server errors).
     pub error: &'a str,

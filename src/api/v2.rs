@@ -18,10 +18,12 @@ use axum::Json;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::decode::{rows_from_columns, rows_from_tensor, Decoded, InputSpec};
 use super::error::ApiError;
 use super::extract::{check_name, parse_version};
+use super::openapi::{BinaryHeader, InferErrors, LookupErrors, ModelPath, Timeout, VersionPath};
 use super::predict::{class_scores, compute, ms_header, TIMEOUT_HEADER};
 use crate::error::Error;
 use crate::model::format::{InputDType, Task};
@@ -36,7 +38,7 @@ const PLATFORM: &str = "kiln_candle";
 // === metadata, health ===
 
 /// `GET /v2`: the server's name, version and protocol extensions.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ServerMetadataResponse {
     pub name: &'static str,
     pub version: &'static str,
@@ -44,19 +46,27 @@ pub struct ServerMetadataResponse {
 }
 
 /// `GET /v2/health/live`
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct LiveResponse {
     pub live: bool,
 }
 
 /// `GET /v2/health/ready`: with the reasons when not ready.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ReadyResponse {
     pub ready: bool,
     pub reasons: Vec<String>,
 }
 
 /// `GET /v2`
+#[utoipa::path(
+    get,
+    path = "/v2",
+    operation_id = "v2_server_metadata",
+    tag = "v2",
+    summary = "Server name, version and protocol extensions",
+    responses((status = 200, body = ServerMetadataResponse)),
+)]
 pub async fn server_metadata() -> Json<ServerMetadataResponse> {
     Json(ServerMetadataResponse {
         name: "kiln",
@@ -66,11 +76,30 @@ pub async fn server_metadata() -> Json<ServerMetadataResponse> {
 }
 
 /// `GET /v2/health/live`
+#[utoipa::path(
+    get,
+    path = "/v2/health/live",
+    operation_id = "v2_live",
+    tag = "v2",
+    summary = "The process answers",
+    responses((status = 200, body = LiveResponse)),
+)]
 pub async fn live() -> Json<LiveResponse> {
     Json(LiveResponse { live: true })
 }
 
 /// `GET /v2/health/ready`: the same readiness as `/health/ready`.
+#[utoipa::path(
+    get,
+    path = "/v2/health/ready",
+    operation_id = "v2_ready",
+    tag = "v2",
+    summary = "Ready: the startup models are loaded and the server is not draining",
+    responses(
+        (status = 200, body = ReadyResponse),
+        (status = 503, description = "Not ready, with the reasons", body = ReadyResponse),
+    ),
+)]
 pub async fn ready(state: State<AppState>) -> (StatusCode, Json<ReadyResponse>) {
     let (status, body) = super::health::ready(state).await;
     let ready = ReadyResponse {
@@ -91,7 +120,7 @@ fn lookup(
 }
 
 /// `GET /v2/models/{name}[/versions/{version}]`: the protocol's model metadata.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ModelMetadataResponse {
     pub name: String,
     /// The versions that can answer now.
@@ -102,7 +131,7 @@ pub struct ModelMetadataResponse {
 }
 
 /// One input or output tensor of a model.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TensorMetadataView {
     pub name: String,
     pub datatype: &'static str,
@@ -111,7 +140,7 @@ pub struct TensorMetadataView {
 }
 
 /// `GET /v2/models/{name}[/versions/{version}]/ready`
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ModelReadyResponse {
     pub name: String,
     pub ready: bool,
@@ -201,6 +230,15 @@ fn class_count(lv: &LoadedVersion) -> usize {
 }
 
 /// `GET /v2/models/{name}`
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}",
+    operation_id = "v2_model_metadata",
+    tag = "v2",
+    summary = "The default version's inputs and outputs as tensor metadata",
+    params(ModelPath),
+    responses((status = 200, body = ModelMetadataResponse), LookupErrors),
+)]
 pub async fn metadata(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -210,6 +248,15 @@ pub async fn metadata(
 }
 
 /// `GET /v2/models/{name}/versions/{version}`
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/versions/{version}",
+    operation_id = "v2_version_metadata",
+    tag = "v2",
+    summary = "One version's inputs and outputs as tensor metadata",
+    params(VersionPath),
+    responses((status = 200, body = ModelMetadataResponse), LookupErrors),
+)]
 pub async fn version_metadata(
     State(state): State<AppState>,
     Path((name, v)): Path<(String, String)>,
@@ -238,6 +285,19 @@ fn readiness(
 }
 
 /// `GET /v2/models/{name}/ready`
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/ready",
+    operation_id = "v2_model_ready",
+    tag = "v2",
+    summary = "Whether the default version can answer",
+    params(ModelPath),
+    responses(
+        (status = 200, body = ModelReadyResponse),
+        (status = 503, description = "Known but not ready, with the reason", body = ModelReadyResponse),
+        LookupErrors,
+    ),
+)]
 pub async fn model_ready(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -246,6 +306,19 @@ pub async fn model_ready(
 }
 
 /// `GET /v2/models/{name}/versions/{version}/ready`
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/versions/{version}/ready",
+    operation_id = "v2_version_ready",
+    tag = "v2",
+    summary = "Whether one version can answer",
+    params(VersionPath),
+    responses(
+        (status = 200, body = ModelReadyResponse),
+        (status = 503, description = "Known but not ready, with the reason", body = ModelReadyResponse),
+        LookupErrors,
+    ),
+)]
 pub async fn version_ready(
     State(state): State<AppState>,
     Path((name, v)): Path<(String, String)>,
@@ -347,34 +420,46 @@ impl<'de> Deserialize<'de> for Data {
     }
 }
 
-#[derive(Deserialize)]
+/// An inference request (its JSON part, with the binary extension).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InferRequest {
+    /// Echoed in the answer.
     #[serde(default)]
     id: Option<String>,
+    /// `binary_data_output: true` sends every output as binary data.
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
+    /// One tensor `[N, …]` named `input`, or one `[N]` input per feature (models with
+    /// feature names; BYTES for categorical features).
     inputs: Vec<InferInput>,
+    /// The outputs to answer, in this order (default: all).
     #[serde(default)]
     outputs: Option<Vec<RequestedOutput>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InferInput {
     name: String,
     shape: Vec<i64>,
+    /// BOOL, UINT8-64, INT8-64, FP16, FP32, FP64 or BYTES.
     datatype: String,
+    /// `binary_data_size`: this tensor's bytes in the binary data after the JSON.
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
+    /// Flat row-major or nested lists of numbers, booleans or strings; absent when the
+    /// tensor is sent as binary data.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Value>>)]
     data: Data,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RequestedOutput {
     name: String,
+    /// `binary_data: true|false` overrides `binary_data_output` for this output.
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
 }
@@ -701,7 +786,7 @@ fn spec_has_no_fill(lv: &LoadedVersion, feature: &str) -> bool {
 }
 
 /// The answer to an inference request (its JSON part, with the binary extension).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct InferResponse<'a> {
     pub model_name: &'a str,
     pub model_version: String,
@@ -714,14 +799,14 @@ pub struct InferResponse<'a> {
     pub outputs: Vec<OutputTensorView<'a>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct InferParametersView<'a> {
     /// One per instance and feature, naming both.
     pub warnings: &'a [String],
 }
 
 /// One output tensor: its data inline, or its size in the binary data after the JSON.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct OutputTensorView<'a> {
     pub name: &'static str,
     pub datatype: &'static str,
@@ -735,14 +820,14 @@ pub struct OutputTensorView<'a> {
 }
 
 /// Numbers (FP32 outputs) or strings (BYTES outputs).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum TensorDataView<'a> {
     Numbers(&'a [f32]),
     Strings(&'a [String]),
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct BinaryDataView {
     /// Bytes of this tensor in the binary data, in output order.
     pub binary_data_size: usize,
@@ -917,7 +1002,12 @@ fn encode(
                 let bytes = o.bytes();
                 let size = bytes.len();
                 blob.extend_from_slice(&bytes);
-                (None, Some(BinaryDataView { binary_data_size: size }))
+                (
+                    None,
+                    Some(BinaryDataView {
+                        binary_data_size: size,
+                    }),
+                )
             } else if o.datatype == "BYTES" {
                 (Some(TensorDataView::Strings(&o.strings)), None)
             } else {
@@ -976,6 +1066,30 @@ async fn read_body(state: &AppState, body: axum::body::Body) -> Result<Bytes, Er
 }
 
 /// `POST /v2/models/{name}/infer`
+#[utoipa::path(
+    post,
+    path = "/v2/models/{name}/infer",
+    operation_id = "v2_infer",
+    tag = "v2",
+    summary = "Run the default version (shares its batcher queue with v1 requests)",
+    params(ModelPath, Timeout, BinaryHeader),
+    request_body(
+        description = "JSON, or with the binary extension: `application/octet-stream`, the \
+            JSON part (its length in `Inference-Header-Content-Length`) followed by the tensors \
+            whose `binary_data_size` it gives, in input order",
+        content((InferRequest = "application/json"), ("application/octet-stream")),
+    ),
+    responses(
+        (
+            status = 200,
+            description = "JSON, or `application/octet-stream` when outputs are sent as binary \
+                data: the JSON part, then the tensors in output order",
+            content((InferResponse = "application/json"), ("application/octet-stream")),
+            headers(("inference-header-content-length" = usize, description = "Length of the JSON part (binary answers)")),
+        ),
+        InferErrors,
+    ),
+)]
 pub async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -987,6 +1101,30 @@ pub async fn infer(
 }
 
 /// `POST /v2/models/{name}/versions/{version}/infer`
+#[utoipa::path(
+    post,
+    path = "/v2/models/{name}/versions/{version}/infer",
+    operation_id = "v2_version_infer",
+    tag = "v2",
+    summary = "Run one version",
+    params(VersionPath, Timeout, BinaryHeader),
+    request_body(
+        description = "JSON, or with the binary extension: `application/octet-stream`, the \
+            JSON part (its length in `Inference-Header-Content-Length`) followed by the tensors \
+            whose `binary_data_size` it gives, in input order",
+        content((InferRequest = "application/json"), ("application/octet-stream")),
+    ),
+    responses(
+        (
+            status = 200,
+            description = "JSON, or `application/octet-stream` when outputs are sent as binary \
+                data: the JSON part, then the tensors in output order",
+            content((InferResponse = "application/json"), ("application/octet-stream")),
+            headers(("inference-header-content-length" = usize, description = "Length of the JSON part (binary answers)")),
+        ),
+        InferErrors,
+    ),
+)]
 pub async fn version_infer(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
