@@ -1,7 +1,8 @@
 //! API keys: a key file lists each key's name, SHA-256 and scopes (never the key itself).
-//! With keys configured, every route but the health checks needs `Authorization: Bearer
-//! <key>`: 401 for a missing or unknown key, 403 for a key without the route's scope. The
-//! rule of every route is in [`rule_for`]; a route it does not know is refused (fail closed).
+//! With keys configured, every route but the health checks and `/openapi.json` needs
+//! `Authorization: Bearer <key>`: 401 for a missing or unknown key, 403 for a key without
+//! the route's scope. The rule of every route is in [`rule_for`]; a route it does not know is
+//! refused (fail closed).
 
 use std::path::Path;
 
@@ -43,7 +44,7 @@ impl Scope {
 /// What a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
-    /// No key needed (health checks).
+    /// No key needed (health checks, the OpenAPI document).
     Open,
     Scope(Scope),
 }
@@ -55,6 +56,8 @@ pub fn rule_for(method: &str, route: &str) -> Option<Rule> {
     use Scope::{Admin, Predict, Train};
     Some(match (method, route) {
         (_, "/health/live" | "/health/ready" | "/v2/health/live" | "/v2/health/ready") => Open,
+        // A static description of the API: nothing to protect.
+        ("GET", "/openapi.json") => Open,
         ("GET", "/v1/models" | "/v1/models/{name}" | "/v1/models/{name}/metadata")
         | (
             "GET",

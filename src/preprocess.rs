@@ -5,9 +5,10 @@
 //! arithmetic operations per feature), so the rows handed to the batcher are model input.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The fitted transforms of one model version.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocessing {
     /// One transform per raw feature, in the order of the signature's feature names; their
@@ -19,7 +20,7 @@ pub struct Preprocessing {
 }
 
 /// The transform of one raw feature column.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FeatureTransform {
     /// `((clip(x or fill)) - shift) / scale`: one value.
@@ -47,7 +48,7 @@ pub enum FeatureTransform {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Encoding {
     OneHot,
@@ -55,7 +56,7 @@ pub enum Encoding {
 }
 
 /// `y = output * scale + shift`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetTransform {
     pub shift: f64,
@@ -317,7 +318,7 @@ mod tests {
 // === fitting (training) ===
 
 /// How training cleans and encodes its features (the job spec's `preprocessing`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PreprocessOptions {
     /// Missing cells: one strategy for every column, or a default plus per-column ones.
@@ -347,7 +348,7 @@ impl Default for PreprocessOptions {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum MissingPolicy {
     All(MissingStrategy),
@@ -369,7 +370,7 @@ impl MissingPolicy {
 
 /// What to do with a missing cell. Categorical columns fill `mean`/`median` with the most
 /// frequent category.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MissingStrategy {
     Drop,
@@ -379,14 +380,14 @@ pub enum MissingStrategy {
     Constant(ConstantValue),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum ConstantValue {
     Number(f64),
     Text(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierOptions {
     pub method: OutlierMethod,
@@ -398,14 +399,14 @@ pub struct OutlierOptions {
     pub action: OutlierAction,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutlierMethod {
     Zscore,
     Iqr,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutlierAction {
     #[default]
@@ -413,7 +414,7 @@ pub enum OutlierAction {
     Drop,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scale {
     #[default]

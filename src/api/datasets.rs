@@ -10,14 +10,16 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
+use super::openapi::{DatasetErrors, DatasetPath, DatasetUploadErrors, StoreErrors};
 use crate::dataset::{DatasetInfo, Delimiter, Format, Profile, UploadOptions};
 use crate::error::Error;
 use crate::state::AppState;
 
 /// A dataset as the API shows it: its metadata with the profile's fields inline.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct DatasetView<'a> {
     pub id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -25,7 +27,9 @@ pub struct DatasetView<'a> {
     pub format: Format,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delimiter: Option<Delimiter>,
+    /// When the upload finished: RFC 3339, UTC, milliseconds.
     pub created: &'a str,
+    /// Bytes of the stored file, as uploaded.
     pub size: u64,
     #[serde(flatten)]
     pub profile: &'a Profile,
@@ -45,11 +49,15 @@ impl<'a> From<&'a DatasetInfo> for DatasetView<'a> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
+    /// A name to show with the dataset.
     name: Option<String>,
+    /// `csv` or `json`; default: from the content type, else detected from the bytes.
     format: Option<String>,
+    /// CSV: `comma`, `semicolon` or `tab`; default: detected.
     delimiter: Option<String>,
 }
 
@@ -89,6 +97,26 @@ fn format_of(q: &UploadQuery, headers: &HeaderMap) -> Result<Option<Format>, Err
 }
 
 /// `POST /v1/datasets`
+#[utoipa::path(
+    post,
+    path = "/v1/datasets",
+    operation_id = "upload_dataset",
+    tag = "datasets",
+    summary = "Upload a dataset (streamed), answered with its profile",
+    params(UploadQuery),
+    request_body(
+        description = "CSV with a header line, or a JSON array of objects (one per row). \
+            `application/octet-stream`, `text/plain` or no content type: detected from the bytes.",
+        content(
+            (String = "text/csv", example = "sepal_length,species\n5.1,setosa\n"),
+            (Vec<Object> = "application/json", example = json!([{"sepal_length": 5.1, "species": "setosa"}])),
+        ),
+    ),
+    responses(
+        (status = 201, body = DatasetView, headers(("location" = String, description = "The dataset's URL"))),
+        DatasetUploadErrors,
+    ),
+)]
 pub async fn upload(
     State(state): State<AppState>,
     Query(q): Query<UploadQuery>,
@@ -146,12 +174,20 @@ pub async fn upload(
         .into_response())
 }
 
-#[derive(Serialize)]
-struct DatasetListResponse<'a> {
-    datasets: Vec<DatasetView<'a>>,
+#[derive(Serialize, ToSchema)]
+pub struct DatasetListResponse<'a> {
+    pub datasets: Vec<DatasetView<'a>>,
 }
 
 /// `GET /v1/datasets`
+#[utoipa::path(
+    get,
+    path = "/v1/datasets",
+    operation_id = "list_datasets",
+    tag = "datasets",
+    summary = "Every dataset with its profile",
+    responses((status = 200, body = DatasetListResponse), StoreErrors),
+)]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let all = state
         .datasets
@@ -163,6 +199,15 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
 }
 
 /// `GET /v1/datasets/{id}`
+#[utoipa::path(
+    get,
+    path = "/v1/datasets/{id}",
+    operation_id = "get_dataset",
+    tag = "datasets",
+    summary = "One dataset with its profile",
+    params(DatasetPath),
+    responses((status = 200, body = DatasetView), DatasetErrors),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -176,6 +221,15 @@ pub async fn get(
 }
 
 /// `DELETE /v1/datasets/{id}`: the file is removed.
+#[utoipa::path(
+    delete,
+    path = "/v1/datasets/{id}",
+    operation_id = "delete_dataset",
+    tag = "datasets",
+    summary = "Delete a dataset and its file",
+    params(DatasetPath),
+    responses((status = 204, description = "Deleted"), DatasetErrors),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -935,6 +935,37 @@ mod proptests {
         })
     }
 
+    /// The types that describe request bodies in the OpenAPI document read what the decoder
+    /// accepts, and refuse what it refuses for an unknown field.
+    #[test]
+    fn documented_request_types_read_what_the_decoder_accepts() {
+        use crate::api::types::{ExamplesRequest, PredictRequest};
+        let models = models();
+        let named = InputSpec::of(&models[1]);
+        for body in [
+            r#"{"instances": [[1, 2, "x"], [3, 4, "y"]]}"#,
+            r#"{"instances": [{"a": 1, "b": 2, "c": "x"}], "signature_name": "serving_default"}"#,
+            r#"{"inputs": {"a": [1], "b": [2], "c": ["x"]}}"#,
+            r#"{"inputs": [[1, 2, "x"]]}"#,
+        ] {
+            decode_predict(body.as_bytes(), &named).unwrap();
+            serde_json::from_str::<PredictRequest>(body).unwrap();
+        }
+        for body in [
+            r#"{"examples": [{"a": 1, "b": 2}], "context": {"c": "x"}}"#,
+            r#"{"model_spec": {"name": "m"}, "examples": [{"a": 1, "b": 2, "c": "y"}]}"#,
+        ] {
+            decode_examples(body.as_bytes(), &named).unwrap();
+            serde_json::from_str::<ExamplesRequest>(body).unwrap();
+        }
+        let unknown = r#"{"instances": [[1, 2, "x"]], "extra": 1}"#;
+        assert!(decode_predict(unknown.as_bytes(), &named).is_err());
+        assert!(serde_json::from_str::<PredictRequest>(unknown).is_err());
+        let unknown = r#"{"examples": [{"a": 1}], "instances": []}"#;
+        assert!(decode_examples(unknown.as_bytes(), &named).is_err());
+        assert!(serde_json::from_str::<ExamplesRequest>(unknown).is_err());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(400))]
 

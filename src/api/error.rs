@@ -3,6 +3,8 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::error::Error;
 
@@ -48,9 +50,13 @@ pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
     }
 }
 
-/// The JSON error body.
-pub fn error_body(message: &str, code: &str) -> String {
-    serde_json::json!({ "error": message, "code": code }).to_string()
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorResponse<'a> {
+    /// What went wrong, for people (a generic message for server errors).
+    pub error: &'a str,
+    /// Stable and snake_case, for programs: `model_not_found`, `queue_full`, …
+    pub code: &'a str,
 }
 
 impl IntoResponse for ApiError {
@@ -67,7 +73,12 @@ impl IntoResponse for ApiError {
         } else {
             self.0.to_string()
         };
-        let mut res = (status, error_body(&message, code)).into_response();
+        let body = ErrorResponse {
+            error: &message,
+            code,
+        };
+        let body = serde_json::to_vec(&body).expect("error bodies serialize");
+        let mut res = (status, body).into_response();
         let h = res.headers_mut();
         h.insert(
             header::CONTENT_TYPE,

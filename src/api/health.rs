@@ -8,6 +8,14 @@ use axum::Json;
 use super::types::HealthResponse;
 use crate::state::AppState;
 
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    operation_id = "live",
+    tag = "operations",
+    summary = "The process answers",
+    responses((status = 200, body = HealthResponse)),
+)]
 pub async fn live() -> Json<HealthResponse> {
     Json(HealthResponse {
         status: "live",
@@ -15,6 +23,17 @@ pub async fn live() -> Json<HealthResponse> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    operation_id = "ready",
+    tag = "operations",
+    summary = "Every startup model has loaded (or failed) and the server is not draining",
+    responses(
+        (status = 200, body = HealthResponse),
+        (status = 503, description = "Not ready, with the reasons", body = HealthResponse),
+    ),
+)]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
     let mut reasons = Vec::new();
     if state.health.is_draining() {

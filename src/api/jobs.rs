@@ -12,18 +12,22 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::Stream;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::broadcast;
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
 use super::extract::JsonBody;
+use super::openapi::{CancelErrors, JobErrors, JobListErrors, JobPath, SubmitErrors};
 use crate::error::Error;
 use crate::state::AppState;
 use crate::training::jobs::{JobDetails, JobEvent, JobManager};
+use crate::training::spec::{JobSpec, ResolvedSpec};
 use crate::training::store::{rfc3339, JobFilter, JobRecord, JobState};
+use crate::training::trainer::EpochEvent;
 
 /// A job as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct JobView<'a> {
     pub id: &'a str,
     pub state: JobState,
@@ -35,14 +39,33 @@ pub struct JobView<'a> {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
-    pub progress: Value,
+    pub progress: ProgressView<'a>,
+    /// Every epoch so far (`GET /v1/training-jobs/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<EpochEvent>>)]
     pub history: Option<&'a [Value]>,
+    /// What preparation did: rows, splits, per-column cleaning (once the job has run).
     pub report: Option<&'a Value>,
+    /// The final metrics (succeeded jobs).
     pub metrics: Option<&'a Value>,
     pub error: Option<&'a str>,
     /// The spec with every default filled in.
+    #[schema(value_type = ResolvedSpec)]
     pub spec: &'a Value,
+}
+
+/// How far a job has come.
+#[derive(Serialize, ToSchema)]
+pub struct ProgressView<'a> {
+    /// Epochs completed.
+    pub epoch: u64,
+    /// Epochs the spec asks for.
+    pub epochs: u64,
+    /// `epoch / epochs`.
+    pub fraction: f64,
+    /// The last epoch's numbers (`null` before the first epoch ends).
+    #[schema(value_type = Option<EpochEvent>)]
+    pub last: Option<&'a Value>,
 }
 
 fn view<'a>(r: &'a JobRecord, history: Option<&'a [Value]>) -> JobView<'a> {
@@ -56,12 +79,16 @@ fn view<'a>(r: &'a JobRecord, history: Option<&'a [Value]>) -> JobView<'a> {
         .as_ref()
         .and_then(|p| p["epoch"].as_u64())
         .unwrap_or(0);
-    let progress = json!({
-        "epoch": epoch,
-        "epochs": epochs,
-        "fraction": if epochs == 0 { 0.0 } else { epoch as f64 / epochs as f64 },
-        "last": r.progress,
-    });
+    let progress = ProgressView {
+        epoch,
+        epochs,
+        fraction: if epochs == 0 {
+            0.0
+        } else {
+            epoch as f64 / epochs as f64
+        },
+        last: r.progress.as_ref(),
+    };
     JobView {
         id: &r.id,
         state: r.state,
@@ -82,6 +109,18 @@ fn view<'a>(r: &'a JobRecord, history: Option<&'a [Value]>) -> JobView<'a> {
 }
 
 /// `POST /v1/training-jobs`
+#[utoipa::path(
+    post,
+    path = "/v1/training-jobs",
+    operation_id = "submit_job",
+    tag = "training",
+    summary = "Submit a training job: checked against its dataset, then queued",
+    request_body = JobSpec,
+    responses(
+        (status = 202, description = "Queued", body = JobView, headers(("location" = String, description = "The job's URL"))),
+        SubmitErrors,
+    ),
+)]
 pub async fn submit(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
@@ -97,6 +136,15 @@ pub async fn submit(
 }
 
 /// `GET /v1/training-jobs/{id}`
+#[utoipa::path(
+    get,
+    path = "/v1/training-jobs/{id}",
+    operation_id = "get_job",
+    tag = "training",
+    summary = "A job with its epoch history",
+    params(JobPath),
+    responses((status = 200, body = JobView), JobErrors),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -109,6 +157,15 @@ pub async fn get(
 }
 
 /// `POST /v1/training-jobs/{id}:cancel`
+#[utoipa::path(
+    post,
+    path = "/v1/training-jobs/{id}:cancel",
+    operation_id = "cancel_job",
+    tag = "training",
+    summary = "Cancel a queued or running job",
+    params(JobPath),
+    responses((status = 200, body = JobView), CancelErrors),
+)]
 pub async fn verb(
     State(state): State<AppState>,
     Path(segment): Path<String>,
@@ -128,25 +185,38 @@ pub async fn verb(
     Ok(Json(view(&record, None)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
     state: Option<String>,
+    /// Only jobs that train this model.
     model: Option<String>,
+    /// Jobs per page, 1 to 1000 (default 50).
     limit: Option<usize>,
     /// Page after this job id (the previous page's `next`).
     after: Option<String>,
 }
 
-#[derive(Serialize)]
-struct JobListResponse<'a> {
-    jobs: Vec<JobView<'a>>,
+#[derive(Serialize, ToSchema)]
+pub struct JobListResponse<'a> {
+    pub jobs: Vec<JobView<'a>>,
     /// Pass as `?after=` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
-    next: Option<&'a str>,
+    pub next: Option<&'a str>,
 }
 
 /// `GET /v1/training-jobs?state=&model=&limit=&after=` (newest first).
+#[utoipa::path(
+    get,
+    path = "/v1/training-jobs",
+    operation_id = "list_jobs",
+    tag = "training",
+    summary = "Jobs, newest first, filtered and paged",
+    params(ListQuery),
+    responses((status = 200, body = JobListResponse), JobListErrors),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -186,9 +256,37 @@ pub async fn list(
     .into_response())
 }
 
+/// The data of the `end` event: how the job ended.
+#[derive(Serialize, ToSchema)]
+pub struct JobEndView<'a> {
+    pub state: JobState,
+    pub model: &'a str,
+    /// The published model version (succeeded jobs).
+    pub version: Option<u64>,
+    pub metrics: Option<&'a Value>,
+    pub error: Option<&'a str>,
+}
+
+/// The data of the `error` event: the job could not be read.
+#[derive(Serialize, ToSchema)]
+pub struct StreamErrorView {
+    pub error: String,
+}
+
+fn json_event(kind: &'static str, data: &impl Serialize) -> Event {
+    let data = serde_json::to_string(data).expect("event views serialize");
+    Event::default().event(kind).data(data)
+}
+
 fn end_event(r: &JobRecord) -> Event {
-    let data = json!({"state": r.state, "model": r.model, "version": r.version, "metrics": r.metrics, "error": r.error});
-    Event::default().event("end").data(data.to_string())
+    let end = JobEndView {
+        state: r.state,
+        model: &r.model,
+        version: r.version,
+        metrics: r.metrics.as_ref(),
+        error: r.error.as_deref(),
+    };
+    json_event("end", &end)
 }
 
 struct Follow {
@@ -221,11 +319,10 @@ impl Follow {
                 }
             }
             Err(e) => {
-                self.pending.push_back(
-                    Event::default()
-                        .event("error")
-                        .data(json!({"error": e.to_string()}).to_string()),
-                );
+                let error = StreamErrorView {
+                    error: e.to_string(),
+                };
+                self.pending.push_back(json_event("error", &error));
                 self.done = true;
             }
         }
@@ -273,6 +370,21 @@ impl Follow {
 
 /// `GET /v1/training-jobs/{id}/events`: one `epoch` event per epoch (those already done
 /// first), then one `end` event with the final state, version and metrics.
+#[utoipa::path(
+    get,
+    path = "/v1/training-jobs/{id}/events",
+    operation_id = "job_events",
+    tag = "training",
+    summary = "Follow a job as server-sent events",
+    description = "One `epoch` event per epoch, those already done first (data: `EpochEvent`), \
+        then one `end` event when the job ends (data: `JobEndView`), and the stream closes. \
+        `error` (data: `StreamErrorView`) if the job can no longer be read.",
+    params(JobPath),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        JobErrors,
+    ),
+)]
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -17,6 +17,19 @@ const JOB_STATES: [JobState; 5] = [
     JobState::Cancelled,
 ];
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    summary = "Prometheus metrics (OpenMetrics text): requests, batches, queues, models, jobs",
+    responses((
+        status = 200,
+        description = "The exposition",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        body = String,
+    )),
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let m = &state.metrics;
     m.queue_depth.clear();

@@ -10,6 +10,7 @@ pub mod health;
 pub mod jobs;
 pub mod metrics;
 pub mod models;
+pub mod openapi;
 pub mod predict;
 pub mod repository;
 pub mod types;
@@ -92,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), edge))

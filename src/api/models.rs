@@ -7,6 +7,7 @@ use axum::Json;
 
 use super::error::ApiError;
 use super::extract::{check_name, parse_version};
+use super::openapi::{LookupErrors, ModelPath, StatusErrors, VersionPath};
 use super::types::*;
 use crate::error::Error;
 use crate::model::format::Task;
@@ -14,6 +15,14 @@ use crate::registry::{LoadedVersion, ModelView, VersionState};
 use crate::state::AppState;
 
 /// `GET /v1/models`
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    operation_id = "list_models",
+    tag = "serving",
+    summary = "Every model, its versions and default version",
+    responses((status = 200, body = ModelListResponse)),
+)]
 pub async fn list(State(state): State<AppState>) -> Json<ModelListResponse> {
     let models = state.registry.list().into_iter().map(summary).collect();
     Json(ModelListResponse { models })
@@ -71,6 +80,15 @@ fn status_of(v: u64, s: &VersionState) -> VersionStatusView {
 }
 
 /// `GET /v1/models/{name}`: status of every version.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{name}",
+    operation_id = "model_status",
+    tag = "serving",
+    summary = "The status of every version (TF Serving's GetModelStatus)",
+    params(ModelPath),
+    responses((status = 200, body = ModelStatusResponse), StatusErrors),
+)]
 pub async fn status(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -92,6 +110,15 @@ pub async fn status(
 }
 
 /// `GET /v1/models/{name}/versions/{version}`
+#[utoipa::path(
+    get,
+    path = "/v1/models/{name}/versions/{version}",
+    operation_id = "version_status",
+    tag = "serving",
+    summary = "The status of one version",
+    params(VersionPath),
+    responses((status = 200, body = ModelStatusResponse), StatusErrors),
+)]
 pub async fn version_status(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
@@ -114,6 +141,15 @@ pub async fn version_status(
 }
 
 /// `GET /v1/models/{name}/metadata`
+#[utoipa::path(
+    get,
+    path = "/v1/models/{name}/metadata",
+    operation_id = "model_metadata",
+    tag = "serving",
+    summary = "The default version's signature, layers and preprocessing",
+    params(ModelPath),
+    responses((status = 200, body = MetadataResponse), LookupErrors),
+)]
 pub async fn metadata(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -124,6 +160,15 @@ pub async fn metadata(
 }
 
 /// `GET /v1/models/{name}/versions/{version}/metadata`
+#[utoipa::path(
+    get,
+    path = "/v1/models/{name}/versions/{version}/metadata",
+    operation_id = "version_metadata",
+    tag = "serving",
+    summary = "One version's signature, layers and preprocessing",
+    params(VersionPath),
+    responses((status = 200, body = MetadataResponse), LookupErrors),
+)]
 pub async fn version_metadata(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,

@@ -13,7 +13,10 @@ use axum::response::{IntoResponse, Response};
 use super::decode::{decode_examples, decode_predict, Decoded, InputSpec, Layout};
 use super::error::ApiError;
 use super::extract::{check_name, parse_version, split_verb, Deadline, JsonBody, Verb};
-use super::types::{ClassifyResponse, Nested, PredictResponse, RegressResponse};
+use super::openapi::{InferErrors, ModelPath, Timeout, VersionPath};
+use super::types::{
+    ClassifyResponse, ExamplesRequest, Nested, PredictRequest, PredictResponse, RegressResponse,
+};
 use crate::batcher::Computed;
 use crate::error::Error;
 use crate::model::format::Task;
@@ -25,7 +28,18 @@ pub use super::extract::TIMEOUT_HEADER;
 /// Bodies above this size are decoded on a blocking thread, not on the async runtime.
 const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
 
-/// `POST /v1/models/{name}:{verb}`
+/// `POST /v1/models/{name}:{verb}`: `:predict`, `:classify` or `:regress` (documented
+/// one by one below: axum routes the three as one path segment).
+#[utoipa::path(
+    post,
+    path = "/v1/models/{name}:predict",
+    operation_id = "predict",
+    tag = "serving",
+    summary = "Run the default version on instances (TF Serving's Predict)",
+    params(ModelPath, Timeout),
+    request_body = PredictRequest,
+    responses((status = 200, body = PredictResponse), InferErrors),
+)]
 pub async fn verb(
     State(state): State<AppState>,
     Path(segment): Path<String>,
@@ -37,6 +51,16 @@ pub async fn verb(
 }
 
 /// `POST /v1/models/{name}/versions/{version}:{verb}`
+#[utoipa::path(
+    post,
+    path = "/v1/models/{name}/versions/{version}:predict",
+    operation_id = "version_predict",
+    tag = "serving",
+    summary = "Run one version on instances",
+    params(VersionPath, Timeout),
+    request_body = PredictRequest,
+    responses((status = 200, body = PredictResponse), InferErrors),
+)]
 pub async fn version_verb(
     State(state): State<AppState>,
     Path((name, segment)): Path<(String, String)>,
@@ -48,6 +72,61 @@ pub async fn version_verb(
     let version = parse_version(&name, version)?;
     handle(&state, &name, Some(version), verb, timeout, body).await
 }
+
+// The other verbs, for the OpenAPI document only: `verb` and `version_verb` serve them.
+
+#[utoipa::path(
+    post,
+    path = "/v1/models/{name}:classify",
+    operation_id = "classify",
+    tag = "serving",
+    summary = "Score every class of a classifier, best first (TF Serving's Classify)",
+    params(ModelPath, Timeout),
+    request_body = ExamplesRequest,
+    responses((status = 200, body = ClassifyResponse), InferErrors),
+)]
+#[expect(dead_code, reason = "describes a verb that `verb` serves")]
+fn classify() {}
+
+#[utoipa::path(
+    post,
+    path = "/v1/models/{name}:regress",
+    operation_id = "regress",
+    tag = "serving",
+    summary = "One value per example of a regression model (TF Serving's Regress)",
+    params(ModelPath, Timeout),
+    request_body = ExamplesRequest,
+    responses((status = 200, body = RegressResponse), InferErrors),
+)]
+#[expect(dead_code, reason = "describes a verb that `verb` serves")]
+fn regress() {}
+
+#[utoipa::path(
+    post,
+    path = "/v1/models/{name}/versions/{version}:classify",
+    operation_id = "version_classify",
+    tag = "serving",
+    summary = "Score every class with one version",
+    params(VersionPath, Timeout),
+    request_body = ExamplesRequest,
+    responses((status = 200, body = ClassifyResponse), InferErrors),
+)]
+#[expect(dead_code, reason = "describes a verb that `version_verb` serves")]
+fn version_classify() {}
+
+#[utoipa::path(
+    post,
+    path = "/v1/models/{name}/versions/{version}:regress",
+    operation_id = "version_regress",
+    tag = "serving",
+    summary = "Regress with one version",
+    params(VersionPath, Timeout),
+    request_body = ExamplesRequest,
+    responses((status = 200, body = RegressResponse), InferErrors),
+)]
+#[expect(dead_code, reason = "describes a verb that `version_verb` serves")]
+fn version_regress() {}
+
 
 async fn handle(
     state: &AppState,

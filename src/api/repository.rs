@@ -11,10 +11,15 @@ use axum::extract::{Multipart, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::extract::{check_name, parse_version};
+use super::openapi::{
+    DeleteErrors, LoadErrors, ModelPath, UnloadErrors, UploadErrors, VersionPath,
+};
+use super::types::ModelUploadForm;
 use crate::error::Error;
 use crate::model::{Model, SPEC_FILE, WEIGHTS_FILE};
 use crate::registry::VersionState;
@@ -28,8 +33,47 @@ fn triton_state(s: &VersionState) -> &'static str {
     }
 }
 
+/// One model version in the repository index.
+#[derive(Serialize, ToSchema)]
+pub struct RepositoryIndexView {
+    pub name: String,
+    pub version: String,
+    /// `READY`, `LOADING` or `UNAVAILABLE`.
+    pub state: &'static str,
+    /// Why the version is unavailable; empty otherwise.
+    pub reason: String,
+}
+
+/// A model's state after `load` or `unload`.
+#[derive(Serialize, ToSchema)]
+pub struct RepositoryModelResponse {
+    pub name: String,
+    /// `READY` after a load, `UNAVAILABLE` after an unload.
+    pub state: &'static str,
+    /// The version requests without a version go to (after a load).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_version: Option<String>,
+}
+
+/// The version an upload published.
+#[derive(Serialize, ToSchema)]
+pub struct UploadResponse {
+    pub name: String,
+    pub version: String,
+    /// The version's state once the registry has seen it (`AVAILABLE` normally).
+    pub state: &'static str,
+}
+
 /// `POST /v2/repository/index`: every model version with its state and the reason.
-pub async fn index(State(state): State<AppState>) -> Json<Vec<Value>> {
+#[utoipa::path(
+    post,
+    path = "/v2/repository/index",
+    operation_id = "repository_index",
+    tag = "repository",
+    summary = "Every model version with its state and the reason (Triton's repository index)",
+    responses((status = 200, body = Vec<RepositoryIndexView>)),
+)]
+pub async fn index(State(state): State<AppState>) -> Json<Vec<RepositoryIndexView>> {
     let mut out = Vec::new();
     for m in state.registry.list() {
         for (v, s) in &m.versions {
@@ -38,17 +82,31 @@ pub async fn index(State(state): State<AppState>) -> Json<Vec<Value>> {
                 VersionState::End => "unloaded".into(),
                 VersionState::Available(_) | VersionState::Loading => String::new(),
             };
-            out.push(json!({"name": m.name, "version": v.to_string(), "state": triton_state(s), "reason": reason}));
+            out.push(RepositoryIndexView {
+                name: m.name.clone(),
+                version: v.to_string(),
+                state: triton_state(s),
+                reason,
+            });
         }
     }
     Json(out)
 }
 
 /// `POST /v2/repository/models/{name}/load`
+#[utoipa::path(
+    post,
+    path = "/v2/repository/models/{name}/load",
+    operation_id = "load_model",
+    tag = "repository",
+    summary = "Load (or reload) a model's versions from the models directory",
+    params(ModelPath),
+    responses((status = 200, body = RepositoryModelResponse), LoadErrors),
+)]
 pub async fn load(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RepositoryModelResponse>, ApiError> {
     check_name(&name)?;
     state.registry.load_model(&name).await?;
     let view = state.registry.view(&name)?;
@@ -64,23 +122,51 @@ pub async fn load(
         ))
         .into());
     }
-    Ok(Json(
-        json!({"name": name, "state": "READY", "default_version": view.default_version.map(|v| v.to_string())}),
-    ))
+    Ok(Json(RepositoryModelResponse {
+        name,
+        state: "READY",
+        default_version: view.default_version.map(|v| v.to_string()),
+    }))
 }
 
 /// `POST /v2/repository/models/{name}/unload`
+#[utoipa::path(
+    post,
+    path = "/v2/repository/models/{name}/unload",
+    operation_id = "unload_model",
+    tag = "repository",
+    summary = "Unload a model: its requests in flight finish, new ones are refused",
+    params(ModelPath),
+    responses((status = 200, body = RepositoryModelResponse), UnloadErrors),
+)]
 pub async fn unload(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RepositoryModelResponse>, ApiError> {
     check_name(&name)?;
     state.registry.unload_model(&name).await?;
-    Ok(Json(json!({"name": name, "state": "UNAVAILABLE"})))
+    Ok(Json(RepositoryModelResponse {
+        name,
+        state: "UNAVAILABLE",
+        default_version: None,
+    }))
 }
 
 /// `POST /v1/models/{name}/versions` (multipart: `model.json` + `model.safetensors`): the
 /// version is loaded and run once before it is published, then answered with its number.
+#[utoipa::path(
+    post,
+    path = "/v1/models/{name}/versions",
+    operation_id = "upload_version",
+    tag = "repository",
+    summary = "Upload a new version: validated (loaded and run once), then published",
+    params(ModelPath),
+    request_body(content = ModelUploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, body = UploadResponse, headers(("location" = String, description = "The new version's URL"))),
+        UploadErrors,
+    ),
+)]
 pub async fn upload(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -159,7 +245,11 @@ pub async fn upload(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(json!({"name": name, "version": version.to_string(), "state": st})),
+        Json(UploadResponse {
+            name,
+            version: version.to_string(),
+            state: st,
+        }),
     )
         .into_response())
 }
@@ -174,6 +264,15 @@ fn remove_dir(models: &std::path::Path, dir: &std::path::Path, label: &str) -> R
 }
 
 /// `DELETE /v1/models/{name}/versions/{version}`
+#[utoipa::path(
+    delete,
+    path = "/v1/models/{name}/versions/{version}",
+    operation_id = "delete_version",
+    tag = "repository",
+    summary = "Delete a version: new requests stop at once, requests in flight finish",
+    params(VersionPath),
+    responses((status = 204, description = "Deleted"), DeleteErrors),
+)]
 pub async fn delete_version(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
@@ -200,6 +299,15 @@ pub async fn delete_version(
 }
 
 /// `DELETE /v1/models/{name}`: every version.
+#[utoipa::path(
+    delete,
+    path = "/v1/models/{name}",
+    operation_id = "delete_model",
+    tag = "repository",
+    summary = "Delete a model and every version (drained, as a version is)",
+    params(ModelPath),
+    responses((status = 204, description = "Deleted"), DeleteErrors),
+)]
 pub async fn delete_model(
     State(state): State<AppState>,
     Path(name): Path<String>,

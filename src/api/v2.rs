@@ -17,11 +17,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::decode::{rows_from_columns, rows_from_tensor, Decoded, InputSpec};
 use super::error::ApiError;
 use super::extract::{check_name, parse_version};
+use super::openapi::{BinaryHeader, InferErrors, LookupErrors, ModelPath, Timeout, VersionPath};
 use super::predict::{class_scores, compute, ms_header, TIMEOUT_HEADER};
 use crate::error::Error;
 use crate::model::format::{InputDType, Task};
@@ -35,28 +37,76 @@ const PLATFORM: &str = "kiln_candle";
 
 // === metadata, health ===
 
-/// `GET /v2`
-pub async fn server_metadata() -> Json<Value> {
-    Json(json!({
-        "name": "kiln",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_repository"],
-    }))
+/// `GET /v2`: the server's name, version and protocol extensions.
+#[derive(Serialize, ToSchema)]
+pub struct ServerMetadataResponse {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub extensions: &'static [&'static str],
 }
 
 /// `GET /v2/health/live`
-pub async fn live() -> Json<Value> {
-    Json(json!({"live": true}))
+#[derive(Serialize, ToSchema)]
+pub struct LiveResponse {
+    pub live: bool,
+}
+
+/// `GET /v2/health/ready`: with the reasons when not ready.
+#[derive(Serialize, ToSchema)]
+pub struct ReadyResponse {
+    pub ready: bool,
+    pub reasons: Vec<String>,
+}
+
+/// `GET /v2`
+#[utoipa::path(
+    get,
+    path = "/v2",
+    operation_id = "v2_server_metadata",
+    tag = "v2",
+    summary = "Server name, version and protocol extensions",
+    responses((status = 200, body = ServerMetadataResponse)),
+)]
+pub async fn server_metadata() -> Json<ServerMetadataResponse> {
+    Json(ServerMetadataResponse {
+        name: "kiln",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: &["binary_tensor_data", "model_repository"],
+    })
+}
+
+/// `GET /v2/health/live`
+#[utoipa::path(
+    get,
+    path = "/v2/health/live",
+    operation_id = "v2_live",
+    tag = "v2",
+    summary = "The process answers",
+    responses((status = 200, body = LiveResponse)),
+)]
+pub async fn live() -> Json<LiveResponse> {
+    Json(LiveResponse { live: true })
 }
 
 /// `GET /v2/health/ready`: the same readiness as `/health/ready`.
-pub async fn ready(state: State<AppState>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/v2/health/ready",
+    operation_id = "v2_ready",
+    tag = "v2",
+    summary = "Ready: the startup models are loaded and the server is not draining",
+    responses(
+        (status = 200, body = ReadyResponse),
+        (status = 503, description = "Not ready, with the reasons", body = ReadyResponse),
+    ),
+)]
+pub async fn ready(state: State<AppState>) -> (StatusCode, Json<ReadyResponse>) {
     let (status, body) = super::health::ready(state).await;
-    (
-        status,
-        Json(json!({"ready": status == StatusCode::OK, "reasons": body.0.reasons})),
-    )
-        .into_response()
+    let ready = ReadyResponse {
+        ready: status == StatusCode::OK,
+        reasons: body.0.reasons,
+    };
+    (status, Json(ready))
 }
 
 fn lookup(
@@ -69,11 +119,34 @@ fn lookup(
     state.registry.get(name, v)
 }
 
-#[derive(Serialize)]
-struct TensorMetadata {
-    name: String,
-    datatype: &'static str,
-    shape: Vec<i64>,
+/// `GET /v2/models/{name}[/versions/{version}]`: the protocol's model metadata.
+#[derive(Serialize, ToSchema)]
+pub struct ModelMetadataResponse {
+    pub name: String,
+    /// The versions that can answer now.
+    pub versions: Vec<String>,
+    pub platform: &'static str,
+    pub inputs: Vec<TensorMetadataView>,
+    pub outputs: Vec<TensorMetadataView>,
+}
+
+/// One input or output tensor of a model.
+#[derive(Serialize, ToSchema)]
+pub struct TensorMetadataView {
+    pub name: String,
+    pub datatype: &'static str,
+    /// With `-1` for the batch dimension.
+    pub shape: Vec<i64>,
+}
+
+/// `GET /v2/models/{name}[/versions/{version}]/ready`
+#[derive(Serialize, ToSchema)]
+pub struct ModelReadyResponse {
+    pub name: String,
+    pub ready: bool,
+    /// Why the model cannot answer (only when not ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn batched(shape: &[usize]) -> Vec<i64> {
@@ -82,14 +155,14 @@ fn batched(shape: &[usize]) -> Vec<i64> {
         .collect()
 }
 
-fn model_metadata(state: &AppState, lv: &LoadedVersion) -> Value {
+fn model_metadata(state: &AppState, lv: &LoadedVersion) -> ModelMetadataResponse {
     let spec = lv.model.spec();
     let input = InputSpec::of(&lv.model);
     let dtype = match spec.input.dtype {
         InputDType::Float32 => "FP32",
         InputDType::Int64 => "INT64",
     };
-    let mut inputs = vec![TensorMetadata {
+    let mut inputs = vec![TensorMetadataView {
         name: "input".into(),
         datatype: dtype,
         shape: batched(&input.raw_shape()),
@@ -100,7 +173,7 @@ fn model_metadata(state: &AppState, lv: &LoadedVersion) -> Value {
                 crate::preprocess::FeatureTransform::Numeric { .. } => "FP64",
                 crate::preprocess::FeatureTransform::Categorical { .. } => "BYTES",
             };
-            inputs.push(TensorMetadata {
+            inputs.push(TensorMetadataView {
                 name: f.name().to_owned(),
                 datatype,
                 shape: vec![-1],
@@ -110,18 +183,18 @@ fn model_metadata(state: &AppState, lv: &LoadedVersion) -> Value {
     }
     let outputs = match spec.task {
         Task::Classification => vec![
-            TensorMetadata {
+            TensorMetadataView {
                 name: "probabilities".into(),
                 datatype: "FP32",
                 shape: vec![-1, class_count(lv) as i64],
             },
-            TensorMetadata {
+            TensorMetadataView {
                 name: "label".into(),
                 datatype: "BYTES",
                 shape: vec![-1],
             },
         ],
-        Task::Regression => vec![TensorMetadata {
+        Task::Regression => vec![TensorMetadataView {
             name: "output".into(),
             datatype: "FP32",
             shape: batched(lv.model.output_shape()),
@@ -138,7 +211,13 @@ fn model_metadata(state: &AppState, lv: &LoadedVersion) -> Value {
                 .collect()
         })
         .unwrap_or_default();
-    json!({"name": lv.name, "versions": versions, "platform": PLATFORM, "inputs": inputs, "outputs": outputs})
+    ModelMetadataResponse {
+        name: lv.name.clone(),
+        versions,
+        platform: PLATFORM,
+        inputs,
+        outputs,
+    }
 }
 
 fn class_count(lv: &LoadedVersion) -> usize {
@@ -151,49 +230,99 @@ fn class_count(lv: &LoadedVersion) -> usize {
 }
 
 /// `GET /v2/models/{name}`
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}",
+    operation_id = "v2_model_metadata",
+    tag = "v2",
+    summary = "The default version's inputs and outputs as tensor metadata",
+    params(ModelPath),
+    responses((status = 200, body = ModelMetadataResponse), LookupErrors),
+)]
 pub async fn metadata(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelMetadataResponse>, ApiError> {
     let lv = lookup(&state, &name, None)?;
     Ok(Json(model_metadata(&state, &lv)))
 }
 
 /// `GET /v2/models/{name}/versions/{version}`
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/versions/{version}",
+    operation_id = "v2_version_metadata",
+    tag = "v2",
+    summary = "One version's inputs and outputs as tensor metadata",
+    params(VersionPath),
+    responses((status = 200, body = ModelMetadataResponse), LookupErrors),
+)]
 pub async fn version_metadata(
     State(state): State<AppState>,
     Path((name, v)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelMetadataResponse>, ApiError> {
     let lv = lookup(&state, &name, Some(&v))?;
     Ok(Json(model_metadata(&state, &lv)))
 }
 
-fn readiness(state: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+fn readiness(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<(StatusCode, Json<ModelReadyResponse>), ApiError> {
     check_name(name)?;
-    match lookup(state, name, version) {
-        Ok(_) => Ok(Json(json!({"name": name, "ready": true})).into_response()),
-        Err(e @ (Error::ModelNotFound(_) | Error::VersionNotFound { .. })) => Err(e.into()),
-        Err(other) => Ok((
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"name": name, "ready": false, "error": other.to_string()})),
-        )
-            .into_response()),
-    }
+    let (status, error) = match lookup(state, name, version) {
+        Ok(_) => (StatusCode::OK, None),
+        Err(e @ (Error::ModelNotFound(_) | Error::VersionNotFound { .. })) => return Err(e.into()),
+        Err(other) => (StatusCode::SERVICE_UNAVAILABLE, Some(other.to_string())),
+    };
+    let ready = ModelReadyResponse {
+        name: name.to_owned(),
+        ready: error.is_none(),
+        error,
+    };
+    Ok((status, Json(ready)))
 }
 
 /// `GET /v2/models/{name}/ready`
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/ready",
+    operation_id = "v2_model_ready",
+    tag = "v2",
+    summary = "Whether the default version can answer",
+    params(ModelPath),
+    responses(
+        (status = 200, body = ModelReadyResponse),
+        (status = 503, description = "Known but not ready, with the reason", body = ModelReadyResponse),
+        LookupErrors,
+    ),
+)]
 pub async fn model_ready(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<ModelReadyResponse>), ApiError> {
     readiness(&state, &name, None)
 }
 
 /// `GET /v2/models/{name}/versions/{version}/ready`
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/versions/{version}/ready",
+    operation_id = "v2_version_ready",
+    tag = "v2",
+    summary = "Whether one version can answer",
+    params(VersionPath),
+    responses(
+        (status = 200, body = ModelReadyResponse),
+        (status = 503, description = "Known but not ready, with the reason", body = ModelReadyResponse),
+        LookupErrors,
+    ),
+)]
 pub async fn version_ready(
     State(state): State<AppState>,
     Path((name, v)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<ModelReadyResponse>), ApiError> {
     readiness(&state, &name, Some(&v))
 }
 
@@ -291,34 +420,46 @@ impl<'de> Deserialize<'de> for Data {
     }
 }
 
-#[derive(Deserialize)]
+/// An inference request (its JSON part, with the binary extension).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InferRequest {
+    /// Echoed in the answer.
     #[serde(default)]
     id: Option<String>,
+    /// `binary_data_output: true` sends every output as binary data.
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
+    /// One tensor `[N, …]` named `input`, or one `[N]` input per feature (models with
+    /// feature names; BYTES for categorical features).
     inputs: Vec<InferInput>,
+    /// The outputs to answer, in this order (default: all).
     #[serde(default)]
     outputs: Option<Vec<RequestedOutput>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InferInput {
     name: String,
     shape: Vec<i64>,
+    /// BOOL, UINT8-64, INT8-64, FP16, FP32, FP64 or BYTES.
     datatype: String,
+    /// `binary_data_size`: this tensor's bytes in the binary data after the JSON.
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
+    /// Flat row-major or nested lists of numbers, booleans or strings; absent when the
+    /// tensor is sent as binary data.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Value>>)]
     data: Data,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RequestedOutput {
     name: String,
+    /// `binary_data: true|false` overrides `binary_data_output` for this output.
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
 }
@@ -644,6 +785,54 @@ fn spec_has_no_fill(lv: &LoadedVersion, feature: &str) -> bool {
     })
 }
 
+/// The answer to an inference request (its JSON part, with the binary extension).
+#[derive(Serialize, ToSchema)]
+pub struct InferResponse<'a> {
+    pub model_name: &'a str,
+    pub model_version: String,
+    /// The request's `id`, echoed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Present when the request raised warnings (unknown categories).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<InferParametersView<'a>>,
+    pub outputs: Vec<OutputTensorView<'a>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InferParametersView<'a> {
+    /// One per instance and feature, naming both.
+    pub warnings: &'a [String],
+}
+
+/// One output tensor: its data inline, or its size in the binary data after the JSON.
+#[derive(Serialize, ToSchema)]
+pub struct OutputTensorView<'a> {
+    pub name: &'static str,
+    pub datatype: &'static str,
+    pub shape: &'a [usize],
+    /// Flat, row-major; absent when the tensor is sent as binary data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<TensorDataView<'a>>,
+    /// Present when the tensor is sent as binary data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<BinaryDataView>,
+}
+
+/// Numbers (FP32 outputs) or strings (BYTES outputs).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TensorDataView<'a> {
+    Numbers(&'a [f32]),
+    Strings(&'a [String]),
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BinaryDataView {
+    /// Bytes of this tensor in the binary data, in output order.
+    pub binary_data_size: usize,
+}
+
 /// One output tensor of the answer.
 struct OutTensor {
     name: &'static str,
@@ -787,34 +976,61 @@ async fn infer_on(
         outputs = selected;
         binary = flags;
     }
+    let mut res = encode(&lv, req.id, &decoded.warnings, &outputs, &binary);
+    let h = res.headers_mut();
+    h.insert("x-queue-time", ms_header(computed.queue_time));
+    h.insert("x-inference-time", ms_header(computed.compute_time));
+    h.insert("x-batch-size", HeaderValue::from(computed.batch_rows));
+    Ok(res)
+}
+
+/// The answer: JSON, or JSON followed by the tensors sent as binary data (the extension's
+/// `application/octet-stream` body, its JSON length in `Inference-Header-Content-Length`).
+fn encode(
+    lv: &LoadedVersion,
+    id: Option<String>,
+    warnings: &[String],
+    outputs: &[OutTensor],
+    binary: &[bool],
+) -> Response {
     let mut blob = Vec::new();
-    let views: Vec<Value> = outputs
+    let views = outputs
         .iter()
-        .zip(&binary)
+        .zip(binary)
         .map(|(o, &bin)| {
-            let mut v = json!({"name": o.name, "datatype": o.datatype, "shape": o.shape});
-            if bin {
+            let (data, parameters) = if bin {
                 let bytes = o.bytes();
-                v["parameters"] = json!({"binary_data_size": bytes.len()});
+                let size = bytes.len();
                 blob.extend_from_slice(&bytes);
+                (
+                    None,
+                    Some(BinaryDataView {
+                        binary_data_size: size,
+                    }),
+                )
             } else if o.datatype == "BYTES" {
-                v["data"] = json!(o.strings);
+                (Some(TensorDataView::Strings(&o.strings)), None)
             } else {
-                v["data"] = json!(o.numbers);
+                (Some(TensorDataView::Numbers(&o.numbers)), None)
+            };
+            OutputTensorView {
+                name: o.name,
+                datatype: o.datatype,
+                shape: &o.shape,
+                data,
+                parameters,
             }
-            v
         })
         .collect();
-    let mut answer =
-        json!({"model_name": lv.name, "model_version": lv.version.to_string(), "outputs": views});
-    if let Some(id) = req.id {
-        answer["id"] = Value::String(id);
-    }
-    if !decoded.warnings.is_empty() {
-        answer["parameters"] = json!({"warnings": decoded.warnings});
-    }
+    let answer = InferResponse {
+        model_name: &lv.name,
+        model_version: lv.version.to_string(),
+        id,
+        parameters: (!warnings.is_empty()).then_some(InferParametersView { warnings }),
+        outputs: views,
+    };
     let json_bytes = serde_json::to_vec(&answer).expect("answers serialize");
-    let mut res = if blob.is_empty() {
+    if blob.is_empty() {
         (
             [(
                 header::CONTENT_TYPE,
@@ -838,12 +1054,7 @@ async fn infer_on(
         r.headers_mut()
             .insert(HEADER_LENGTH, HeaderValue::from(json_len));
         r
-    };
-    let h = res.headers_mut();
-    h.insert("x-queue-time", ms_header(computed.queue_time));
-    h.insert("x-inference-time", ms_header(computed.compute_time));
-    h.insert("x-batch-size", HeaderValue::from(computed.batch_rows));
-    Ok(res)
+    }
 }
 
 /// Reads the body up to the limit (any content type: the binary extension is not JSON).
@@ -855,6 +1066,30 @@ async fn read_body(state: &AppState, body: axum::body::Body) -> Result<Bytes, Er
 }
 
 /// `POST /v2/models/{name}/infer`
+#[utoipa::path(
+    post,
+    path = "/v2/models/{name}/infer",
+    operation_id = "v2_infer",
+    tag = "v2",
+    summary = "Run the default version (shares its batcher queue with v1 requests)",
+    params(ModelPath, Timeout, BinaryHeader),
+    request_body(
+        description = "JSON, or with the binary extension: `application/octet-stream`, the \
+            JSON part (its length in `Inference-Header-Content-Length`) followed by the tensors \
+            whose `binary_data_size` it gives, in input order",
+        content((InferRequest = "application/json"), ("application/octet-stream")),
+    ),
+    responses(
+        (
+            status = 200,
+            description = "JSON, or `application/octet-stream` when outputs are sent as binary \
+                data: the JSON part, then the tensors in output order",
+            content((InferResponse = "application/json"), ("application/octet-stream")),
+            headers(("inference-header-content-length" = usize, description = "Length of the JSON part (binary answers)")),
+        ),
+        InferErrors,
+    ),
+)]
 pub async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -866,6 +1101,30 @@ pub async fn infer(
 }
 
 /// `POST /v2/models/{name}/versions/{version}/infer`
+#[utoipa::path(
+    post,
+    path = "/v2/models/{name}/versions/{version}/infer",
+    operation_id = "v2_version_infer",
+    tag = "v2",
+    summary = "Run one version",
+    params(VersionPath, Timeout, BinaryHeader),
+    request_body(
+        description = "JSON, or with the binary extension: `application/octet-stream`, the \
+            JSON part (its length in `Inference-Header-Content-Length`) followed by the tensors \
+            whose `binary_data_size` it gives, in input order",
+        content((InferRequest = "application/json"), ("application/octet-stream")),
+    ),
+    responses(
+        (
+            status = 200,
+            description = "JSON, or `application/octet-stream` when outputs are sent as binary \
+                data: the JSON part, then the tensors in output order",
+            content((InferResponse = "application/json"), ("application/octet-stream")),
+            headers(("inference-header-content-length" = usize, description = "Length of the JSON part (binary answers)")),
+        ),
+        InferErrors,
+    ),
+)]
 pub async fn version_infer(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,

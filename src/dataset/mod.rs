@@ -40,6 +40,7 @@ mod upload;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 pub use profile::{Categories, ColumnProfile, ColumnSummary, Profile};
 pub use store::{DatasetInfo, DatasetStore, DEFAULT_MAX_UPLOAD_BYTES};
@@ -90,7 +91,7 @@ impl DatasetError {
 }
 
 /// The format of an uploaded file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Delimited text with a header line (RFC 4180 quoting).
@@ -142,7 +143,7 @@ impl Format {
 }
 
 /// The field delimiter of a CSV file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Delimiter {
     Comma,

@@ -24,6 +24,7 @@ use std::fmt;
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use utoipa::ToSchema;
 
 use super::table::{Column, ColumnType, ColumnValues, InvalidCell, Table, MISSING_CODE};
 
@@ -33,15 +34,15 @@ const FEW_DISTINCT: usize = 20;
 /// At most this many category levels are listed.
 const MAX_CATEGORIES: usize = 100;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Profile {
     pub rows: usize,
-    /// Rows that exactly repeat an earlier row (see [`Table::duplicate_rows`]).
+    /// Rows that exactly repeat an earlier row.
     pub duplicates: usize,
     pub columns: Vec<ColumnProfile>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ColumnProfile {
     pub name: String,
     pub dtype: ColumnType,
@@ -52,7 +53,7 @@ pub struct ColumnProfile {
 }
 
 /// The part of a column's profile that depends on its type.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum ColumnSummary {
     /// Float, integer and boolean columns.
@@ -69,6 +70,8 @@ pub enum ColumnSummary {
         invalid_examples: Vec<InvalidCell>,
     },
     Category {
+        /// Level → count, most frequent first.
+        #[schema(value_type = std::collections::BTreeMap<String, usize>)]
         categories: Categories,
         /// Set only when `categories` does not list every level.
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::profile::Profile;
 use super::{DatasetError, Delimiter, Format};
@@ -30,7 +31,7 @@ const INVALID_EXAMPLES: usize = 5;
 const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0; // 2^53
 
 /// The type inferred for a column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ColumnType {
     Float,
@@ -51,7 +52,7 @@ impl ColumnType {
 }
 
 /// An unparseable cell in a numeric column, kept as an example for reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InvalidCell {
     /// 1-based data row.
     pub row: usize,

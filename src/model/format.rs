@@ -4,6 +4,7 @@
 //! beside it in `model.safetensors` under PyTorch's tensor names.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::preprocess::Preprocessing;
 
@@ -30,7 +31,7 @@ pub struct ModelSpec {
     pub training: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
     Classification,
@@ -51,7 +52,7 @@ pub struct InputSignature {
     pub features: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InputDType {
     #[default]
@@ -70,7 +71,7 @@ impl InputDType {
 }
 
 /// Element-wise activations, usable as a layer or inline on `dense` and conv layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
     Linear,
@@ -84,14 +85,14 @@ pub enum Activation {
 }
 
 /// A convolution's padding: explicit zeros per side (PyTorch) or Keras' `"valid"` / `"same"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Padding {
     Explicit(usize),
     Named(PaddingMode),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaddingMode {
     Valid,
@@ -105,7 +106,7 @@ impl Default for Padding {
 }
 
 /// Weight initializers (used by training; ignored when weights are loaded).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Initializer {
     #[default]
@@ -136,7 +137,7 @@ fn default_momentum() -> f64 {
 
 /// One layer of the sequential list. `name` prefixes its tensors (`<name>.weight`) and
 /// defaults to the layer's index in the list, as `torch.nn.Sequential` numbers its modules.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LayerSpec {
     Dense {

@@ -15,11 +15,12 @@
 
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::error::{Result, TrainingError};
 
 /// A loss as named in the training configuration (Keras' names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Loss {
     /// Logits `[N, C]`, integer class ids `[N]` (any dtype holding whole numbers).

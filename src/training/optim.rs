@@ -48,6 +48,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::error::{Result, TrainingError};
 
@@ -59,7 +60,7 @@ pub const STATE_PREFIX: &str = "optim.";
 // === config ===
 
 /// `{"type": "sgd" | "adam" | "adamw" | "rmsprop", ...}`. Omitted fields take Keras' defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OptimizerConfig {
     Sgd(SgdConfig),
@@ -70,7 +71,7 @@ pub enum OptimizerConfig {
     RmsProp(RmsPropConfig),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SgdConfig {
     #[serde(alias = "lr")]
@@ -81,7 +82,7 @@ pub struct SgdConfig {
     pub clipnorm: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdamConfig {
     #[serde(alias = "lr")]
@@ -95,7 +96,7 @@ pub struct AdamConfig {
     pub clipnorm: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdamWConfig {
     #[serde(alias = "lr")]
@@ -109,7 +110,7 @@ pub struct AdamWConfig {
     pub clipnorm: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RmsPropConfig {
     #[serde(alias = "lr")]
@@ -298,7 +299,7 @@ impl OptimizerConfig {
 
 /// A per-epoch learning-rate schedule: `{"type": "step", "step_size": 10, "gamma": 0.5}` or
 /// `{"type": "cosine", "min_learning_rate": 0.0}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ScheduleConfig {
     /// `lr · gamma^⌊epoch / step_size⌋` (PyTorch's `StepLR`; gamma defaults to its 0.1).

@@ -4,6 +4,7 @@
 //! checked before the job is queued, so a bad spec is a 400, not a failed job.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::losses::Loss;
 use super::optim::{OptimizerConfig, ScheduleConfig};
@@ -16,7 +17,7 @@ use crate::preprocess::{Encoding, PreprocessOptions};
 use crate::registry::valid_model_name;
 
 /// A job spec as sent. Field names are an API: clients script against them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Name of the model to produce (a new version is published under it).
@@ -44,7 +45,7 @@ pub struct JobSpec {
 }
 
 /// Keras' `compile` + `fit` settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainingOptions {
     pub optimizer: OptimizerConfig,
@@ -82,7 +83,7 @@ impl Default for TrainingOptions {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MetricName {
     Accuracy,
@@ -104,7 +105,7 @@ impl MetricName {
 }
 
 /// Stop when the monitored value has not improved for `patience` epochs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct EarlyStopping {
     /// `loss`, `val_loss`, or `val_<metric>` / `<metric>` of the reported metrics.
@@ -134,7 +135,7 @@ impl EarlyStopping {
 }
 
 /// A spec with every default filled in and checked against its dataset.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ResolvedSpec {
     #[serde(flatten)]
     pub spec: JobSpec,

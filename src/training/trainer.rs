@@ -12,6 +12,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::error::TrainingError;
 use super::init::init_model;
@@ -26,7 +27,7 @@ use crate::model::layers::{Layer, ParamGrads};
 use crate::model::Model;
 
 /// One epoch's numbers: an SSE event, a row of the job's history, a progress-bar line.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EpochEvent {
     pub epoch: u32,
     pub epochs: u32,

@@ -5,6 +5,7 @@ mod auth;
 mod batching;
 mod fuzz;
 mod import;
+mod openapi;
 mod ops;
 mod process;
 mod reload;
