@@ -15,6 +15,7 @@ use serde_json::Value;
 /// A kiln server running in this process, serving `models_dir` over a real socket.
 pub struct Server {
     pub base: String,
+    pub addr: SocketAddr,
     /// The server's data directory (datasets, job database, checkpoints).
     pub data: tempfile::TempDir,
     pub client: reqwest::Client,
@@ -48,6 +49,7 @@ impl Server {
         }));
         let server = Server {
             data,
+            addr,
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             shutdown: Some(tx),
