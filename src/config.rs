@@ -42,7 +42,7 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Training jobs that run at the same time (each on one thread).
     pub max_concurrent_jobs: usize,
-    /// The accept loop: connection limit, read timeouts.
+    /// The accept loop: connection limit, read timeouts, TLS.
     pub connections: ConnectionConfig,
     /// Per-model overrides, by model name.
     pub models: BTreeMap<String, ModelConfig>,
@@ -62,16 +62,25 @@ pub struct BatchConfig {
 }
 
 /// What the accept loop (`server`) needs: how many connections, how long a client may
-/// take.
+/// take, and the TLS files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionConfig {
     /// Open connections at most; beyond it new ones wait in the kernel's backlog.
     pub max_connections: usize,
     /// Longest wait for a request's headers, counted from the end of the previous answer on
-    /// a keep-alive connection (so it is the idle timeout too).
+    /// a keep-alive connection (so it is the idle timeout too); also bounds a TLS handshake.
     pub header_read_timeout: Duration,
     /// Longest a request body may stall (no bytes) before the request is answered 408.
     pub body_read_timeout: Duration,
+    /// `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Which versions of a model are served.
@@ -125,6 +134,8 @@ struct FileConfig {
     max_connections: Option<usize>,
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     #[serde(default)]
     batching: FileBatching,
     #[serde(default)]
@@ -227,6 +238,12 @@ pub struct Overrides {
     /// Longest a request body may stall before 408, in milliseconds.
     #[arg(long, env = "KILN_BODY_READ_TIMEOUT_MS")]
     pub body_read_timeout_ms: Option<u64>,
+    /// TLS certificate chain (PEM); with --tls-key, kiln serves HTTPS.
+    #[arg(long, env = "KILN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "KILN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The built-in defaults; `config/kiln.toml` states the same values.
@@ -513,10 +530,24 @@ fn resolve_connections(f: &FileConfig, o: &Overrides) -> Result<ConnectionConfig
                 .into(),
         ));
     }
+    let cert = o.tls_cert.clone().or_else(|| f.tls_cert.clone());
+    let key = o.tls_key.clone().or_else(|| f.tls_key.clone());
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(ConfigError::Invalid(
+                "TLS needs both tls_cert and tls_key (--tls-cert and --tls-key, \
+                 KILN_TLS_CERT and KILN_TLS_KEY); only one is set"
+                    .into(),
+            ))
+        }
+    };
     Ok(ConnectionConfig {
         max_connections,
         header_read_timeout: Duration::from_millis(header_ms),
         body_read_timeout: Duration::from_millis(body_ms),
+        tls,
     })
 }
 
@@ -599,6 +630,16 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::from_toml("", &o).is_err());
+        let o = Overrides {
+            tls_cert: Some("cert.pem".into()),
+            ..Default::default()
+        };
+        let err = Config::from_toml("", &o).unwrap_err().to_string();
+        assert!(err.contains("tls_key") && err.contains("only one"), "{err}");
+        let err = Config::from_toml("tls_key = \"k.pem\"", &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls_cert"), "{err}");
         let err = Config::from_toml("max_connections = 0", &Overrides::default())
             .unwrap_err()
             .to_string();
@@ -606,19 +647,30 @@ mod tests {
     }
 
     #[test]
-    fn connection_settings_layer() {
+    fn connection_settings_layer_and_tls_needs_both_files() {
         let o = Overrides {
             max_connections: Some(8),
+            tls_key: Some("k.pem".into()),
             ..Default::default()
         };
-        let c = Config::from_toml("max_connections = 2\nbody_read_timeout_ms = 300", &o)
-            .unwrap()
-            .connections;
+        let c = Config::from_toml(
+            "max_connections = 2\nbody_read_timeout_ms = 300\ntls_cert = \"c.pem\"",
+            &o,
+        )
+        .unwrap()
+        .connections;
         assert_eq!(c.max_connections, 8);
         assert_eq!(c.body_read_timeout, Duration::from_millis(300));
         assert_eq!(
             c.header_read_timeout,
             Duration::from_millis(defaults::HEADER_READ_TIMEOUT_MS)
+        );
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
         );
     }
 }

@@ -7,7 +7,7 @@
 //! - [`registry`]: name → version → state; the loader (the only way in) and the watcher.
 //! - [`batcher`]: per-version queue, batching policy and worker threads.
 //! - [`api`]: the HTTP edge (TF Serving's REST API, health).
-//! - [`server`]: the accept loop: connection limit, read timeouts.
+//! - [`server`]: the accept loop: connection limit, read timeouts, TLS.
 //!
 //! # The prediction flow
 //! ```text
@@ -64,6 +64,13 @@ pub async fn serve(
             None
         }
     };
+    // Before anything starts: a missing or invalid certificate is a startup error.
+    let tls = config
+        .connections
+        .tls
+        .as_ref()
+        .map(server::tls::acceptor)
+        .transpose()?;
     let metrics = Arc::new(metrics::Metrics::new());
     let registry = Arc::new(registry::Registry::new(
         config.clone(),
@@ -106,7 +113,8 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .context("reading the listening address")?;
-    tracing::info!(%addr, max_connections = config.connections.max_connections, models = %config.models_dir.display(), device = %config.device, workers = config.workers, threads = config.threads, "kiln listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, max_connections = config.connections.max_connections, models = %config.models_dir.display(), device = %config.device, workers = config.workers, threads = config.threads, "kiln listening");
 
     let drain_jobs = jobs.clone();
     let stop = async move {
@@ -119,7 +127,7 @@ pub async fn serve(
         // Running jobs stop at their next step and go back to the queue (checkpoint kept).
         drain_jobs.shutdown();
     };
-    let server = server::Server::new(&config.connections, api::router(state), &metrics);
+    let server = server::Server::new(&config.connections, tls, api::router(state), &metrics);
     // The accept loop runs on a runtime worker, as `axum::serve` did when spawned.
     let open = tokio::spawn(server.serve_until(listener, stop))
         .await

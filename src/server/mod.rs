@@ -1,11 +1,13 @@
 //! The accept loop, kiln's own rather than `axum::serve`, for what that one lacks: a limit
-//! on open connections, header and body read timeouts and TCP_NODELAY.
+//! on open connections, header and body read timeouts, TCP_NODELAY and TLS.
 //!
 //! The loop runs in one task (spawned by `serve`); each accepted *connection* gets a task of
-//! its own, which runs hyper's HTTP/1.1 connection with the router as its service. Per request, the only work added to what `axum::serve` did is
+//! its own, which does the TLS handshake if any, then runs hyper's HTTP/1.1 connection with
+//! the router as its service. Per request, the only work added to what `axum::serve` did is
 //! wrapping the body in [`body::IdleTimeout`] (no allocation until a body has to wait).
 
 pub mod body;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,8 +20,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::ConnectionConfig;
 use crate::metrics::Metrics;
@@ -29,12 +33,22 @@ pub struct Server {
     app: Router,
     /// hyper's HTTP/1.1 settings: keep-alive, the header read timeout and its timer.
     http: http1::Builder,
+    tls: Option<TlsAcceptor>,
+    /// Also bounds the TLS handshake.
+    header_read_timeout: Duration,
     body_read_timeout: Duration,
     slots: Slots,
 }
 
 impl Server {
-    pub fn new(cfg: &ConnectionConfig, app: Router, metrics: &Metrics) -> Server {
+    /// `tls`: the acceptor built from `cfg.tls` (see [`tls::acceptor`]), loaded by the
+    /// caller first so that a bad certificate stops the start before anything runs.
+    pub fn new(
+        cfg: &ConnectionConfig,
+        tls: Option<TlsAcceptor>,
+        app: Router,
+        metrics: &Metrics,
+    ) -> Server {
         let mut http = http1::Builder::new();
         // hyper runs this timer from the moment it starts reading a request head, which on
         // a keep-alive connection is the end of the previous answer: it closes both a
@@ -44,6 +58,8 @@ impl Server {
         Server {
             app,
             http,
+            tls,
+            header_read_timeout: cfg.header_read_timeout,
             body_read_timeout: cfg.body_read_timeout,
             slots: Slots {
                 semaphore: Arc::new(Semaphore::new(cfg.max_connections)),
@@ -89,7 +105,7 @@ impl Server {
                     continue;
                 }
             };
-            // Answers are written whole, but server-sent events are not:
+            // Answers are written whole, but server-sent events and TLS records are not:
             // without it, Nagle's algorithm can hold a small write for a delayed ACK.
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "TCP_NODELAY not set");
@@ -101,8 +117,23 @@ impl Server {
         graceful
     }
 
-    /// One connection, to its close. `_slot` is released when the task ends.
+    /// One connection, from the TLS handshake (if any) to its close. `_slot` is released
+    /// when the task ends.
     async fn connection(self: Arc<Self>, stream: TcpStream, watcher: Watcher, _slot: Slot) {
+        let Some(acceptor) = &self.tls else {
+            return self.http(stream, watcher).await;
+        };
+        match tokio::time::timeout(self.header_read_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => self.http(tls, watcher).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!("TLS handshake timed out"),
+        }
+    }
+
+    async fn http<IO>(&self, io: IO, watcher: Watcher)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let app = self.app.clone();
         let body_read_timeout = self.body_read_timeout;
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
@@ -114,7 +145,7 @@ impl Server {
                 req.map(|b| body::IdleTimeout::new(b, body_read_timeout)),
             )
         });
-        let conn = self.http.serve_connection(TokioIo::new(stream), service);
+        let conn = self.http.serve_connection(TokioIo::new(io), service);
         if let Err(e) = watcher.watch(conn).await {
             // A header read timeout, a client gone mid-request, a malformed request.
             tracing::debug!(error = %e, "connection closed with an error");

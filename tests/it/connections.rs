@@ -1,10 +1,13 @@
-//! The accept loop against real sockets: the connection limit and slow clients (headers,
-//! idle keep-alive, stalled bodies). Raw TCP where a client library would hide what is
+//! The accept loop against real sockets: the connection limit, slow clients (headers, idle
+//! keep-alive, stalled bodies) and TLS. Raw TCP where a client library would hide what is
 //! tested (how many connections, what is sent when). Timings: only generous upper bounds
 //! ("closed within 10 s when the timeout is 300 ms") and, for a wait that must *not* end,
 //! a short window.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -14,9 +17,11 @@ use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_rustls::rustls;
 
 use crate::util::*;
 
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 const GENEROUS: Duration = Duration::from_secs(10);
 
 // `read` and `write_all` by hand: kiln builds tokio without `io-util` (its `Ext` traits), and
@@ -261,4 +266,149 @@ async fn a_stalled_body_is_408_and_a_slow_steady_upload_is_not() {
         .await;
     assert_eq!(status, 200);
     s.stop().await;
+}
+
+fn tls_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls")
+}
+
+/// A client that trusts only the test certificate (names and dates checked as usual).
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(tls_dir().join("cert.pem")).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+async fn https(addr: SocketAddr, request: &str) -> std::io::Result<Option<(u16, String, String)>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tls_connector().connect(name, tcp).await?;
+    write_all(&mut tls, request.as_bytes()).await?;
+    Ok(read_response(&mut tls).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_https_and_refuses_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path(), "mlp", 1, &mlp_spec(6));
+    let toml = format!(
+        "header_read_timeout_ms = 500\ntls_cert = {:?}\ntls_key = {:?}",
+        tls_dir().join("cert.pem"),
+        tls_dir().join("key.pem")
+    );
+    let s = Server::start(dir.path(), &toml).await;
+    assert!(s.base.starts_with("https://"));
+    let ready = "GET /health/ready HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(https(s.addr, ready).await, Ok(Some((200, _, _)))) {
+        assert!(
+            Instant::now() < deadline,
+            "the TLS server did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let body = json!({"instances": [[1, 2, 3, 4, 5, 6]]}).to_string();
+    let predict = format!(
+        "POST /v1/models/mlp:predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, answer) = https(s.addr, &predict).await.unwrap().unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["predictions"][0].as_array().unwrap().len(), 3);
+
+    // Plain HTTP to the TLS port: no answer, the connection is closed.
+    let mut plain = TcpStream::connect(s.addr).await.unwrap();
+    write_all(
+        &mut plain,
+        b"GET /health/live HTTP/1.1\r\nHost: kiln\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = timeout(GENEROUS, read_until_closed(&mut plain))
+        .await
+        .expect("a plain HTTP client is disconnected");
+    assert!(!String::from_utf8_lossy(&got).contains("HTTP/1.1"));
+    assert!(s
+        .client
+        .get(s.url("/health/live").replace("https", "http"))
+        .send()
+        .await
+        .is_err());
+
+    // A client that never starts its handshake is disconnected (header_read_timeout_ms).
+    let mut silent = TcpStream::connect(s.addr).await.unwrap();
+    timeout(GENEROUS, read_until_closed(&mut silent))
+        .await
+        .expect("a silent client is disconnected");
+
+    // The container HEALTHCHECK probe, given the certificate, speaks TLS.
+    let addr = s.addr.to_string();
+    let probe = tokio::task::spawn_blocking(move || {
+        let with = Command::new(KILN)
+            .args(["health", "--addr", &addr, "--tls-cert"])
+            .arg(tls_dir().join("cert.pem"))
+            .output()
+            .unwrap();
+        let without = Command::new(KILN)
+            .args(["health", "--addr", &addr])
+            .env_remove("KILN_TLS_CERT")
+            .output()
+            .unwrap();
+        (with, without)
+    })
+    .await
+    .unwrap();
+    assert!(
+        probe.0.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.0.stderr)
+    );
+    assert!(!probe.1.status.success());
+    s.stop().await;
+}
+
+#[test]
+fn tls_startup_errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = tls_dir().join("cert.pem");
+    let key = tls_dir().join("key.pem");
+    let missing = dir.path().join("missing.pem");
+    let cases: [(&[&Path], &str); 4] = [
+        (&[&cert], "only one is set"),
+        (&[&missing, &key], "reading the TLS certificate"),
+        (&[&key, &key], "holds no CERTIFICATE block"),
+        (&[&cert, &cert], "holds no PEM private key"),
+    ];
+    for (files, expected) in cases {
+        let mut cmd = Command::new(KILN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--models"])
+            .arg(dir.path())
+            .arg("--data")
+            .arg(dir.path())
+            .env_remove("KILN_CONFIG")
+            .env_remove("KILN_TLS_CERT")
+            .env_remove("KILN_TLS_KEY")
+            .current_dir(dir.path());
+        cmd.arg("--tls-cert").arg(files[0]);
+        if let Some(k) = files.get(1) {
+            cmd.arg("--tls-key").arg(k);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "expected {expected:?} in: {err}");
+    }
 }

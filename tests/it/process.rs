@@ -240,6 +240,9 @@ fn help_names_every_flag_and_variable() {
         "--header-read-timeout-ms",
         "--body-read-timeout-ms",
         "KILN_MAX_CONNECTIONS",
+        "--tls-cert",
+        "--tls-key",
+        "KILN_TLS_CERT",
     ] {
         assert!(text.contains(flag), "serve --help lacks {flag}");
     }
