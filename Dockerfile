@@ -7,6 +7,9 @@
 # Run:  docker run -p 8080:8080 -v "$PWD/models:/models" kiln
 # The server listens on 0.0.0.0:8080, serves /models, keeps datasets and jobs in /data,
 # and reads /config/kiln.toml (mount your own over it). It runs as a non-root user.
+# HTTPS without a terminating load balancer: mount the PEM files (readable by that user) and
+#   -e KILN_TLS_CERT=/tls/cert.pem -e KILN_TLS_KEY=/tls/key.pem -v "$PWD/tls:/tls:ro"
+# (HEALTHCHECK's `kiln health` reads KILN_TLS_CERT too and then probes over TLS).
 
 ARG RUST_VERSION=1.95
 

@@ -42,6 +42,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Training jobs that run at the same time (each on one thread).
     pub max_concurrent_jobs: usize,
+    /// The accept loop: connection limit, read timeouts, TLS.
+    pub connections: ConnectionConfig,
     /// Per-model overrides, by model name.
     pub models: BTreeMap<String, ModelConfig>,
 }
@@ -57,6 +59,28 @@ pub struct BatchConfig {
     pub queue_capacity: usize,
     /// Default deadline of a request, overridable per request with `X-Request-Timeout-Ms`.
     pub request_timeout: Duration,
+}
+
+/// What the accept loop (`server`) needs: how many connections, how long a client may
+/// take, and the TLS files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// Open connections at most; beyond it new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Longest wait for a request's headers, counted from the end of the previous answer on
+    /// a keep-alive connection (so it is the idle timeout too); also bounds a TLS handshake.
+    pub header_read_timeout: Duration,
+    /// Longest a request body may stall (no bytes) before the request is answered 408.
+    pub body_read_timeout: Duration,
+    /// `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Which versions of a model are served.
@@ -107,6 +131,11 @@ struct FileConfig {
     cors_origins: Option<Vec<String>>,
     max_upload_bytes: Option<u64>,
     max_concurrent_jobs: Option<usize>,
+    max_connections: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     #[serde(default)]
     batching: FileBatching,
     #[serde(default)]
@@ -200,6 +229,21 @@ pub struct Overrides {
     /// Training jobs that run at the same time.
     #[arg(long, env = "KILN_MAX_CONCURRENT_JOBS")]
     pub max_concurrent_jobs: Option<usize>,
+    /// Open connections at most; beyond it new ones wait until one closes.
+    #[arg(long, env = "KILN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Longest wait for a request's headers (and idle keep-alive time), in milliseconds.
+    #[arg(long, env = "KILN_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Longest a request body may stall before 408, in milliseconds.
+    #[arg(long, env = "KILN_BODY_READ_TIMEOUT_MS")]
+    pub body_read_timeout_ms: Option<u64>,
+    /// TLS certificate chain (PEM); with --tls-key, kiln serves HTTPS.
+    #[arg(long, env = "KILN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "KILN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The built-in defaults; `config/kiln.toml` states the same values.
@@ -221,6 +265,9 @@ pub mod defaults {
     pub const MAX_ROWS_PER_REQUEST: usize = 100_000;
     pub const MAX_UPLOAD_BYTES: u64 = 100 * 1024 * 1024;
     pub const MAX_CONCURRENT_JOBS: usize = 1;
+    pub const MAX_CONNECTIONS: usize = 4096;
+    pub const HEADER_READ_TIMEOUT_MS: u64 = 65_000;
+    pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +327,7 @@ impl Config {
     fn resolve(f: FileConfig, o: &Overrides) -> Result<Config, ConfigError> {
         use defaults as d;
         let invalid = |m: String| ConfigError::Invalid(m);
+        let connections = resolve_connections(&f, o)?;
         let listen_s = o
             .listen
             .clone()
@@ -405,6 +453,7 @@ impl Config {
             listen,
             max_upload_bytes,
             max_concurrent_jobs,
+            connections,
             models_dir: o
                 .models_dir
                 .clone()
@@ -459,6 +508,47 @@ fn resolve_batching(base: BatchConfig, f: &FileBatching) -> BatchConfig {
             .request_timeout_ms
             .map_or(base.request_timeout, Duration::from_millis),
     }
+}
+
+fn resolve_connections(f: &FileConfig, o: &Overrides) -> Result<ConnectionConfig, ConfigError> {
+    use defaults as d;
+    let max_connections = o
+        .max_connections
+        .or(f.max_connections)
+        .unwrap_or(d::MAX_CONNECTIONS);
+    let header_ms = o
+        .header_read_timeout_ms
+        .or(f.header_read_timeout_ms)
+        .unwrap_or(d::HEADER_READ_TIMEOUT_MS);
+    let body_ms = o
+        .body_read_timeout_ms
+        .or(f.body_read_timeout_ms)
+        .unwrap_or(d::BODY_READ_TIMEOUT_MS);
+    if max_connections == 0 || header_ms == 0 || body_ms == 0 {
+        return Err(ConfigError::Invalid(
+            "max_connections, header_read_timeout_ms and body_read_timeout_ms must be positive"
+                .into(),
+        ));
+    }
+    let cert = o.tls_cert.clone().or_else(|| f.tls_cert.clone());
+    let key = o.tls_key.clone().or_else(|| f.tls_key.clone());
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(ConfigError::Invalid(
+                "TLS needs both tls_cert and tls_key (--tls-cert and --tls-key, \
+                 KILN_TLS_CERT and KILN_TLS_KEY); only one is set"
+                    .into(),
+            ))
+        }
+    };
+    Ok(ConnectionConfig {
+        max_connections,
+        header_read_timeout: Duration::from_millis(header_ms),
+        body_read_timeout: Duration::from_millis(body_ms),
+        tls,
+    })
 }
 
 fn validate_batching(at: &str, b: &BatchConfig) -> Result<(), ConfigError> {
@@ -540,5 +630,47 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::from_toml("", &o).is_err());
+        let o = Overrides {
+            tls_cert: Some("cert.pem".into()),
+            ..Default::default()
+        };
+        let err = Config::from_toml("", &o).unwrap_err().to_string();
+        assert!(err.contains("tls_key") && err.contains("only one"), "{err}");
+        let err = Config::from_toml("tls_key = \"k.pem\"", &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls_cert"), "{err}");
+        let err = Config::from_toml("max_connections = 0", &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_connections"), "{err}");
+    }
+
+    #[test]
+    fn connection_settings_layer_and_tls_needs_both_files() {
+        let o = Overrides {
+            max_connections: Some(8),
+            tls_key: Some("k.pem".into()),
+            ..Default::default()
+        };
+        let c = Config::from_toml(
+            "max_connections = 2\nbody_read_timeout_ms = 300\ntls_cert = \"c.pem\"",
+            &o,
+        )
+        .unwrap()
+        .connections;
+        assert_eq!(c.max_connections, 8);
+        assert_eq!(c.body_read_timeout, Duration::from_millis(300));
+        assert_eq!(
+            c.header_read_timeout,
+            Duration::from_millis(defaults::HEADER_READ_TIMEOUT_MS)
+        );
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
     }
 }

@@ -32,6 +32,9 @@ pub enum Error {
     /// The request body is larger than the configured limit.
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    /// The request body stalled (no bytes) longer than `body_read_timeout_ms`.
+    #[error("the request body stalled: no bytes for {} ms", .0.as_millis())]
+    BodyTimeout(Duration),
     /// More instances than one request may carry.
     #[error("{rows} instances in one request; the limit is {limit}: split the request")]
     TooManyRows { rows: usize, limit: usize },

@@ -7,6 +7,7 @@
 //! - [`registry`]: name → version → state; the loader (the only way in) and the watcher.
 //! - [`batcher`]: per-version queue, batching policy and worker threads.
 //! - [`api`]: the HTTP edge (TF Serving's REST API, health).
+//! - [`server`]: the accept loop: connection limit, read timeouts, TLS.
 //!
 //! # The prediction flow
 //! ```text
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod registry;
+pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
@@ -71,6 +73,13 @@ pub async fn serve(
             None
         }
     };
+    // Before anything starts: a missing or invalid certificate is a startup error.
+    let tls = config
+        .connections
+        .tls
+        .as_ref()
+        .map(server::tls::acceptor)
+        .transpose()?;
     let metrics = Arc::new(metrics::Metrics::new());
     let registry = Arc::new(registry::Registry::new(
         config.clone(),
@@ -103,7 +112,7 @@ pub async fn serve(
         health: health.clone(),
         datasets,
         jobs: jobs.clone(),
-        metrics,
+        metrics: metrics.clone(),
         keys,
     });
     if !config.models_dir.is_dir() {
@@ -113,42 +122,36 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .context("reading the listening address")?;
-    tracing::info!(%addr, models = %config.models_dir.display(), device = %config.device, workers = config.workers, threads = config.threads, "kiln listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, max_connections = config.connections.max_connections, models = %config.models_dir.display(), device = %config.device, workers = config.workers, threads = config.threads, "kiln listening");
 
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let drain_health = health.clone();
     let drain_jobs = jobs.clone();
-    let app = api::router(state);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let stop = async move {
         let drain = shutdown.await;
-        drain_health.start_draining();
+        health.start_draining();
         if !drain.delay.is_zero() {
             // Readiness already answers 503; keep serving so the load balancer can notice.
             tokio::time::sleep(drain.delay).await;
         }
         // Running jobs stop at their next step and go back to the queue (checkpoint kept).
         drain_jobs.shutdown();
-        let _ = signalled_tx.send(());
-    });
-    let mut server = tokio::spawn(async move { server.await });
-    let result = tokio::select! {
-        r = &mut server => r,
-        _ = signalled_rx => {
-            // Listening has stopped; in-flight requests finish within the drain timeout.
-            match tokio::time::timeout(config.drain_timeout, &mut server).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!(timeout_ms = config.drain_timeout.as_millis() as u64, "drain timeout passed; exiting with requests in flight");
-                    server.abort();
-                    Ok(Ok(()))
-                }
-            }
-        }
     };
+    let server = server::Server::new(&config.connections, tls, api::router(state), &metrics);
+    // The accept loop runs on a runtime worker, as `axum::serve` did when spawned.
+    let open = tokio::spawn(server.serve_until(listener, stop))
+        .await
+        .context("the accept loop failed")?;
+    // Listening has stopped; in-flight requests finish within the drain timeout.
+    if tokio::time::timeout(config.drain_timeout, open.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout_ms = config.drain_timeout.as_millis() as u64,
+            "drain timeout passed; exiting with requests in flight"
+        );
+    }
     watcher.abort();
-    result
-        .context("the server task failed")?
-        .context("serving HTTP")?;
     tracing::info!("kiln stopped");
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -67,6 +68,10 @@ enum Command {
         /// Path to probe.
         #[arg(long, default_value = "/health/ready")]
         path: String,
+        /// The server's TLS certificate (PEM): when given, the probe speaks HTTPS and trusts
+        /// exactly that certificate (no CA or name check, so 127.0.0.1 works).
+        #[arg(long, env = "KILN_TLS_CERT")]
+        tls_cert: Option<PathBuf>,
     },
 }
 
@@ -92,7 +97,11 @@ fn main() -> ExitCode {
         Command::Serve { config, overrides } => serve(config, &overrides),
         Command::Check { dir, device } => check(&dir, &device),
         Command::Train(args) => train::run(&args),
-        Command::Health { addr, path } => health(&addr, &path),
+        Command::Health {
+            addr,
+            path,
+            tls_cert,
+        } => health(&addr, &path, tls_cert.as_deref()),
         Command::Keys {
             command: KeysCommand::New { name, scopes, file },
         } => new_key(&name, &scopes, &file),
@@ -177,9 +186,9 @@ fn check(dir: &std::path::Path, device: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A minimal HTTP/1.1 GET over a TCP socket: no client library, no shell, no curl needed in
-/// the runtime image.
-fn health(addr: &str, path: &str) -> anyhow::Result<()> {
+/// A minimal HTTP/1.1 GET over a TCP socket (in TLS with `tls_cert`): no client library, no
+/// shell, no curl needed in the runtime image.
+fn health(addr: &str, path: &str, tls_cert: Option<&std::path::Path>) -> anyhow::Result<()> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
     let timeout = std::time::Duration::from_secs(3);
@@ -188,15 +197,31 @@ fn health(addr: &str, path: &str) -> anyhow::Result<()> {
         .with_context(|| format!("resolving {addr}"))?
         .next()
         .with_context(|| format!("{addr} resolves to no address"))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&sock, timeout)
+    let stream = std::net::TcpStream::connect_timeout(&sock, timeout)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut stream: Box<dyn ReadWrite> = match tls_cert {
+        None => Box::new(stream),
+        Some(cert) => {
+            let config = kiln::server::tls::probe_config(cert)?;
+            // The name is not checked (the certificate is pinned); any valid one will do.
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost")
+                .expect("a valid DNS name");
+            let conn = tokio_rustls::rustls::ClientConnection::new(Arc::new(config), name)
+                .context("starting TLS")?;
+            Box::new(tokio_rustls::rustls::StreamOwned::new(conn, stream))
+        }
+    };
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    )
+    .with_context(|| format!("sending the probe to {addr}"))?;
     let mut head = [0u8; 64];
-    let n = stream.read(&mut head)?;
+    let n = stream
+        .read(&mut head)
+        .with_context(|| format!("reading the answer from {addr}"))?;
     let status_line = String::from_utf8_lossy(&head[..n]);
     let code = status_line.split_whitespace().nth(1).unwrap_or("");
     if code == "200" {
@@ -206,6 +231,9 @@ fn health(addr: &str, path: &str) -> anyhow::Result<()> {
         anyhow::bail!("{path} answered {code:?}")
     }
 }
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 
 fn import(
     weights: &std::path::Path,

@@ -56,6 +56,10 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_seconds: Family<RouteLabels, Histogram>,
+    /// Open HTTP connections (the accept loop counts them; see `server`).
+    pub http_connections: Gauge,
+    /// Times the accept loop stopped accepting because `max_connections` were open.
+    pub http_connection_limit_reached: Counter,
     queue_seconds: Family<ModelLabels, Histogram>,
     compute_seconds: Family<ModelLabels, Histogram>,
     batch_rows: Family<ModelLabels, Histogram>,
@@ -96,6 +100,8 @@ impl Metrics {
             (|| Histogram::new(exponential_buckets(1.0, 2.0, 12))) as fn() -> Histogram,
         );
         let rejected = Family::<RejectLabels, Counter>::default();
+        let http_connections = Gauge::default();
+        let http_connection_limit_reached = Counter::default();
         let queue_depth = Family::<ModelLabels, Gauge>::default();
         let models = Family::<StateLabels, Gauge>::default();
         let jobs = Family::<StateLabels, Gauge>::default();
@@ -111,6 +117,16 @@ impl Metrics {
             "http_request_duration_seconds",
             "Time to answer an HTTP request, by route",
             http_seconds.clone(),
+        );
+        registry.register(
+            "http_connections",
+            "Open HTTP connections",
+            http_connections.clone(),
+        );
+        registry.register(
+            "http_connection_limit_reached",
+            "Times kiln stopped accepting connections because max_connections were open",
+            http_connection_limit_reached.clone(),
         );
         registry.register(
             "queue_duration_seconds",
@@ -158,6 +174,8 @@ impl Metrics {
             registry,
             http_requests,
             http_seconds,
+            http_connections,
+            http_connection_limit_reached,
             queue_seconds,
             compute_seconds,
             batch_rows,
@@ -247,6 +265,8 @@ mod tests {
             "kiln_rejected_requests_total{model=\"iris\",version=\"1\",reason=\"queue_full\"} 1",
             "kiln_process_resident_memory_bytes ",
             "# TYPE kiln_queue_duration_seconds histogram",
+            "kiln_http_connections 0",
+            "kiln_http_connection_limit_reached_total 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -154,9 +154,11 @@ pub async fn upload(
             Ok(f) => f,
             Err(e) => {
                 upload.abort().await;
-                return Err(
-                    Error::InvalidDataset(format!("the upload was interrupted: {e}")).into(),
-                );
+                return Err(match crate::server::body::timed_out(&e) {
+                    Some(t) => Error::BodyTimeout(t),
+                    None => Error::InvalidDataset(format!("the upload was interrupted: {e}")),
+                }
+                .into());
             }
         };
         if let Ok(data) = frame.into_data() {

@@ -28,6 +28,7 @@ pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
         Error::InvalidModelName(_) => (StatusCode::BAD_REQUEST, "invalid_model_name"),
         Error::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+        Error::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
         Error::TooManyRows { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_rows"),
         Error::UnsupportedMediaType(_) => {
             (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
@@ -84,6 +85,10 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if matches!(self.0, Error::BodyTimeout(_)) {
+            // The rest of the body may still come; the connection cannot be reused.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if matches!(self.0, Error::Unauthorized(_)) {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -108,6 +113,7 @@ mod tests {
             (Error::ModelNotFound("m".into()), 404),
             (Error::MalformedJson("x".into()), 400),
             (Error::BodyTooLarge { limit: 1 }, 413),
+            (Error::BodyTimeout(Duration::from_secs(1)), 408),
             (Error::UnsupportedMediaType("text/csv".into()), 415),
             (
                 Error::QueueFull {

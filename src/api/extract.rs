@@ -40,7 +40,7 @@ impl FromRequest<AppState> for JsonBody {
         let body: Body = req.into_body();
         let bytes = axum::body::to_bytes(body, limit)
             .await
-            .map_err(|_| Error::BodyTooLarge { limit })?;
+            .map_err(|e| body_error(&e, limit))?;
         Ok(JsonBody(bytes))
     }
 }
@@ -73,6 +73,15 @@ impl<S: Sync> axum::extract::FromRequestParts<S> for Deadline {
                 ))
                 .into()
             })
+    }
+}
+
+/// Why reading a body up to `limit` failed: it stalled (408), or it was too large (413; a
+/// client that went away mid-body gets the same, and never reads it).
+pub fn body_error(e: &axum::Error, limit: usize) -> Error {
+    match crate::server::body::timed_out(e) {
+        Some(t) => Error::BodyTimeout(t),
+        None => Error::BodyTooLarge { limit },
     }
 }
 

@@ -177,7 +177,7 @@ pub async fn upload(
     while let Some(field) = form
         .next_field()
         .await
-        .map_err(|e| Error::InvalidInput(format!("multipart body: {e}")))?
+        .map_err(|e| multipart_error(&e, "multipart body"))?
     {
         let key = field
             .file_name()
@@ -187,7 +187,7 @@ pub async fn upload(
         let bytes = field
             .bytes()
             .await
-            .map_err(|e| Error::InvalidInput(format!("multipart part '{key}': {e}")))?;
+            .map_err(|e| multipart_error(&e, &format!("multipart part '{key}'")))?;
         match key.as_str() {
             SPEC_FILE | "spec" => spec = Some(bytes),
             WEIGHTS_FILE | "weights" => weights = Some(bytes),
@@ -252,6 +252,14 @@ pub async fn upload(
         }),
     )
         .into_response())
+}
+
+/// A multipart body that stalled is 408; anything else wrong with it is the client's 400.
+fn multipart_error(e: &axum::extract::multipart::MultipartError, at: &str) -> Error {
+    match crate::server::body::timed_out(e) {
+        Some(t) => Error::BodyTimeout(t),
+        None => Error::InvalidInput(format!("{at}: {e}")),
+    }
 }
 
 /// Moves a directory out of the watcher's sight at once, then removes it.

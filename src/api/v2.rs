@@ -1062,7 +1062,7 @@ async fn read_body(state: &AppState, body: axum::body::Body) -> Result<Bytes, Er
     let limit = state.config.body_limit;
     axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| Error::BodyTooLarge { limit })
+        .map_err(|e| super::extract::body_error(&e, limit))
 }
 
 /// `POST /v2/models/{name}/infer`

@@ -3,6 +3,7 @@
 mod api;
 mod auth;
 mod batching;
+mod connections;
 mod fuzz;
 mod import;
 mod openapi;

@@ -236,6 +236,13 @@ fn help_names_every_flag_and_variable() {
         "KILN_DATA",
         "KILN_DEVICE",
         "KILN_CONFIG",
+        "--max-connections",
+        "--header-read-timeout-ms",
+        "--body-read-timeout-ms",
+        "KILN_MAX_CONNECTIONS",
+        "--tls-cert",
+        "--tls-key",
+        "KILN_TLS_CERT",
     ] {
         assert!(text.contains(flag), "serve --help lacks {flag}");
     }

@@ -15,6 +15,7 @@ use serde_json::Value;
 /// A kiln server running in this process, serving `models_dir` over a real socket.
 pub struct Server {
     pub base: String,
+    pub addr: SocketAddr,
     /// The server's data directory (datasets, job database, checkpoints).
     pub data: tempfile::TempDir,
     pub client: reqwest::Client,
@@ -23,7 +24,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts kiln with `toml` as its config file and waits until `/health/ready` says 200.
+    /// Starts kiln with `toml` as its config file and waits until `/health/ready` says 200
+    /// (over plain HTTP: a TLS server is not waited for).
     pub async fn start(models_dir: &Path, toml: &str) -> Server {
         let data = tempfile::tempdir().unwrap();
         let overrides = Overrides {
@@ -32,6 +34,7 @@ impl Server {
             ..Default::default()
         };
         let config = Config::from_toml(toml, &overrides).expect("test config is valid");
+        let tls = config.connections.tls.is_some();
         // Logs are captured per test and shown for failures (RUST_LOG=debug for more).
         let filter =
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -48,12 +51,15 @@ impl Server {
         }));
         let server = Server {
             data,
-            base: format!("http://{addr}"),
+            addr,
+            base: format!("{}://{addr}", if tls { "https" } else { "http" }),
             client: reqwest::Client::new(),
             shutdown: Some(tx),
             handle: Some(handle),
         };
-        server.wait_ready().await;
+        if !tls {
+            server.wait_ready().await;
+        }
         server
     }
 
