@@ -322,6 +322,7 @@ error_set! {
         Error::ModelNotFound(S),
         Error::VersionNotFound { name: S, version: S, detail: S },
         Error::BodyTooLarge { limit: 0 },
+        Error::BodyTimeout(std::time::Duration::ZERO),
         Error::TooManyRows { rows: 0, limit: 0 },
         Error::UnsupportedMediaType(S),
         Error::ModelUnavailable { name: S, reason: S },
@@ -336,6 +337,7 @@ error_set! {
         Error::InvalidModelName(S),
         Error::InvalidModel(S),
         Error::BodyTooLarge { limit: 0 },
+        Error::BodyTimeout(std::time::Duration::ZERO),
         Error::Internal(S),
     ];
     /// Deleting a model or one of its versions.
@@ -357,6 +359,7 @@ error_set! {
     DatasetUploadErrors = [
         Error::InvalidDataset(S),
         Error::BodyTooLarge { limit: 0 },
+        Error::BodyTimeout(std::time::Duration::ZERO),
         Error::UnsupportedMediaType(S),
         Error::Internal(S),
     ];
@@ -368,6 +371,7 @@ error_set! {
     SubmitErrors = [
         Error::InvalidSpec(S),
         Error::BodyTooLarge { limit: 0 },
+        Error::BodyTimeout(std::time::Duration::ZERO),
         Error::UnsupportedMediaType(S),
         Error::Internal(S),
     ];
