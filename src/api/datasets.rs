@@ -5,7 +5,9 @@ use std::future::poll_fn;
 use std::pin::Pin;
 
 use axum::body::{Body, HttpBody};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use super::extract::{Path, Query};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;

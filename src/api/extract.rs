@@ -85,6 +85,50 @@ pub fn body_error(e: &axum::Error, limit: usize) -> Error {
     }
 }
 
+/// axum's `Path`, refused with our JSON error shape (400 `invalid_input`: e.g. a segment
+/// that is not valid UTF-8 once percent-decoded) instead of axum's plain text.
+pub struct Path<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(e) => Err(Error::InvalidInput(format!("path: {}", e.body_text())).into()),
+        }
+    }
+}
+
+/// axum's `Query`, refused with our JSON error shape (400 `invalid_input`, naming the
+/// parameter) instead of axum's plain text.
+pub struct Query<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(e) => Err(Error::InvalidInput(format!("query string: {}", e.body_text())).into()),
+        }
+    }
+}
+
 /// The verbs a `POST /v1/models/{name}:{verb}` may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verb {

@@ -1,6 +1,8 @@
 //! Model listing, TF Serving's status and metadata endpoints.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::extract::Path;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;

@@ -305,6 +305,14 @@ async fn a_job_trains_publishes_and_serves_with_named_features() {
     assert!(list["jobs"].as_array().unwrap().is_empty());
     let (code, _) = s.get("/v1/training-jobs?state=bogus").await;
     assert_eq!(code, 400);
+    // A query string axum cannot read is our JSON error too, naming the parameter.
+    for bad in ["limit=lots", "colour=red"] {
+        let (code, body) = s.get(&format!("/v1/training-jobs?{bad}")).await;
+        assert_eq!(code, 400, "{bad}");
+        assert_eq!(body["code"], "invalid_input", "{bad}: {body}");
+        let key = bad.split('=').next().unwrap();
+        assert!(body["error"].as_str().unwrap().contains(key), "{bad}: {body}");
+    }
     // Following a finished job replays its events and ends.
     assert_eq!(follow(&s, &id).await.len(), 31);
 }
