@@ -546,14 +546,20 @@ fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<InferRequest, Error
 /// `inference-header-content-length` header gives, binary tensors after it), then its inputs
 /// checked against `model`'s signature. Every error is a 4xx kind. The handler reads the
 /// request's `parameters` and `outputs` too; this is the door for fuzz targets.
-pub fn decode_infer(model: &Model, headers: &HeaderMap, body: &[u8]) -> Result<Decoded, Error> {
+pub fn decode_infer(
+    model: &Model,
+    headers: &HeaderMap,
+    body: &[u8],
+    max_rows: usize,
+) -> Result<Decoded, Error> {
     let req = parse_request(headers, body)?;
-    to_rows(model, req.inputs)
+    to_rows(model, req.inputs, max_rows)
 }
 
-/// The model rows of a request: one raw tensor, or one input per feature.
-fn to_rows(model: &Model, inputs: Vec<InferInput>) -> Result<Decoded, Error> {
-    let spec = InputSpec::of(model);
+/// The model rows of a request: one raw tensor, or one input per feature; more than
+/// `max_rows` instances are refused before their rows are built.
+fn to_rows(model: &Model, inputs: Vec<InferInput>, max_rows: usize) -> Result<Decoded, Error> {
+    let spec = InputSpec::of(model).with_max_rows(max_rows);
     if inputs.is_empty() {
         return Err(Error::InvalidInput("inputs is empty".into()));
     }
@@ -775,7 +781,7 @@ async fn infer_on(
         .and_then(|p| p.get("binary_data_output"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let decoded = to_rows(&lv.model, req.inputs)?;
+    let decoded = to_rows(&lv.model, req.inputs, state.config.max_rows_per_request)?;
     let computed = compute(state, &lv, decoded.rows, decoded.n_rows, timeout).await?;
     let mut outputs = outputs_of(&lv, decoded.n_rows, computed.outputs);
     // Requested outputs: select (in the requested order) and read per-output binary flags.
