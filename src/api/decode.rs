@@ -23,6 +23,10 @@ pub struct InputSpec<'a> {
     /// Exclusive upper bound of ids for an embedding input.
     vocab: Option<usize>,
     row_len: usize,
+    /// Most instances a request may carry (`max_rows_per_request`). Rows past it are counted
+    /// but not kept, so a body of many tiny instances (`{}` filled to 64 values each) cannot
+    /// make the decoder allocate far more than the body's size before it is refused.
+    max_rows: usize,
 }
 
 impl<'a> InputSpec<'a> {
@@ -39,7 +43,26 @@ impl<'a> InputSpec<'a> {
             prep: spec.preprocessing.as_ref(),
             vocab,
             row_len: spec.row_len(),
+            max_rows: usize::MAX,
         }
+    }
+
+    /// Refuses requests of more than `limit` instances ([`Error::TooManyRows`]) without
+    /// holding more than `limit` rows.
+    pub fn with_max_rows(mut self, limit: usize) -> Self {
+        self.max_rows = limit;
+        self
+    }
+
+    /// [`Error::TooManyRows`] when `n` instances are more than the limit.
+    fn check_rows(&self, n: usize) -> Result<(), Error> {
+        if n > self.max_rows {
+            return Err(Error::TooManyRows {
+                rows: n,
+                limit: self.max_rows,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -98,6 +121,15 @@ impl Ctx<'_> {
         format!("{:?}", self.spec.shape)
     }
 
+    /// Ends an instance whose values are in `rows`. Past the row limit the request will be
+    /// refused: the instance is counted (for the message) and dropped.
+    fn end_row(&mut self) {
+        self.n_rows += 1;
+        if self.n_rows > self.spec.max_rows {
+            self.rows.truncate(self.spec.max_rows * self.spec.row_len);
+        }
+    }
+
     /// Encodes one named instance: `values` are (name, value) pairs as sent.
     fn push_named<E: de::Error>(&mut self, values: &[(String, RawValue)]) -> Result<(), E> {
         let Some(features) = self.spec.features else {
@@ -130,9 +162,11 @@ impl Ctx<'_> {
                 let mut warnings = Vec::new();
                 prep.apply(lookup, &mut self.rows, &mut warnings)
                     .map_err(|m| self.err(m))?;
-                for w in warnings {
-                    let at = self.here();
-                    self.warnings.push(format!("{at}: {w}"));
+                if self.n_rows < self.spec.max_rows {
+                    for w in warnings {
+                        let at = self.here();
+                        self.warnings.push(format!("{at}: {w}"));
+                    }
                 }
             }
             None => {
@@ -158,7 +192,7 @@ impl Ctx<'_> {
                 }
             }
         }
-        self.n_rows += 1;
+        self.end_row();
         Ok(())
     }
 
@@ -238,6 +272,7 @@ fn decode(body: &[u8], spec: &InputSpec, kind: Body) -> Result<Decoded, Error> {
         | serde_json::error::Category::Eof
         | serde_json::error::Category::Io => Error::MalformedJson(e.to_string()),
     })?;
+    spec.check_rows(ctx.n_rows)?;
     let layout = ctx.layout.expect("set by Top on success");
     debug_assert_eq!(ctx.rows.len(), ctx.n_rows * spec.row_len);
     Ok(Decoded {
@@ -348,20 +383,46 @@ fn encode_examples<E: de::Error>(
     examples: Vec<NamedRaw>,
     context: Option<&[(String, RawValue)]>,
 ) -> Result<(), E> {
+    let context = context_values(ctx, context.unwrap_or_default())?;
     for (i, ex) in examples.into_iter().enumerate() {
         ctx.path.push(i);
         let mut values = ex.0;
-        if let Some(c) = context {
-            for (k, v) in c {
-                if !values.iter().any(|(n, _)| n == k) {
-                    values.push((k.clone(), v.clone()));
-                }
+        for (k, v) in &context {
+            if !values.iter().any(|(n, _)| n == k) {
+                values.push((k.clone(), v.clone()));
             }
         }
         ctx.push_named(&values)?;
         ctx.path.pop();
     }
     Ok(())
+}
+
+/// The context's values, each a feature of the model (an unknown name would be refused in
+/// every example) and each name once (the first of repeated names counts, as it did when
+/// merged). Checked once, so merging costs features x example size per example, not the
+/// square of a context of a million names.
+fn context_values<'c, E: de::Error>(
+    ctx: &Ctx,
+    context: &'c [(String, RawValue)],
+) -> Result<Vec<&'c (String, RawValue)>, E> {
+    let features = ctx
+        .spec
+        .features
+        .expect("decode_examples checks feature names");
+    let mut kept: Vec<&(String, RawValue)> = Vec::new();
+    for entry in context {
+        if !features.contains(&entry.0) {
+            return Err(E::custom(format!(
+                "context: unknown feature '{}'; the model's features are {features:?}",
+                entry.0
+            )));
+        }
+        if !kept.iter().any(|(n, _)| *n == entry.0) {
+            kept.push(entry);
+        }
+    }
+    Ok(kept)
 }
 
 // === instances: a list of instances ===
@@ -446,7 +507,7 @@ impl<'de> Visitor<'de> for Instance<'_, '_> {
                 .push_lookup(|name| features.iter().position(|f| f == name).map(|i| &values[i]));
         }
         read_dim(ctx, &mut seq, 0)?;
-        ctx.n_rows += 1;
+        ctx.end_row();
         Ok(())
     }
 
@@ -467,7 +528,7 @@ impl<'de> Visitor<'de> for Instance<'_, '_> {
         }
         let v = self.ctx.check_number(x).map_err(|m| self.ctx.err(m))?;
         self.ctx.rows.push(v);
-        self.ctx.n_rows += 1;
+        self.ctx.end_row();
         Ok(())
     }
     fn visit_i64<E: de::Error>(self, x: i64) -> Result<(), E> {
@@ -817,6 +878,7 @@ pub fn rows_from_tensor(
     data: &[f64],
     n: usize,
 ) -> Result<Decoded, Error> {
+    spec.check_rows(n)?;
     let width = spec.raw_width();
     let mut c = ctx(spec, root, n * spec.row_len);
     let bad = |e: Plain| Error::InvalidInput(e.0);
@@ -851,6 +913,7 @@ pub fn rows_from_columns(
     columns: &[(String, Vec<RawValue>)],
     n: usize,
 ) -> Result<Decoded, Error> {
+    spec.check_rows(n)?;
     let mut c = ctx(spec, "inputs", n * spec.row_len);
     for i in 0..n {
         c.path.push(i);
@@ -866,7 +929,7 @@ pub fn rows_from_columns(
 }
 
 #[cfg(test)]
-mod proptests {
+mod tests {
     use proptest::prelude::*;
 
     use super::*;
@@ -1030,5 +1093,87 @@ mod proptests {
                 }
             }
         }
+    }
+
+    /// Named features with fill values: `{}` is a whole instance.
+    fn filled() -> Model {
+        model(
+            serde_json::json!({"format_version": 1, "task": "classification",
+            "input": {"shape": [2], "features": ["a", "b"]},
+            "layers": [{"type": "dense", "units": 2}],
+            "preprocessing": {"features": [
+                {"kind": "numeric", "name": "a", "fill": 1.0},
+                {"kind": "numeric", "name": "b", "fill": 2.0}]}}),
+        )
+    }
+
+    #[test]
+    fn more_instances_than_the_limit_are_counted_and_refused() {
+        let m = filled();
+        let spec = InputSpec::of(&m).with_max_rows(10);
+        let empties = vec!["{}"; 1000].join(",");
+        let ones = vec!["1"; 1000].join(",");
+        let bodies = [
+            (format!(r#"{{"instances": [{empties}]}}"#), false),
+            (format!(r#"{{"inputs": {{"a": [{ones}]}}}}"#), false),
+            (format!(r#"{{"examples": [{empties}]}}"#), true),
+        ];
+        for (body, examples) in &bodies {
+            let r = if *examples {
+                decode_examples(body.as_bytes(), &spec)
+            } else {
+                decode_predict(body.as_bytes(), &spec)
+            };
+            assert!(
+                matches!(
+                    r,
+                    Err(Error::TooManyRows {
+                        rows: 1000,
+                        limit: 10
+                    })
+                ),
+                "{body:.40}: {r:?}"
+            );
+        }
+        let ten = format!(r#"{{"instances": [{}]}}"#, ["{}"; 10].join(","));
+        let d = decode_predict(ten.as_bytes(), &spec).unwrap();
+        assert_eq!((d.n_rows, d.rows.len()), (10, 20));
+        // V2 tensors and columns: refused from the shape, before any row is built.
+        assert!(rows_from_tensor(&spec, "input", &[0.0; 6], 3).is_ok());
+        let small = InputSpec::of(&m).with_max_rows(2);
+        let r = rows_from_tensor(&small, "input", &[0.0; 6], 3);
+        assert!(
+            matches!(r, Err(Error::TooManyRows { rows: 3, limit: 2 })),
+            "{r:?}"
+        );
+        let col = vec![RawValue::Number(1.0); 3];
+        let r = rows_from_columns(&small, &[("a".into(), col)], 3);
+        assert!(
+            matches!(r, Err(Error::TooManyRows { rows: 3, limit: 2 })),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn the_context_is_checked_once_and_its_first_value_of_a_name_counts() {
+        let m = model(
+            serde_json::json!({"format_version": 1, "task": "classification", "input": {"shape": [2], "features": ["u", "v"]},
+            "layers": [{"type": "dense", "units": 2}]}),
+        );
+        let spec = InputSpec::of(&m);
+        let body = br#"{"examples": [{"v": 1}, {"v": 3, "u": 4}], "context": {"u": 2, "u": 5}}"#;
+        let d = decode_examples(body, &spec).unwrap();
+        assert_eq!(d.rows, [2.0, 1.0, 4.0, 3.0]);
+        // Many names: refused at the first unknown one (merging each into each example
+        // cost the square of their number).
+        let names: Vec<String> = (0..20_000).map(|i| format!(r#""k{i}": 1"#)).collect();
+        let body = format!(
+            r#"{{"examples": [{{}}], "context": {{{}}}}}"#,
+            names.join(",")
+        );
+        let err = decode_examples(body.as_bytes(), &spec)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("context: unknown feature 'k0'"), "{err}");
     }
 }

@@ -142,13 +142,14 @@ async fn handle(
     let lv = state.registry.get(name, version)?;
     let timeout = timeout.unwrap_or(lv.batcher.config().request_timeout);
     check_task(&lv, verb)?;
+    let max_rows = state.config.max_rows_per_request;
     let decoded = if body.len() > BLOCKING_DECODE_BYTES {
         let lv2 = lv.clone();
-        tokio::task::spawn_blocking(move || decode(&lv2, verb, &body))
+        tokio::task::spawn_blocking(move || decode(&lv2, verb, &body, max_rows))
             .await
             .map_err(|e| Error::Forward(format!("decoder task failed: {e}")))??
     } else {
-        decode(&lv, verb, &body)?
+        decode(&lv, verb, &body, max_rows)?
     };
     let computed = compute(state, &lv, decoded.rows, decoded.n_rows, timeout).await?;
     Ok(encode(
@@ -188,8 +189,8 @@ pub(crate) async fn compute(
     Ok(computed)
 }
 
-fn decode(lv: &LoadedVersion, verb: Verb, body: &[u8]) -> Result<Decoded, Error> {
-    let spec = InputSpec::of(&lv.model);
+fn decode(lv: &LoadedVersion, verb: Verb, body: &[u8], max_rows: usize) -> Result<Decoded, Error> {
+    let spec = InputSpec::of(&lv.model).with_max_rows(max_rows);
     match verb {
         Verb::Predict => decode_predict(body, &spec),
         Verb::Classify | Verb::Regress => decode_examples(body, &spec),

@@ -29,6 +29,7 @@ use super::openapi::{BinaryHeader, InferErrors, LookupErrors, ModelPath, Timeout
 use super::predict::{class_scores, compute, ms_header, TIMEOUT_HEADER};
 use crate::error::Error;
 use crate::model::format::{InputDType, Task};
+use crate::model::Model;
 use crate::preprocess::RawValue;
 use crate::registry::LoadedVersion;
 use crate::state::AppState;
@@ -683,9 +684,25 @@ fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<InferRequest, Error
     Ok(req)
 }
 
-/// The model rows of a request: one raw tensor, or one input per feature.
-fn to_rows(lv: &LoadedVersion, inputs: Vec<InferInput>) -> Result<Decoded, Error> {
-    let spec = InputSpec::of(&lv.model);
+/// Decodes an infer body into model rows, as `POST /v2/models/{name}/infer` does before its
+/// rows go to the batcher: the JSON part (all of `body`, or the length the
+/// `inference-header-content-length` header gives, binary tensors after it), then its inputs
+/// checked against `model`'s signature. Every error is a 4xx kind. The handler reads the
+/// request's `parameters` and `outputs` too; this is the door for fuzz targets.
+pub fn decode_infer(
+    model: &Model,
+    headers: &HeaderMap,
+    body: &[u8],
+    max_rows: usize,
+) -> Result<Decoded, Error> {
+    let req = parse_request(headers, body)?;
+    to_rows(model, req.inputs, max_rows)
+}
+
+/// The model rows of a request: one raw tensor, or one input per feature; more than
+/// `max_rows` instances are refused before their rows are built.
+fn to_rows(model: &Model, inputs: Vec<InferInput>, max_rows: usize) -> Result<Decoded, Error> {
+    let spec = InputSpec::of(model).with_max_rows(max_rows);
     if inputs.is_empty() {
         return Err(Error::InvalidInput("inputs is empty".into()));
     }
@@ -721,7 +738,7 @@ fn to_rows(lv: &LoadedVersion, inputs: Vec<InferInput>) -> Result<Decoded, Error
             .iter()
             .find(|f| !columns.iter().any(|(c, _)| c == *f))
         {
-            if spec_has_no_fill(lv, missing) {
+            if spec_has_no_fill(model, missing) {
                 return Err(Error::InvalidInput(format!(
                     "feature input '{missing}' is missing"
                 )));
@@ -774,8 +791,8 @@ fn to_rows(lv: &LoadedVersion, inputs: Vec<InferInput>) -> Result<Decoded, Error
     rows_from_tensor(&spec, "input", &data, n)
 }
 
-fn spec_has_no_fill(lv: &LoadedVersion, feature: &str) -> bool {
-    let Some(p) = &lv.model.spec().preprocessing else {
+fn spec_has_no_fill(model: &Model, feature: &str) -> bool {
+    let Some(p) = &model.spec().preprocessing else {
         return true;
     };
     p.features.iter().any(|f| {
@@ -955,7 +972,7 @@ async fn infer_on(
         .and_then(|p| p.get("binary_data_output"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let decoded = to_rows(&lv, req.inputs)?;
+    let decoded = to_rows(&lv.model, req.inputs, state.config.max_rows_per_request)?;
     let computed = compute(state, &lv, decoded.rows, decoded.n_rows, timeout).await?;
     let mut outputs = outputs_of(&lv, decoded.n_rows, computed.outputs);
     // Requested outputs: select (in the requested order) and read per-output binary flags.

@@ -458,7 +458,8 @@ pub fn init_for(init: Initializer, fan_in: usize, fan_out: usize) -> Init {
     }
 }
 
-/// Output length of a convolution or pooling along one axis, if positive.
+/// Output length of a convolution or pooling along one axis, if positive (`None` too when
+/// the sizes overflow: a spec is hostile input).
 fn conv_out(
     len: usize,
     kernel: usize,
@@ -466,8 +467,18 @@ fn conv_out(
     pad: usize,
     dilation: usize,
 ) -> Option<usize> {
-    let span = dilation * (kernel - 1) + 1;
-    (len + 2 * pad).checked_sub(span).map(|x| x / stride + 1)
+    let span = dilation.checked_mul(kernel - 1)?.checked_add(1)?;
+    padded(len, pad)?.checked_sub(span).map(|x| x / stride + 1)
+}
+
+/// `len + 2 * pad`, if it fits.
+fn padded(len: usize, pad: usize) -> Option<usize> {
+    len.checked_add(pad.checked_mul(2)?)
+}
+
+/// The number of values in a tensor of `shape`, if it fits in a `usize`.
+pub fn elements(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
 }
 
 fn resolve_padding(
@@ -480,12 +491,15 @@ fn resolve_padding(
         Padding::Explicit(n) => Ok(n),
         Padding::Named(PaddingMode::Valid) => Ok(0),
         Padding::Named(PaddingMode::Same) => {
-            if stride != 1 || (dilation * (kernel - 1)) % 2 != 0 {
+            let span = dilation.checked_mul(kernel - 1).ok_or_else(|| {
+                format!("kernel_size {kernel} with dilation {dilation} is too large")
+            })?;
+            if stride != 1 || span % 2 != 0 {
                 return Err(
                     "padding \"same\" needs stride 1 and an odd effective kernel size".into(),
                 );
             }
-            Ok(dilation * (kernel - 1) / 2)
+            Ok(span / 2)
         }
     }
 }
@@ -494,6 +508,9 @@ fn resolve_padding(
 pub struct Built {
     pub layers: Vec<Layer>,
     pub output_shape: Vec<usize>,
+    /// Values all layers output for one instance together: what a training step keeps per
+    /// instance for the backward pass.
+    pub activations: usize,
     /// Every tensor name the layers read (to report unused tensors in a weights file).
     pub tensor_names: Vec<String>,
 }
@@ -513,6 +530,13 @@ pub fn build(
     if specs.is_empty() {
         return Err(ModelError::Invalid("the layer list is empty".into()));
     }
+    // Every shape's size is checked to fit, so `build_one` may multiply dimensions freely.
+    if elements(input_shape).is_none() {
+        return Err(ModelError::Invalid(format!(
+            "input shape {input_shape:?} is too large"
+        )));
+    }
+    let mut activations: usize = 0;
     let mut shape = input_shape.to_vec();
     let mut layers = Vec::with_capacity(specs.len());
     let mut names = Vec::new();
@@ -533,12 +557,15 @@ pub fn build(
         let lvb = vb.pp(&prefix);
         let (layer, out) =
             build_one(spec, &shape, &lvb, index, dtype, &mut names, &prefix).map_err(err)?;
+        let n = elements(&out).ok_or_else(|| err(format!("output shape {out:?} is too large")))?;
+        activations = activations.saturating_add(n);
         layers.push(layer);
         shape = out;
     }
     Ok(Built {
         layers,
         output_shape: shape,
+        activations,
         tensor_names: names,
     })
 }
@@ -558,6 +585,11 @@ fn get(
     init: Init,
 ) -> Result<Tensor, String> {
     names.push(format!("{prefix}.{name}"));
+    if elements(shape).is_none() {
+        return Err(format!(
+            "tensor '{prefix}.{name}' of shape {shape:?} is too large"
+        ));
+    }
     vb.get_with_hints(shape, name, init).map_err(|e| {
         format!(
             "tensor '{prefix}.{name}' (expected shape {shape:?}): {}",
@@ -627,11 +659,15 @@ fn build_one(
             }
             (Layer::Dropout(rate as f32), shape.to_vec())
         }
+        // `build` checked that the input shape's size fits.
         LayerSpec::Flatten { .. } => (Layer::Flatten, vec![shape.iter().product()]),
         LayerSpec::Reshape {
             shape: ref target, ..
         } => {
-            let (from, to): (usize, usize) = (shape.iter().product(), target.iter().product());
+            let from: usize = shape.iter().product();
+            let Some(to) = elements(target) else {
+                return Err(format!("reshape target {target:?} is too large"));
+            };
             if from != to || target.is_empty() {
                 return Err(format!(
                     "cannot reshape {shape:?} ({from} values) into {target:?} ({to} values)"
@@ -656,12 +692,14 @@ fn build_one(
             }
             let (c, l) = (shape[0], shape[1]);
             let pad = resolve_padding(padding, kernel_size, stride, dilation)?;
+            let padded_l = padded(l, pad).ok_or_else(|| format!("padding {pad} is too large"))?;
             let lout = conv_out(l, kernel_size, stride, pad, dilation)
-                .ok_or_else(|| format!("kernel {kernel_size} (dilation {dilation}) is longer than the padded input length {}", l + 2 * pad))?;
+                .ok_or_else(|| format!("kernel {kernel_size} (dilation {dilation}) is longer than the padded input length {padded_l}"))?;
+            // Fans only scale the initial weights: saturating is exact enough.
             let init = init_for(
                 initializer.unwrap_or_default(),
-                c * kernel_size,
-                filters * kernel_size,
+                c.saturating_mul(kernel_size),
+                filters.saturating_mul(kernel_size),
             );
             let w = get(
                 vb,
@@ -704,13 +742,20 @@ fn build_one(
             }
             let (c, h, w_) = (shape[0], shape[1], shape[2]);
             let pad = resolve_padding(padding, kernel_size, stride, dilation)?;
+            if padded(h.max(w_), pad).is_none() {
+                return Err(format!("padding {pad} is too large"));
+            }
             let too_big = || {
                 format!("kernel {kernel_size} (dilation {dilation}) is larger than the padded input {}x{}", h + 2 * pad, w_ + 2 * pad)
             };
             let hout = conv_out(h, kernel_size, stride, pad, dilation).ok_or_else(too_big)?;
             let wout = conv_out(w_, kernel_size, stride, pad, dilation).ok_or_else(too_big)?;
-            let k2 = kernel_size * kernel_size;
-            let init = init_for(initializer.unwrap_or_default(), c * k2, filters * k2);
+            let k2 = kernel_size.saturating_mul(kernel_size);
+            let init = init_for(
+                initializer.unwrap_or_default(),
+                c.saturating_mul(k2),
+                filters.saturating_mul(k2),
+            );
             let w = get(
                 vb,
                 names,
@@ -825,18 +870,21 @@ fn build_one(
         } => {
             need_rank(2, "[steps, features]")?;
             let (steps, feat) = (shape[0], shape[1]);
-            let gates = if matches!(spec, LayerSpec::Lstm { .. }) {
+            let gates: usize = if matches!(spec, LayerSpec::Lstm { .. }) {
                 4
             } else {
                 3
             };
             let k = 1.0 / (units as f64).sqrt();
             let u = Init::Uniform { lo: -k, up: k };
+            let rows = gates
+                .checked_mul(units)
+                .ok_or_else(|| format!("units {units} is too large"))?;
             for (n, s) in [
-                ("weight_ih_l0", vec![gates * units, feat]),
-                ("weight_hh_l0", vec![gates * units, units]),
-                ("bias_ih_l0", vec![gates * units]),
-                ("bias_hh_l0", vec![gates * units]),
+                ("weight_ih_l0", vec![rows, feat]),
+                ("weight_hh_l0", vec![rows, units]),
+                ("bias_ih_l0", vec![rows]),
+                ("bias_hh_l0", vec![rows]),
             ] {
                 // Fetch once here so a missing or misshapen tensor is named precisely.
                 get(vb, names, prefix, n, &s, u)?;

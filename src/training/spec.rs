@@ -156,6 +156,16 @@ fn bad<T>(msg: impl Into<String>) -> Result<T, SpecError> {
 /// Most classes a classifier may have (a guard against a continuous target).
 const MAX_CLASSES: usize = 1000;
 
+/// Most parameters a network may have: 80 MB of f32 weights, about four times that while
+/// training (gradients, Adam's two moments). Training runs in the server's process, so a
+/// small spec must not be able to ask for gigabytes.
+pub const MAX_PARAMETERS: usize = 20_000_000;
+
+/// Most values one training batch may hold across all layer outputs (`batch_size` times
+/// [`Built::activations`](crate::model::layers::Built)): 1 GiB of f32, kept for the backward
+/// pass.
+pub const MAX_BATCH_ACTIVATIONS: usize = 1 << 28;
+
 /// The class names of a target column, in output order: sorted categories, or sorted
 /// distinct numbers printed without a trailing `.0`.
 pub fn class_labels(table: &Table, target: &str) -> Vec<String> {
@@ -398,16 +408,23 @@ impl JobSpec {
             },
             labels,
         };
-        // Build the network once on the estimated input: every shape error surfaces now.
+        // Build the network once on the estimated input: every shape error surfaces now. The
+        // weights are counted, not allocated.
         let model_spec = resolved.model_spec(vec![width], None);
-        let vm = candle_nn::VarMap::new();
-        let vb = candle_nn::VarBuilder::from_varmap(
-            &vm,
+        let vb = candle_nn::VarBuilder::from_backend(
+            Box::new(ParameterCount::default()),
             candle_core::DType::F32,
-            &candle_core::Device::Cpu,
+            candle_core::Device::Cpu,
         );
         let built = Model::check_and_build(&model_spec, &vb)
             .map_err(|e| SpecError(format!("layers: {e}")))?;
+        let batch = resolved.spec.training.batch_size;
+        if built.activations.saturating_mul(batch) > MAX_BATCH_ACTIVATIONS {
+            return bad(format!(
+                "layers: a batch of {batch} instances holds {} values per instance across the layers' outputs, more than {MAX_BATCH_ACTIVATIONS} in all: use smaller layers or a smaller training.batch_size",
+                built.activations
+            ));
+        }
         let out: usize = built.output_shape.iter().product();
         if built.output_shape.len() != 1 || out != out_units {
             return bad(format!(
@@ -507,5 +524,121 @@ impl ResolvedSpec {
             preprocessing,
             training: None,
         }
+    }
+}
+
+/// A `VarBuilder` backend that hands out zero-size views instead of weights and refuses a
+/// network of more than [`MAX_PARAMETERS`] parameters, so a spec asking for a dense layer of
+/// 10^12 units is refused before anything is allocated. A tensor fetched twice under one name
+/// (the recurrent layers do) counts once.
+#[derive(Default)]
+struct ParameterCount {
+    /// Tensors met so far, and their total size. The builder runs on one thread; the trait
+    /// needs `Sync`.
+    seen: std::sync::Mutex<(std::collections::HashSet<String>, usize)>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for ParameterCount {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: candle_core::DType,
+        dev: &candle_core::Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        // `layers::get` checked that the size fits in a usize.
+        let n = s.elem_count();
+        let mut seen = self.seen.lock().expect("a builder never panics holding it");
+        if seen.0.insert(name.to_owned()) {
+            seen.1 = seen.1.saturating_add(n);
+        }
+        if seen.1 > MAX_PARAMETERS {
+            candle_core::bail!("the network has more than {MAX_PARAMETERS} parameters");
+        }
+        // A broadcast scalar: the right shape, no storage.
+        candle_core::Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _: candle_core::DType,
+        _: &candle_core::Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        candle_core::bail!("tensor '{name}' has no shape to count")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iris() -> Table {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/iris.csv");
+        crate::dataset::read_table(std::path::Path::new(path), None, None).unwrap()
+    }
+
+    fn resolve(layers: &str, batch_size: usize) -> Result<ResolvedSpec, SpecError> {
+        let body = format!(
+            r#"{{"model": "m", "dataset": "d", "target": "species", "layers": {layers},
+                "training": {{"batch_size": {batch_size}}}}}"#
+        );
+        JobSpec::from_json(body.as_bytes())?.resolve(&iris())
+    }
+
+    /// Layer sizes from a hostile spec: refused with a message, never allocated (a dense
+    /// layer of 10^12 units asked the VarMap for 16 TB) nor overflowed (a panic with
+    /// overflow checks, a wrong shape without).
+    #[test]
+    fn networks_too_large_to_train_are_refused_before_allocating() {
+        let huge = usize::MAX / 2;
+        for (layers, batch, want) in [
+            (
+                r#"[{"type": "dense", "units": 1000000000000}, {"type": "dense", "units": 3}]"#
+                    .to_owned(),
+                32,
+                "more than 20000000 parameters",
+            ),
+            (
+                format!(
+                    r#"[{{"type": "reshape", "shape": [{huge}, 4, 2]}}, {{"type": "flatten"}}, {{"type": "dense", "units": 3}}]"#
+                ),
+                32,
+                "too large",
+            ),
+            (
+                format!(
+                    r#"[{{"type": "reshape", "shape": [1, 2, 2]}}, {{"type": "conv2d", "filters": 1, "kernel_size": 1, "padding": {huge}}}, {{"type": "flatten"}}, {{"type": "dense", "units": 3}}]"#
+                ),
+                32,
+                "too large",
+            ),
+            (
+                format!(
+                    r#"[{{"type": "reshape", "shape": [4, 1]}}, {{"type": "lstm", "units": {huge}}}, {{"type": "dense", "units": 3}}]"#
+                ),
+                32,
+                "too large",
+            ),
+            (
+                r#"[{"type": "dense", "units": 4000}, {"type": "dense", "units": 3}]"#.to_owned(),
+                1 << 20,
+                "training.batch_size",
+            ),
+        ] {
+            let err = resolve(&layers, batch).unwrap_err().0;
+            assert!(err.contains(want), "{layers}: {err}");
+        }
+        // The same shapes at a sane size still resolve.
+        resolve(
+            r#"[{"type": "dense", "units": 4000}, {"type": "dense", "units": 3}]"#,
+            32,
+        )
+        .unwrap();
     }
 }
