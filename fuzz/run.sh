@@ -28,6 +28,10 @@ work="${KILN_FUZZ_WORK:-/var/tmp/kiln-fuzz}"
 # second each under AddressSanitizer), which starves the job_spec target; libFuzzer prints
 # the stack of a crash itself.
 export RUST_BACKTRACE=0
+# The dataset and job_spec targets write their inputs to files (kiln reads datasets from
+# disk): each fuzzer process gets a scratch directory under here, not under /tmp.
+export TMPDIR="$work/tmp"
+mkdir -p "$TMPDIR"
 target_dir="${KILN_FUZZ_TARGET_DIR:-/var/tmp/kiln-fuzz-target}"
 
 if ! rustup toolchain list | grep -q '^nightly'; then
