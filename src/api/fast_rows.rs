@@ -5,9 +5,8 @@
 //! It only ever *accepts*: anything it does not expect (another key, a string, a wrong
 //! length, a syntax error, a non-finite value, an empty list) makes it give up, and the full
 //! decoder in [`super::decode`] runs from the start — so every error message is the full
-//! decoder's, as precise as before. Values are the full decoder's too: numbers are read as
-//! `f64` (exactly, like serde_json: Clinger's fast path for ≤ 19 digits and |exponent| ≤ 22,
-//! the standard library's correctly rounded parser otherwise), then narrowed to `f32`.
+//! decoder's, as precise as before. Each number becomes the `f32` nearest to its decimal
+//! value (see [`Parser::number`]).
 
 /// `(rows, n_rows)` when `body` is `{"instances": [...]}` with every instance a nested array
 /// of exactly `shape` of finite numbers; `None` to let the full decoder answer.
@@ -88,7 +87,7 @@ impl Parser<'_> {
     /// One nested array of exactly `shape`, appended to `out` in row-major order.
     fn tensor(&mut self, shape: &[usize], out: &mut Vec<f32>) -> Option<()> {
         let Some((&n, inner)) = shape.split_first() else {
-            let x = self.number()? as f32;
+            let x = self.number()?;
             if !x.is_finite() {
                 return None;
             }
@@ -105,8 +104,17 @@ impl Parser<'_> {
         self.expect(b']')
     }
 
-    /// A JSON number, strictly by the grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
-    fn number(&mut self) -> Option<f64> {
+    /// A JSON number, strictly by the grammar (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`),
+    /// as the `f32` nearest to its decimal value.
+    ///
+    /// The first 19 significant digits become a `u64` mantissa and the rest only move the
+    /// decimal exponent, so a 17-digit number (what clients holding `float64` send) costs one
+    /// pass and two floating-point operations: `mantissa × 10^exp` in `f64` is then within a
+    /// few `f64` ulps of the exact value, and its rounding to `f32` is the exact value's
+    /// unless the approximation lies within that error of an `f32` rounding boundary. That
+    /// happens for about one number in ten million; those, and exponents out of range, take
+    /// the standard library's correctly rounded parser.
+    fn number(&mut self) -> Option<f32> {
         self.skip_ws();
         let b = self.b;
         let start = self.i;
@@ -117,22 +125,17 @@ impl Parser<'_> {
         }
         let mut mantissa: u64 = 0;
         let mut exp10: i64 = 0;
-        // More than 19 significant digits do not fit: the exact parser takes over.
-        let mut exact = true;
-        let digit = |d: u8, mantissa: &mut u64, exact: &mut bool| {
-            match mantissa
-                .checked_mul(10)
-                .and_then(|m| m.checked_add(u64::from(d - b'0')))
-            {
-                Some(m) => *mantissa = m,
-                None => *exact = false,
-            }
-        };
+        // Below 10^18 another digit always fits in a u64.
+        const ROOM: u64 = 1_000_000_000_000_000_000;
         match b.get(i) {
             Some(b'0') => i += 1,
             Some(b'1'..=b'9') => {
                 while let Some(&d @ b'0'..=b'9') = b.get(i) {
-                    digit(d, &mut mantissa, &mut exact);
+                    if mantissa < ROOM {
+                        mantissa = mantissa * 10 + u64::from(d - b'0');
+                    } else {
+                        exp10 += 1; // a dropped integer digit still scales the value
+                    }
                     i += 1;
                 }
             }
@@ -142,8 +145,10 @@ impl Parser<'_> {
             i += 1;
             let first = i;
             while let Some(&d @ b'0'..=b'9') = b.get(i) {
-                digit(d, &mut mantissa, &mut exact);
-                exp10 -= 1;
+                if mantissa < ROOM {
+                    mantissa = mantissa * 10 + u64::from(d - b'0');
+                    exp10 -= 1;
+                }
                 i += 1;
             }
             if i == first {
@@ -175,21 +180,39 @@ impl Parser<'_> {
             exp10 += if negative_exp { -e } else { e };
         }
         self.i = i;
-        // Clinger: the mantissa and the power of ten are exact doubles, so one IEEE
-        // multiplication or division rounds correctly.
-        if exact && mantissa <= 1 << 53 && (-22..=22).contains(&exp10) {
-            let m = mantissa as f64;
-            let pow = POW10[exp10.unsigned_abs() as usize];
-            let x = if exp10 >= 0 { m * pow } else { m / pow };
-            return Some(if negative { -x } else { x });
+        if mantissa == 0 {
+            return Some(if negative { -0.0 } else { 0.0 });
         }
-        std::str::from_utf8(&b[start..i]).ok()?.parse().ok()
+        let exact = || std::str::from_utf8(&b[start..i]).ok()?.parse::<f32>().ok();
+        // At most three roundings of 2^-53 each, and under 10^-18 from dropped digits.
+        let m = mantissa as f64;
+        let w = match exp10 {
+            0..=22 => m * POW10[exp10 as usize],
+            -22..=-1 => m / POW10[exp10.unsigned_abs() as usize],
+            23..=44 => m * 1e22 * POW10[exp10 as usize - 22],
+            -44..=-23 => m / 1e22 / POW10[exp10.unsigned_abs() as usize - 22],
+            _ => return exact(),
+        };
+        if w < f64::from(f32::MIN_POSITIVE) {
+            return exact(); // f32 subnormals round at another bit
+        }
+        // An f32 keeps the top 23 of an f64's 52 fraction bits: the 29 dropped bits say how
+        // far `w` is from the midpoint between two f32s, in f64 ulps.
+        const DROPPED: u64 = (1 << 29) - 1;
+        const MARGIN: u64 = 64;
+        if (w.to_bits() & DROPPED).abs_diff(1 << 28) <= MARGIN {
+            return exact();
+        }
+        let x = w as f32;
+        Some(if negative { -x } else { x })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::instances;
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
 
     #[test]
     fn reads_the_common_body() {
@@ -200,19 +223,67 @@ mod tests {
         assert_eq!((rows, n), (vec![1.0, 2.0, 3.0, 4.0], 1));
     }
 
+    /// The f32 a body's single number reads as, if the fast path takes it.
+    fn read(s: &str) -> Option<f32> {
+        let body = format!(r#"{{"instances": [[{s}]]}}"#);
+        instances(body.as_bytes(), &[1]).map(|(rows, _)| rows[0])
+    }
+
+    /// The fast path either gives up (only on non-finite values) or reads exactly the f32
+    /// the standard library's correctly rounded parser reads.
+    fn check(s: &str) -> Result<(), TestCaseError> {
+        let want: f32 = s.parse().unwrap();
+        match read(s) {
+            Some(x) => prop_assert_eq!(x.to_bits(), want.to_bits(), "{}", s),
+            None => prop_assert!(!want.is_finite(), "{} gave up", s),
+        }
+        Ok(())
+    }
+
     #[test]
     fn numbers_equal_the_standard_parser() {
         for s in [
             "0.1", "123456789012345678", "1.7976931348623157e308", "4.9e-324", "0.30000000000000004",
             "123456789012345678901234567890", "1e22", "1e23", "9007199254740993", "-0.0000001234",
-            "3.4028235e38", "2.5e-45", "1e-400",
+            "3.4028235e38", "3.4028236e38", "2.5e-45", "1e-400", "1.1754944e-38", "1.1754942e-38",
+            "-0.7234567403793335", "0.000000000000000000000000000000012345678901234567",
+            "1.2345678901234567e-30", "98765432109876543210987654321e-40", "0", "-0", "0.0e5",
+            // 1 + 2^-24 is the midpoint between 1 and the next f32: ties go to even (1), and
+            // anything above it, however little, rounds up.
+            "1.000000059604644775390625", "1.0000000596046447753906251",
+            "1.0000000596046447753906249", "1.00000005960464477539062500000000000001",
         ] {
-            let body = format!(r#"{{"instances": [[{s}]]}}"#);
-            let want = s.parse::<f64>().unwrap() as f32;
-            match instances(body.as_bytes(), &[1]) {
-                Some((rows, 1)) => assert_eq!(rows[0].to_bits(), want.to_bits(), "{s}"),
-                other => assert!(!want.is_finite(), "{s}: {other:?}"),
+            check(s).unwrap();
+        }
+        assert_eq!(read("-0").unwrap().to_bits(), (-0.0f32).to_bits());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Numbers as clients print them (shortest round-trip f64 and f32, fixed and
+        /// exponent notation).
+        #[test]
+        fn any_printed_number(x in any::<f64>(), y in any::<f32>()) {
+            for s in [format!("{x:?}"), format!("{x:e}"), format!("{y:?}"), format!("{y:e}"), format!("{:e}", f64::from(y))] {
+                if !s.contains("inf") && !s.contains("NaN") {
+                    check(&s.replace("e", "E"))?;
+                    check(&s)?;
+                }
             }
+        }
+
+        /// Decimals within a few f64 ulps of a midpoint between two f32s, where reading the
+        /// value through an f64 first would round twice.
+        #[test]
+        fn numbers_next_to_an_f32_midpoint(bits in 0x0080_0000u32..0x7f7f_ffff, k in -300i64..300, neg in any::<bool>()) {
+            let lo = f64::from(f32::from_bits(bits));
+            let hi = f64::from(f32::from_bits(bits + 1));
+            let mid = (lo + hi) / 2.0;
+            let near = f64::from_bits((mid.to_bits() as i64 + k) as u64);
+            let sign = if neg { "-" } else { "" };
+            check(&format!("{sign}{near:e}"))?;
+            check(&format!("{sign}{near:.40e}"))?;
         }
     }
 
