@@ -35,13 +35,11 @@
 //!   single-row clients and compares its rows/s with the same model's in-process forward at
 //!   the batch size the batcher reached (on 1 thread, and on as many threads as workers).
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -56,19 +54,11 @@ use kiln::model::Model;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use common::{boot_binary, env_or, http_status, mib, rss_kib};
+
 const MODEL: &str = "seed";
 const ROW_LEN: usize = 100;
 const OUT_LEN: usize = 10;
-
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v}: not a valid value")),
-        Err(_) => default,
-    }
-}
 
 #[derive(Clone, Debug)]
 struct Settings {
@@ -709,139 +699,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 // === the real binary: start-up and memory ===
 
-/// What the spawned binary's log said, and when (since spawn).
-#[derive(Default, Debug)]
-struct Boot {
-    addr: Option<SocketAddr>,
-    listening: Option<Duration>,
-    model_load_ms: Option<u64>,
-}
-
-/// Spawns `kiln serve` on 127.0.0.1:0 with JSON logs; a thread reads stderr (and keeps
-/// draining it) and reports the listening address.
-fn spawn_kiln(
-    models: &Path,
-    cwd: &Path,
-) -> (Child, Instant, mpsc::Receiver<(String, Value, Instant)>) {
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--models",
-        ])
-        .arg(models)
-        .current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning the kiln binary");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let at = Instant::now();
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                let msg = v["message"].as_str().unwrap_or("").to_owned();
-                let _ = tx.send((msg, v, at));
-            } else {
-                let _ = tx.send((line, Value::Null, at));
-            }
-        }
-    });
-    (child, started, rx)
-}
-
-/// A blocking `GET` that returns the status code (0 when nothing answered).
-fn http_status(addr: SocketAddr, path: &str) -> u16 {
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return 0;
-    };
-    let _ = s.set_nodelay(true);
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return 0;
-    }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let head = String::from_utf8_lossy(&buf[..buf.len().min(16)]);
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Spawns the binary and returns it once `/health/ready` says 200, with the timings.
-fn boot_binary(
-    models: &Path,
-    cwd: &Path,
-) -> (
-    Child,
-    Duration,
-    Boot,
-    mpsc::Receiver<(String, Value, Instant)>,
-) {
-    let (mut child, started, rx) = spawn_kiln(models, cwd);
-    let mut boot = Boot::default();
-    let deadline = started + Duration::from_secs(30);
-    // Learn the port from the "kiln listening" line.
-    while boot.addr.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok((msg, v, at)) => {
-                if msg == "kiln listening" {
-                    boot.listening = Some(at - started);
-                    boot.addr = v["addr"].as_str().and_then(|a| a.parse().ok());
-                }
-            }
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the kiln binary did not log its address in 30 s");
-            }
-        }
-    }
-    let addr = boot.addr.unwrap();
-    let ready = loop {
-        if http_status(addr, "/health/ready") == 200 {
-            break started.elapsed();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the kiln binary was not ready in 30 s");
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    };
-    while let Ok((msg, v, _)) = rx.try_recv() {
-        if msg == "version available" {
-            boot.model_load_ms = v["ms"].as_u64();
-        }
-    }
-    (child, ready, boot, rx)
-}
-
-/// (VmRSS, VmHWM) in KiB.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
 fn bench_binary(s: &Settings, models: &Path, cwd: &Path, client_rt: &tokio::runtime::Runtime) {
     println!("\n== the kiln binary ({}) ==", env!("CARGO_BIN_EXE_kiln"));
     let mut readies = Vec::new();
@@ -849,7 +706,7 @@ fn bench_binary(s: &Settings, models: &Path, cwd: &Path, client_rt: &tokio::runt
     let mut loads = Vec::new();
     let mut kept = None;
     for i in 0..s.starts.max(1) {
-        let (mut child, ready, boot, rx) = boot_binary(models, cwd);
+        let (mut child, ready, boot, rx) = boot_binary(models, cwd, &[]);
         let ms = ready.as_secs_f64() * 1e3;
         let listen_ms = boot.listening.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
         println!(
