@@ -11,7 +11,10 @@
 //!
 //! There is no task between the request and the worker: under load a worker finishing a
 //! batch takes the next one without sleeping, and each request costs one cross-thread
-//! wake-up (its reply) instead of three.
+//! wake-up (its reply) instead of three. An idle worker is woken only when the busy ones
+//! would not be back soon (see [`QueueState::wake_idle`]): with a small model, a second
+//! worker woken for every request computed batches of one or two rows, and the wake-ups
+//! cost more than the wait they saved.
 
 mod policy;
 mod worker;
@@ -55,6 +58,8 @@ impl Entry {
 pub(crate) struct Batch {
     entries: Vec<Entry>,
     rows: usize,
+    /// When a worker took it.
+    started: Instant,
 }
 
 /// The computed output of one entry.
@@ -133,20 +138,65 @@ pub(crate) struct Queue {
 
 pub(crate) struct QueueState {
     pending: Pending,
-    /// Workers blocked on `arrived` with nothing to do (a push wakes one).
+    /// Workers blocked on `arrived` with nothing to do (a push may wake one: [`Self::wake_idle`]).
     idle: usize,
+    /// When each worker now computing a batch started it.
+    busy_since: Vec<Instant>,
+    /// Recent batches' compute time (an exponential moving average); `None` before the first.
+    batch_time: Option<Duration>,
     /// Workers holding a batch open for `max_queue_delay` (a push wakes them all).
     gathering: usize,
     /// Every handle dropped: workers finish what is queued, then exit.
     closed: bool,
 }
 
+/// An idle worker is woken for queued work only when no busy worker is expected to be free
+/// within this long: a wake-up, and the small batch it computes, cost more than the wait.
+const WAKE_AFTER: Duration = Duration::from_micros(50);
+
+impl QueueState {
+    /// Whether queued work should wake an idle worker now, rather than wait for a busy one
+    /// to come back for it (which then takes it, and whatever arrives meanwhile, as one
+    /// batch). Yes when no worker is busy, when a full batch is waiting, when batches take
+    /// long enough that the wait would show (more than [`WAKE_AFTER`]), when the first busy
+    /// worker is late by more than that (stalled, or starved of CPU), and before any batch
+    /// has been timed.
+    fn wake_idle(&self, now: Instant) -> bool {
+        if self.idle == 0 || self.pending.is_empty() {
+            return false;
+        }
+        let (Some(batch_time), Some(&first)) = (self.batch_time, self.busy_since.iter().min())
+        else {
+            return true;
+        };
+        let back = first + batch_time;
+        self.pending.is_full() || now + WAKE_AFTER < back || now > back + WAKE_AFTER
+    }
+
+    /// A worker finished the batch it started at `started`, which took `took`.
+    fn finished(&mut self, started: Instant, took: Duration) {
+        if let Some(i) = self.busy_since.iter().position(|&s| s == started) {
+            self.busy_since.swap_remove(i);
+        }
+        // New batches weigh one quarter: the estimate follows a changing load within a few
+        // batches and one slow batch does not swing it.
+        self.batch_time = Some(match self.batch_time {
+            None => took,
+            Some(t) => (t * 3 + took) / 4,
+        });
+    }
+}
+
 impl Queue {
     /// Takes the next batch, blocking while the queue is empty; `None` once it is closed
     /// and drained. With `max_queue_delay`, a batch smaller than `max_batch_size` waits up
-    /// to that long after its oldest entry arrived for more rows.
-    pub(crate) fn next_batch(&self) -> Option<Batch> {
+    /// to that long after its oldest entry arrived for more rows. `done` is the worker's
+    /// previous batch: when it started and how long it took.
+    pub(crate) fn next_batch(&self, done: Option<(Instant, Duration)>) -> Option<Batch> {
         let mut st = self.state.lock().expect("no thread panics holding the queue lock");
+        if let Some((started, took)) = done {
+            st.finished(started, took);
+        }
         loop {
             while st.pending.is_empty() {
                 if st.closed {
@@ -172,7 +222,15 @@ impl Queue {
                 }
             }
             // Entries past their deadline are answered 504 here; if nothing is left, wait on.
-            if let Some(batch) = st.pending.next_batch(Instant::now()) {
+            let now = Instant::now();
+            if let Some(batch) = st.pending.next_batch(now) {
+                st.busy_since.push(now);
+                // What is left over may need another worker.
+                let wake = st.wake_idle(now);
+                drop(st);
+                if wake {
+                    self.arrived.notify_one();
+                }
                 return Some(batch);
             }
         }
@@ -204,20 +262,29 @@ impl Drop for Inner {
     }
 }
 
-/// Starts `workers` worker threads for one model version. Each pulls batches off the
-/// version's queue itself: no hand-off task between the request and the worker.
+/// Starts `workers` workers for one model version, each on a rayon pool of its own with
+/// `threads` threads (candle's intra-op threads). Each pulls batches off the version's queue
+/// itself: no hand-off task between the request and the worker.
+///
+/// The worker's loop runs *on* its pool, not beside it: candle splits some ops with rayon
+/// (`softmax_last_dim`, the norms, and GEMMs when `threads > 1`), and from a thread outside
+/// any pool each such op is handed to rayon's global pool while the caller sleeps: two
+/// thread wake-ups per op and batch, and every worker's ops queued on the same pool.
 pub fn spawn(
     model: Arc<Model>,
     name: &str,
     version: u64,
     cfg: BatchConfig,
     workers: usize,
+    threads: usize,
     prom: crate::metrics::BatchMetrics,
 ) -> BatcherHandle {
     let queue = Arc::new(Queue {
         state: Mutex::new(QueueState {
             pending: Pending::new(cfg.max_batch_size),
             idle: 0,
+            busy_since: Vec::with_capacity(workers),
+            batch_time: None,
             gathering: 0,
             closed: false,
         }),
@@ -227,10 +294,17 @@ pub fn spawn(
     let stats = Arc::new(Stats::new(prom));
     for i in 0..workers {
         let (model, queue, stats) = (model.clone(), queue.clone(), stats.clone());
-        std::thread::Builder::new()
-            .name(format!("kiln-worker-{name}-{version}-{i}"))
-            .spawn(move || worker::run(&model, &queue, &stats))
-            .expect("spawning a worker thread");
+        let thread_name = format!("kiln-worker-{name}-{version}-{i}");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(move |t| format!("{thread_name}.{t}"))
+            // Forward passes catch their own panics; anything else is logged, not an abort.
+            .panic_handler(|_| tracing::error!("a model worker thread panicked"))
+            .build()
+            .expect("starting a worker's threads");
+        pool.spawn(move || worker::run(&model, &queue, &stats));
+        // The pool's threads exit once the loop returns (the queue closed and drained).
+        drop(pool);
     }
     BatcherHandle {
         inner: Arc::new(Inner {
@@ -351,13 +425,81 @@ impl BatcherHandle {
             });
         }
         st.pending.push(entry);
-        let (idle, gathering) = (st.idle, st.gathering);
+        let gathering = st.gathering;
+        let wake = gathering == 0 && st.wake_idle(enqueued);
         drop(st);
         if gathering > 0 {
             queue.arrived.notify_all();
-        } else if idle > 0 {
+        } else if wake {
             queue.arrived.notify_one();
         }
         Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::policy::{tests::entry, Pending};
+    use super::QueueState;
+    use std::time::{Duration, Instant};
+
+    fn state(idle: usize, max_rows: usize, queued: &[usize], now: Instant) -> QueueState {
+        let mut pending = Pending::new(max_rows);
+        for &rows in queued {
+            // The receivers are dropped: the entries only count rows here.
+            pending.push(entry(rows, 1000, now).0);
+        }
+        QueueState {
+            pending,
+            idle,
+            busy_since: Vec::new(),
+            batch_time: None,
+            gathering: 0,
+            closed: false,
+        }
+    }
+
+    const US: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn an_idle_worker_is_woken_unless_a_busy_one_is_back_soon() {
+        let now = Instant::now();
+        // Nothing queued, or no idle worker: nobody to wake.
+        assert!(!state(1, 64, &[], now).wake_idle(now));
+        assert!(!state(0, 64, &[1], now).wake_idle(now));
+        // No worker busy, or no batch timed yet: wake.
+        let mut st = state(1, 64, &[1], now);
+        assert!(st.wake_idle(now));
+        st.busy_since.push(now);
+        assert!(st.wake_idle(now), "no batch has been timed yet");
+        // Batches of 20 µs: the busy worker is back sooner than a wake-up pays.
+        st.batch_time = Some(20 * US);
+        assert!(!st.wake_idle(now + 5 * US));
+        // …unless it is late by more than that (stalled, or starved of CPU).
+        assert!(!st.wake_idle(now + 60 * US));
+        assert!(st.wake_idle(now + 100 * US));
+        // Batches of 2 ms: a request would wait long for it; wake.
+        st.batch_time = Some(2000 * US);
+        assert!(st.wake_idle(now + 5 * US));
+        assert!(!st.wake_idle(now + 1990 * US), "nearly back");
+        // A full batch waiting wakes a worker however soon the busy one is back.
+        let mut st = state(1, 4, &[2, 2], now);
+        st.busy_since.push(now);
+        st.batch_time = Some(20 * US);
+        assert!(st.wake_idle(now + 5 * US));
+    }
+
+    #[test]
+    fn finishing_a_batch_frees_the_worker_and_updates_the_estimate() {
+        let now = Instant::now();
+        let mut st = state(1, 64, &[1], now);
+        let (a, b) = (now, now + 7 * US);
+        st.busy_since.extend([a, b]);
+        st.finished(a, 100 * US);
+        assert_eq!(st.busy_since, vec![b]);
+        assert_eq!(st.batch_time, Some(100 * US));
+        st.finished(b, 20 * US);
+        assert!(st.busy_since.is_empty());
+        assert_eq!(st.batch_time, Some(80 * US)); // (3·100 + 20) / 4
     }
 }

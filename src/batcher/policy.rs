@@ -52,6 +52,7 @@ impl Pending {
         let mut batch = Batch {
             entries: Vec::new(),
             rows: 0,
+            started: now,
         };
         while let Some(front) = self.entries.front() {
             if batch.rows > 0 && batch.rows + front.n_rows > self.max_rows {
@@ -75,13 +76,13 @@ impl Pending {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::error::Error;
     use std::time::Duration;
     use tokio::sync::oneshot;
 
-    fn entry(
+    pub(crate) fn entry(
         rows: usize,
         deadline_ms: u64,
         now: Instant,

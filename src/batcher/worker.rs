@@ -12,8 +12,15 @@ use crate::model::Model;
 /// The worker loop; returns once every handle of the version is dropped and the queue is
 /// drained.
 pub(super) fn run(model: &Model, queue: &Queue, stats: &Stats) {
-    while let Some(batch) = queue.next_batch() {
+    debug_assert!(
+        rayon::current_thread_index().is_some(),
+        "a worker runs on its own rayon pool (see `batcher::spawn`)"
+    );
+    let mut done = None;
+    while let Some(batch) = queue.next_batch(done) {
+        let started = batch.started;
         compute(model, batch, stats);
+        done = Some((started, started.elapsed()));
     }
 }
 

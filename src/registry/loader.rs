@@ -53,6 +53,7 @@ impl Registry {
                     version,
                     self.config.batching_for(name),
                     self.config.workers,
+                    self.config.threads,
                     self.metrics.for_version(name, version),
                 );
                 tracing::info!(model = name, version, path = %dir.display(), ms = started.elapsed().as_millis() as u64, "version available");
