@@ -59,6 +59,10 @@ pub struct BatchConfig {
     pub queue_capacity: usize,
     /// Default deadline of a request, overridable per request with `X-Request-Timeout-Ms`.
     pub request_timeout: Duration,
+    /// How long a worker that found the queue empty stays awake (yielding its core to any
+    /// other runnable thread) before it sleeps. Zero: it sleeps at once, and every request
+    /// that finds all workers asleep pays for waking one.
+    pub worker_spin: Duration,
 }
 
 /// What the accept loop (`server`) needs: how many connections, how long a client may
@@ -149,6 +153,7 @@ struct FileBatching {
     max_queue_delay_ms: Option<u64>,
     queue_capacity: Option<usize>,
     request_timeout_ms: Option<u64>,
+    worker_spin_us: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -199,6 +204,9 @@ pub struct Overrides {
     /// Default request deadline in milliseconds.
     #[arg(long, env = "KILN_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    /// Microseconds an idle worker stays awake before it sleeps (0: sleeps at once).
+    #[arg(long, env = "KILN_WORKER_SPIN_US")]
+    pub worker_spin_us: Option<u64>,
     /// How often the models directory is scanned, in milliseconds.
     #[arg(long, env = "KILN_POLL_INTERVAL_MS")]
     pub poll_interval_ms: Option<u64>,
@@ -258,6 +266,10 @@ pub mod defaults {
     pub const MAX_QUEUE_DELAY_MS: u64 = 0;
     pub const QUEUE_CAPACITY: usize = 1024;
     pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+    /// Measured on 2 cores (docs/benchmarks.md): 100 µs beat 0, 20, 50 and 250.
+    pub const WORKER_SPIN_US: u64 = 100;
+    /// The most `worker_spin_us` accepts.
+    pub const MAX_WORKER_SPIN_US: u64 = 10_000;
     pub const POLL_INTERVAL_MS: u64 = 2_000;
     pub const BODY_LIMIT_BYTES: usize = 16 * 1024 * 1024;
     pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
@@ -348,6 +360,7 @@ impl Config {
                 max_queue_delay: Duration::from_millis(d::MAX_QUEUE_DELAY_MS),
                 queue_capacity: d::QUEUE_CAPACITY,
                 request_timeout: Duration::from_millis(d::REQUEST_TIMEOUT_MS),
+                worker_spin: Duration::from_micros(d::WORKER_SPIN_US),
             },
             &f.batching,
         );
@@ -358,6 +371,7 @@ impl Config {
                 max_queue_delay_ms: o.max_queue_delay_ms,
                 queue_capacity: o.queue_capacity,
                 request_timeout_ms: o.request_timeout_ms,
+                worker_spin_us: o.worker_spin_us,
             },
         );
         validate_batching("batching", &batching)?;
@@ -380,7 +394,8 @@ impl Config {
             let overridden = m.batching.max_batch_size.is_some()
                 || m.batching.max_queue_delay_ms.is_some()
                 || m.batching.queue_capacity.is_some()
-                || m.batching.request_timeout_ms.is_some();
+                || m.batching.request_timeout_ms.is_some()
+                || m.batching.worker_spin_us.is_some();
             let batching = overridden.then(|| resolve_batching(batching, &m.batching));
             if let Some(b) = &batching {
                 validate_batching(&format!("models.{name}"), b)?;
@@ -507,6 +522,9 @@ fn resolve_batching(base: BatchConfig, f: &FileBatching) -> BatchConfig {
         request_timeout: f
             .request_timeout_ms
             .map_or(base.request_timeout, Duration::from_millis),
+        worker_spin: f
+            .worker_spin_us
+            .map_or(base.worker_spin, Duration::from_micros),
     }
 }
 
@@ -557,6 +575,13 @@ fn validate_batching(at: &str, b: &BatchConfig) -> Result<(), ConfigError> {
             "{at}: max_batch_size, queue_capacity and request_timeout_ms must be positive"
         )));
     }
+    if b.worker_spin > Duration::from_micros(defaults::MAX_WORKER_SPIN_US) {
+        return Err(ConfigError::Invalid(format!(
+            "{at}: worker_spin_us {} is over the limit of {} (10 ms)",
+            b.worker_spin.as_micros(),
+            defaults::MAX_WORKER_SPIN_US
+        )));
+    }
     Ok(())
 }
 
@@ -583,6 +608,7 @@ mod tests {
             [models.iris]
             version_policy = [1, 2]
             max_queue_delay_ms = 5
+            worker_spin_us = 0
             [models.other]
             version_policy = "all"
         "#;
@@ -596,9 +622,10 @@ mod tests {
         assert_eq!(c.batching.max_batch_size, 16);
         let iris = c.batching_for("iris");
         assert_eq!(
-            (iris.max_batch_size, iris.max_queue_delay),
-            (16, Duration::from_millis(5))
+            (iris.max_batch_size, iris.max_queue_delay, iris.worker_spin),
+            (16, Duration::from_millis(5), Duration::ZERO)
         );
+        assert_eq!(c.batching_for("other").worker_spin, Duration::from_micros(100));
         assert_eq!(c.policy_for("iris"), VersionPolicy::Specific(vec![1, 2]));
         assert_eq!(c.policy_for("other"), VersionPolicy::All);
         assert_eq!(c.policy_for("nope"), VersionPolicy::Latest);

@@ -175,8 +175,9 @@ async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Respon
     res
 }
 
-const X_QUEUE_TIME: HeaderName = HeaderName::from_static("x-queue-time");
-const X_INFERENCE_TIME: HeaderName = HeaderName::from_static("x-inference-time");
+pub(crate) const X_QUEUE_TIME: HeaderName = HeaderName::from_static("x-queue-time");
+pub(crate) const X_INFERENCE_TIME: HeaderName = HeaderName::from_static("x-inference-time");
+pub(crate) const X_BATCH_SIZE: HeaderName = HeaderName::from_static("x-batch-size");
 const X_TOTAL_TIME: HeaderName = HeaderName::from_static("x-total-time");
 
 /// The route as a `'static` label. Matched routes are the router's finite set, so each is

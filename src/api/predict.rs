@@ -292,9 +292,9 @@ fn encode(
     )
         .into_response();
     let h = res.headers_mut();
-    h.insert("x-queue-time", ms_header(c.queue_time));
-    h.insert("x-inference-time", ms_header(c.compute_time));
-    h.insert("x-batch-size", HeaderValue::from(c.batch_rows));
+    h.insert(super::X_QUEUE_TIME, ms_header(c.queue_time));
+    h.insert(super::X_INFERENCE_TIME, ms_header(c.compute_time));
+    h.insert(super::X_BATCH_SIZE, HeaderValue::from(c.batch_rows));
     res
 }
 

@@ -997,9 +997,9 @@ async fn infer_on(
     }
     let mut res = encode(&lv, req.id, &decoded.warnings, &outputs, &binary);
     let h = res.headers_mut();
-    h.insert("x-queue-time", ms_header(computed.queue_time));
-    h.insert("x-inference-time", ms_header(computed.compute_time));
-    h.insert("x-batch-size", HeaderValue::from(computed.batch_rows));
+    h.insert(super::X_QUEUE_TIME, ms_header(computed.queue_time));
+    h.insert(super::X_INFERENCE_TIME, ms_header(computed.compute_time));
+    h.insert(super::X_BATCH_SIZE, HeaderValue::from(computed.batch_rows));
     Ok(res)
 }
 

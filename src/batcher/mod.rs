@@ -19,7 +19,7 @@
 mod policy;
 mod worker;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -131,6 +131,8 @@ impl Stats {
 /// pull). The lock is held only to push or to take a batch: never while computing.
 pub(crate) struct Queue {
     state: Mutex<QueueState>,
+    /// Entries pending, mirrored outside the lock for workers spinning before they sleep.
+    queued: AtomicUsize,
     /// Signalled when an entry arrives and a worker is waiting for one, and on close.
     arrived: Condvar,
     cfg: BatchConfig,
@@ -153,6 +155,7 @@ pub(crate) struct QueueState {
 /// An idle worker is woken for queued work only when no busy worker is expected to be free
 /// within this long: a wake-up, and the small batch it computes, cost more than the wait.
 const WAKE_AFTER: Duration = Duration::from_micros(50);
+
 
 impl QueueState {
     /// Whether queued work should wake an idle worker now, rather than wait for a busy one
@@ -188,6 +191,22 @@ impl QueueState {
 }
 
 impl Queue {
+    fn new(cfg: BatchConfig, workers: usize) -> Self {
+        Queue {
+            state: Mutex::new(QueueState {
+                pending: Pending::new(cfg.max_batch_size),
+                idle: 0,
+                busy_since: Vec::with_capacity(workers),
+                batch_time: None,
+                gathering: 0,
+                closed: false,
+            }),
+            arrived: Condvar::new(),
+            queued: AtomicUsize::new(0),
+            cfg,
+        }
+    }
+
     /// Takes the next batch, blocking while the queue is empty; `None` once it is closed
     /// and drained. With `max_queue_delay`, a batch smaller than `max_batch_size` waits up
     /// to that long after its oldest entry arrived for more rows. `done` is the worker's
@@ -198,9 +217,24 @@ impl Queue {
             st.finished(started, took);
         }
         loop {
+            let mut spun = false;
             while st.pending.is_empty() {
                 if st.closed {
                     return None;
+                }
+                if !spun && !self.cfg.worker_spin.is_zero() {
+                    // Stay awake a moment: the next entry is often about to arrive, and then
+                    // no one pays for a wake-up (a futex wake and, on a VM, an inter-processor
+                    // interrupt: the costliest step of a small request). Yielding leaves the
+                    // core to every runnable thread, so this takes no CPU anyone else wants.
+                    spun = true;
+                    drop(st);
+                    let until = Instant::now() + self.cfg.worker_spin;
+                    while self.queued.load(Ordering::Relaxed) == 0 && Instant::now() < until {
+                        std::thread::yield_now();
+                    }
+                    st = self.state.lock().expect("queue lock");
+                    continue;
                 }
                 st.idle += 1;
                 st = self.arrived.wait(st).expect("queue lock");
@@ -223,7 +257,9 @@ impl Queue {
             }
             // Entries past their deadline are answered 504 here; if nothing is left, wait on.
             let now = Instant::now();
-            if let Some(batch) = st.pending.next_batch(now) {
+            let batch = st.pending.next_batch(now);
+            self.queued.store(st.pending.len(), Ordering::Relaxed);
+            if let Some(batch) = batch {
                 st.busy_since.push(now);
                 // What is left over may need another worker.
                 let wake = st.wake_idle(now);
@@ -279,18 +315,7 @@ pub fn spawn(
     threads: usize,
     prom: crate::metrics::BatchMetrics,
 ) -> BatcherHandle {
-    let queue = Arc::new(Queue {
-        state: Mutex::new(QueueState {
-            pending: Pending::new(cfg.max_batch_size),
-            idle: 0,
-            busy_since: Vec::with_capacity(workers),
-            batch_time: None,
-            gathering: 0,
-            closed: false,
-        }),
-        arrived: Condvar::new(),
-        cfg,
-    });
+    let queue = Arc::new(Queue::new(cfg, workers));
     let stats = Arc::new(Stats::new(prom));
     for i in 0..workers {
         let (model, queue, stats) = (model.clone(), queue.clone(), stats.clone());
@@ -425,6 +450,7 @@ impl BatcherHandle {
             });
         }
         st.pending.push(entry);
+        queue.queued.store(st.pending.len(), Ordering::Relaxed);
         let gathering = st.gathering;
         let wake = gathering == 0 && st.wake_idle(enqueued);
         drop(st);
@@ -440,8 +466,74 @@ impl BatcherHandle {
 #[cfg(test)]
 mod tests {
     use super::policy::{tests::entry, Pending};
-    use super::QueueState;
+    use super::{Queue, QueueState};
+    use crate::config::BatchConfig;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
+
+    fn queue(worker_spin: Duration) -> Arc<Queue> {
+        Arc::new(Queue::new(
+            BatchConfig {
+                max_batch_size: 8,
+                max_queue_delay: Duration::ZERO,
+                queue_capacity: 8,
+                request_timeout: Duration::from_secs(10),
+                worker_spin,
+            },
+            1,
+        ))
+    }
+
+    /// Waits up to 10 s for `cond` on the queue's state.
+    fn eventually(q: &Queue, cond: impl Fn(&QueueState) -> bool) -> bool {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if cond(&q.state.lock().unwrap()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    /// Puts an entry in the queue *without* notifying anyone; keep the receiver, or the
+    /// entry counts as abandoned and is skipped.
+    fn push_silently(q: &Queue) -> impl Drop {
+        let mut st = q.state.lock().unwrap();
+        let (e, rx) = entry(1, 10_000, Instant::now());
+        st.pending.push(e);
+        q.queued.store(st.pending.len(), Ordering::Relaxed);
+        rx
+    }
+
+    #[test]
+    fn a_spinning_worker_takes_new_work_without_a_wake_up() {
+        let q = queue(Duration::from_secs(30));
+        let worker = std::thread::spawn({
+            let q = q.clone();
+            move || q.next_batch(None).map(|b| b.rows)
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(q.state.lock().unwrap().idle, 0, "spinning, not asleep");
+        let _rx = push_silently(&q);
+        assert_eq!(worker.join().unwrap(), Some(1));
+    }
+
+    #[test]
+    fn without_spin_an_idle_worker_sleeps_until_woken() {
+        let q = queue(Duration::ZERO);
+        let worker = std::thread::spawn({
+            let q = q.clone();
+            move || q.next_batch(None).map(|b| b.rows)
+        });
+        assert!(eventually(&q, |st| st.idle == 1), "the worker went to sleep");
+        let _rx = push_silently(&q);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!worker.is_finished(), "nobody woke it");
+        q.arrived.notify_one();
+        assert_eq!(worker.join().unwrap(), Some(1));
+    }
 
     fn state(idle: usize, max_rows: usize, queued: &[usize], now: Instant) -> QueueState {
         let mut pending = Pending::new(max_rows);
