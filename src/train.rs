@@ -140,7 +140,15 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         bar
     });
     let mut hooks = Progress { bar };
-    let result = run::train_and_package(&resolved, &data, report, None, &mut hooks, None)
+    // On a rayon pool of its own, as the server's jobs run (`model::device::spawn_compute`):
+    // candle's rayon-split ops then stay on the training thread.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads.max(1))
+        .thread_name(|t| format!("kiln-train-{t}"))
+        .build()
+        .context("starting the training thread")?;
+    let result = pool
+        .install(|| run::train_and_package(&resolved, &data, report, None, &mut hooks, None))
         .map_err(anyhow::Error::msg)?;
     if let Some(bar) = &hooks.bar {
         bar.finish();

@@ -299,13 +299,9 @@ impl Drop for Inner {
 }
 
 /// Starts `workers` workers for one model version, each on a rayon pool of its own with
-/// `threads` threads (candle's intra-op threads). Each pulls batches off the version's queue
-/// itself: no hand-off task between the request and the worker.
-///
-/// The worker's loop runs *on* its pool, not beside it: candle splits some ops with rayon
-/// (`softmax_last_dim`, the norms, and GEMMs when `threads > 1`), and from a thread outside
-/// any pool each such op is handed to rayon's global pool while the caller sleeps: two
-/// thread wake-ups per op and batch, and every worker's ops queued on the same pool.
+/// `threads` threads (candle's intra-op threads; see [`crate::model::device::spawn_compute`]).
+/// Each pulls batches off the version's queue itself: no hand-off task between the request
+/// and the worker.
 pub fn spawn(
     model: Arc<Model>,
     name: &str,
@@ -319,17 +315,12 @@ pub fn spawn(
     let stats = Arc::new(Stats::new(prom));
     for i in 0..workers {
         let (model, queue, stats) = (model.clone(), queue.clone(), stats.clone());
-        let thread_name = format!("kiln-worker-{name}-{version}-{i}");
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name(move |t| format!("{thread_name}.{t}"))
-            // Forward passes catch their own panics; anything else is logged, not an abort.
-            .panic_handler(|_| tracing::error!("a model worker thread panicked"))
-            .build()
-            .expect("starting a worker's threads");
-        pool.spawn(move || worker::run(&model, &queue, &stats));
-        // The pool's threads exit once the loop returns (the queue closed and drained).
-        drop(pool);
+        crate::model::device::spawn_compute(
+            format!("kiln-worker-{name}-{version}-{i}"),
+            threads,
+            move || worker::run(&model, &queue, &stats),
+        )
+        .expect("starting a worker thread");
     }
     BatcherHandle {
         inner: Arc::new(Inner {

@@ -75,3 +75,30 @@ mod tests {
         }
     }
 }
+
+/// Runs `work` on a new thread named `name` that is the first thread of a rayon pool of its
+/// own with `threads` threads (candle's intra-op threads for that work), and returns once it
+/// has started.
+///
+/// candle splits some CPU ops with rayon (`softmax_last_dim`, the norms, conv, GEMMs when
+/// `threads > 1`). Called from a thread outside any pool, each such op is handed to rayon's
+/// global pool while the caller sleeps: two thread wake-ups per op, and every caller's ops
+/// queued on the one global pool. Running *on* a pool of its own, the work's ops run on its
+/// thread (and, with `threads > 1`, on that pool's others). When `work` returns the pool's
+/// threads exit.
+pub fn spawn_compute(
+    name: String,
+    threads: usize,
+    work: impl FnOnce() + Send + 'static,
+) -> std::io::Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .thread_name(move |t| if t == 0 { name.clone() } else { format!("{name}.{t}") })
+        // The work catches its own panics; anything else is logged, not a process abort.
+        .panic_handler(|_| tracing::error!("a compute thread panicked"))
+        .build()
+        .map_err(std::io::Error::other)?;
+    pool.spawn(work);
+    // Dropping the handle lets the pool's threads exit once `work` has returned.
+    Ok(())
+}
