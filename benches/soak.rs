@@ -479,6 +479,27 @@ fn soak(
         slope_mib_per_min(&after_warmup),
         after_warmup.len()
     );
+    // Settling or growth: the trend over the second half alone, and RSS through the run.
+    let half: Vec<(f64, u64)> = after_warmup
+        .iter()
+        .copied()
+        .filter(|(t, _)| *t >= s.secs / 2.0)
+        .collect();
+    println!(
+        "  RSS trend over the second half ({} samples): {:+.3} MiB/min",
+        half.len(),
+        slope_mib_per_min(&half)
+    );
+    let step = (s.secs / 12.0).max(1.0);
+    let mut line = String::new();
+    let mut next = 0.0;
+    for (t, kib) in &samples {
+        if *t >= next {
+            line.push_str(&format!(" {:.0}s {:.1}", t, mib(*kib)));
+            next += step;
+        }
+    }
+    println!("  RSS through the run (MiB):{line}");
     checks.check(
         ok == records.len() && !records.is_empty(),
         format!(
