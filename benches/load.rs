@@ -221,7 +221,12 @@ fn rows(n: usize, row_len: usize, seed: u64) -> Vec<Vec<f32>> {
 /// in-process forward (`Model::run_rows`, the call a worker makes) at the batch size the
 /// batcher reached, on one plain thread and on `workers` concurrent threads (as many as
 /// serve it), rounds interleaved.
-fn bench_compute(s: &Settings, models: &Path, addr: SocketAddr, client_rt: &tokio::runtime::Runtime) {
+fn bench_compute(
+    s: &Settings,
+    models: &Path,
+    addr: SocketAddr,
+    client_rt: &tokio::runtime::Runtime,
+) {
     let config = Config::from_toml(&s.config, &Overrides::default()).expect("valid config");
     let workers = config.workers;
     let sc = Scenario {
@@ -270,7 +275,12 @@ fn bench_compute(s: &Settings, models: &Path, addr: SocketAddr, client_rt: &toki
 }
 
 /// Rows per second of `Model::run_rows` at `batch` on `threads` plain threads at once.
-fn forward_rows_per_sec(model: &std::sync::Arc<Model>, batch: usize, threads: usize, secs: f64) -> f64 {
+fn forward_rows_per_sec(
+    model: &std::sync::Arc<Model>,
+    batch: usize,
+    threads: usize,
+    secs: f64,
+) -> f64 {
     let input: Vec<f32> = rows(batch, MLP_ROW_LEN, 5).concat();
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let handles: Vec<_> = (0..threads)
@@ -529,11 +539,7 @@ async fn connection(
 }
 
 /// `(batches, rows)` of the seed model's version 1, from `GET /v1/models`.
-async fn kiln_stats(
-    client: &reqwest::Client,
-    addr: SocketAddr,
-    model: &str,
-) -> Option<(u64, u64)> {
+async fn kiln_stats(client: &reqwest::Client, addr: SocketAddr, model: &str) -> Option<(u64, u64)> {
     let v: Value = client
         .get(format!("http://{addr}/v1/models"))
         .send()

@@ -625,7 +625,10 @@ mod tests {
             (iris.max_batch_size, iris.max_queue_delay, iris.worker_spin),
             (16, Duration::from_millis(5), Duration::ZERO)
         );
-        assert_eq!(c.batching_for("other").worker_spin, Duration::from_micros(100));
+        assert_eq!(
+            c.batching_for("other").worker_spin,
+            Duration::from_micros(100)
+        );
         assert_eq!(c.policy_for("iris"), VersionPolicy::Specific(vec![1, 2]));
         assert_eq!(c.policy_for("other"), VersionPolicy::All);
         assert_eq!(c.policy_for("nope"), VersionPolicy::Latest);

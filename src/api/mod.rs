@@ -132,7 +132,9 @@ async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Respon
     let request_id = req
         .headers()
         .get(REQUEST_ID)
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(u8::is_ascii_graphic)
+        })
         .cloned()
         .unwrap_or_else(new_request_id);
     // One span per request (debug level: per-request logging costs throughput; enable it

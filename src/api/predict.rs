@@ -129,7 +129,6 @@ fn version_classify() {}
 #[expect(dead_code, reason = "describes a verb that `version_verb` serves")]
 fn version_regress() {}
 
-
 async fn handle(
     state: &AppState,
     name: &str,
@@ -287,7 +286,10 @@ fn encode(
     let h = res.headers_mut();
     // Room for every header this answer gets (these, the edge's, hyper's): no regrowth.
     h.reserve(10);
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(super::X_QUEUE_TIME, ms_header(c.queue_time));
     h.insert(super::X_INFERENCE_TIME, ms_header(c.compute_time));
     h.insert(super::X_BATCH_SIZE, HeaderValue::from(c.batch_rows));
@@ -331,7 +333,10 @@ mod tests {
     #[test]
     fn ms_headers() {
         use std::time::Duration;
-        assert_eq!(super::ms_header(Duration::from_micros(1_234_567)), "1234.567");
+        assert_eq!(
+            super::ms_header(Duration::from_micros(1_234_567)),
+            "1234.567"
+        );
         assert_eq!(super::ms_header(Duration::from_nanos(999)), "0.000");
         assert_eq!(super::ms_header(Duration::from_micros(42)), "0.042");
     }

@@ -156,7 +156,6 @@ pub(crate) struct QueueState {
 /// within this long: a wake-up, and the small batch it computes, cost more than the wait.
 const WAKE_AFTER: Duration = Duration::from_micros(50);
 
-
 impl QueueState {
     /// Whether queued work should wake an idle worker now, rather than wait for a busy one
     /// to come back for it (which then takes it, and whatever arrives meanwhile, as one
@@ -212,7 +211,10 @@ impl Queue {
     /// to that long after its oldest entry arrived for more rows. `done` is the worker's
     /// previous batch: when it started and how long it took.
     pub(crate) fn next_batch(&self, done: Option<(Instant, Duration)>) -> Option<Batch> {
-        let mut st = self.state.lock().expect("no thread panics holding the queue lock");
+        let mut st = self
+            .state
+            .lock()
+            .expect("no thread panics holding the queue lock");
         if let Some((started, took)) = done {
             st.finished(started, took);
         }
@@ -248,7 +250,11 @@ impl Queue {
                         break;
                     }
                     st.gathering += 1;
-                    st = self.arrived.wait_timeout(st, until - now).expect("queue lock").0;
+                    st = self
+                        .arrived
+                        .wait_timeout(st, until - now)
+                        .expect("queue lock")
+                        .0;
                     st.gathering -= 1;
                     if st.pending.is_empty() {
                         break; // another worker took them
@@ -343,7 +349,13 @@ impl BatcherHandle {
 
     /// Entries waiting in the queue right now.
     pub fn queue_depth(&self) -> usize {
-        self.inner.queue.state.lock().expect("queue lock").pending.len()
+        self.inner
+            .queue
+            .state
+            .lock()
+            .expect("queue lock")
+            .pending
+            .len()
     }
 
     /// Computes `n_rows` rows (flat, `row_len` values each) before `deadline`. A request
@@ -432,7 +444,10 @@ impl BatcherHandle {
         }
         if st.pending.len() >= queue.cfg.queue_capacity {
             drop(st);
-            inner.stats.rejected_queue_full.fetch_add(1, Ordering::Relaxed);
+            inner
+                .stats
+                .rejected_queue_full
+                .fetch_add(1, Ordering::Relaxed);
             inner.stats.prom.rejected_queue_full.inc();
             return Err(Error::QueueFull {
                 name: inner.name.to_string(),
@@ -518,7 +533,10 @@ mod tests {
             let q = q.clone();
             move || q.next_batch(None).map(|b| b.rows)
         });
-        assert!(eventually(&q, |st| st.idle == 1), "the worker went to sleep");
+        assert!(
+            eventually(&q, |st| st.idle == 1),
+            "the worker went to sleep"
+        );
         let _rx = push_silently(&q);
         std::thread::sleep(Duration::from_millis(20));
         assert!(!worker.is_finished(), "nobody woke it");

@@ -93,7 +93,13 @@ pub fn spawn_compute(
 ) -> std::io::Result<()> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
-        .thread_name(move |t| if t == 0 { name.clone() } else { format!("{name}.{t}") })
+        .thread_name(move |t| {
+            if t == 0 {
+                name.clone()
+            } else {
+                format!("{name}.{t}")
+            }
+        })
         // The work catches its own panics; anything else is logged, not a process abort.
         .panic_handler(|_| tracing::error!("a compute thread panicked"))
         .build()

@@ -311,7 +311,10 @@ async fn a_job_trains_publishes_and_serves_with_named_features() {
         assert_eq!(code, 400, "{bad}");
         assert_eq!(body["code"], "invalid_input", "{bad}: {body}");
         let key = bad.split('=').next().unwrap();
-        assert!(body["error"].as_str().unwrap().contains(key), "{bad}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(key),
+            "{bad}: {body}"
+        );
     }
     // Following a finished job replays its events and ends.
     assert_eq!(follow(&s, &id).await.len(), 31);
