@@ -146,7 +146,7 @@ struct FileConfig {
     models: BTreeMap<String, FileModel>,
 }
 
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileBatching {
     max_batch_size: Option<usize>,
@@ -391,11 +391,7 @@ impl Config {
                 }
                 Some(FilePolicy::Versions(v)) => VersionPolicy::Specific(v),
             };
-            let overridden = m.batching.max_batch_size.is_some()
-                || m.batching.max_queue_delay_ms.is_some()
-                || m.batching.queue_capacity.is_some()
-                || m.batching.request_timeout_ms.is_some()
-                || m.batching.worker_spin_us.is_some();
+            let overridden = m.batching != FileBatching::default();
             let batching = overridden.then(|| resolve_batching(batching, &m.batching));
             if let Some(b) = &batching {
                 validate_batching(&format!("models.{name}"), b)?;
@@ -647,6 +643,10 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("models.m.version_policy"), "{err}");
+        let err = Config::from_toml("[models.m]\nworker_spin_us = 20000", &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("models.m: worker_spin_us 20000"), "{err}");
         let o = Overrides {
             device: Some("gpu".into()),
             ..Default::default()

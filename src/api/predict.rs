@@ -49,6 +49,7 @@ pub async fn verb(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let (name, verb) = split_verb(&segment)?;
+    check_name(name)?;
     handle(&state, name, None, verb, timeout, body).await
 }
 
@@ -137,7 +138,6 @@ async fn handle(
     timeout: Option<Duration>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    check_name(name)?;
     let lv = state.registry.get(name, version)?;
     let timeout = timeout.unwrap_or(lv.batcher.config().request_timeout);
     check_task(&lv, verb)?;

@@ -3,7 +3,6 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use super::{Batch, Computed, Queue, Stats};
 use crate::error::Error;
@@ -25,7 +24,7 @@ pub(super) fn run(model: &Model, queue: &Queue, stats: &Stats) {
 }
 
 fn compute(model: &Model, batch: Batch, stats: &Stats) {
-    let start = Instant::now();
+    let start = batch.started;
     // Skip entries whose client left or whose deadline passed while the batch waited.
     let mut entries = Vec::with_capacity(batch.entries.len());
     for e in batch.entries {

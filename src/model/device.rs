@@ -59,23 +59,6 @@ impl DeviceSpec {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_and_refuses() {
-        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
-        assert_eq!("cuda:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(1));
-        assert!("tpu".parse::<DeviceSpec>().is_err());
-        assert!("cuda:x".parse::<DeviceSpec>().is_err());
-        if !cfg!(feature = "cuda") {
-            let err = DeviceSpec::Cuda(0).open().unwrap_err().to_string();
-            assert!(err.contains("--features cuda"), "{err}");
-        }
-    }
-}
-
 /// Runs `work` on a new thread named `name` that is the first thread of a rayon pool of its
 /// own with `threads` threads (candle's intra-op threads for that work), and returns once it
 /// has started.
@@ -107,4 +90,21 @@ pub fn spawn_compute(
     pool.spawn(work);
     // Dropping the handle lets the pool's threads exit once `work` has returned.
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_refuses() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("cuda:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(1));
+        assert!("tpu".parse::<DeviceSpec>().is_err());
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+        if !cfg!(feature = "cuda") {
+            let err = DeviceSpec::Cuda(0).open().unwrap_err().to_string();
+            assert!(err.contains("--features cuda"), "{err}");
+        }
+    }
 }
