@@ -28,6 +28,7 @@ pub mod jobs;
 pub mod prepare;
 pub mod publish;
 pub mod run;
+pub mod search;
 pub mod spec;
 pub mod store;
 pub mod trainer;

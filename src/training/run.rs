@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use serde_json::{json, Value};
 
 use super::prepare::{prepare, Prepared};
+use super::search;
 use super::spec::ResolvedSpec;
 use super::store::{now_ms, rfc3339};
 use super::trainer::{self, Checkpoint, Hooks, Trained};
@@ -47,8 +48,25 @@ pub fn train_and_package(
         rayon::current_thread_index().is_some(),
         "training runs on a rayon pool of its own (see `model::device::spawn_compute`)"
     );
-    let trained = trainer::train(spec, data, resume, hooks).map_err(|e| e.to_string())?;
-    let metrics = serde_json::to_value(&trained.final_metrics).expect("metrics serialize");
+    let staged = search::run_stages(spec, data, resume, hooks).map_err(|e| e.to_string())?;
+    let trained = staged.trained;
+    let mut metrics = serde_json::to_value(&trained.final_metrics).expect("metrics serialize");
+    // A search reports every trial; a refit says what it trained. Both in the job's metrics
+    // and in the model's training block.
+    let search = (!staged.trials.is_empty()).then(|| {
+        json!({"monitor": staged.monitor, "best_trial": staged.best_trial, "trials": staged.trials})
+    });
+    let refit = staged
+        .refit
+        .map(|(epochs, rows)| json!({"epochs": epochs, "rows": rows}));
+    if let Some(obj) = metrics.as_object_mut() {
+        if let Some(s) = &search {
+            obj.insert("search".into(), s.clone());
+        }
+        if let Some(r) = &refit {
+            obj.insert("refit".into(), r.clone());
+        }
+    }
     let mut model_spec = trainer::model_spec_for(spec, data);
     model_spec.training = Some(json!({
         "job": job,
@@ -64,6 +82,14 @@ pub fn train_and_package(
         "optimizer": spec.spec.training.optimizer,
         "report": report,
     }));
+    if let Some(training) = model_spec.training.as_mut().and_then(Value::as_object_mut) {
+        if let Some(s) = search {
+            training.insert("search".into(), s);
+        }
+        if let Some(r) = refit {
+            training.insert("refit".into(), r);
+        }
+    }
     let weights = trained.weights.clone();
     Ok(RunResult {
         trained,
