@@ -67,7 +67,9 @@ pub fn train_and_package(
             obj.insert("refit".into(), r.clone());
         }
     }
-    let mut model_spec = trainer::model_spec_for(spec, data);
+    // The network published is the winning trial's when there was a search.
+    let published = staged.spec.as_ref().unwrap_or(spec);
+    let mut model_spec = trainer::model_spec_for(published, data);
     model_spec.training = Some(json!({
         "job": job,
         "dataset": spec.spec.dataset,
@@ -79,7 +81,7 @@ pub fn train_and_package(
         "evaluated_on": trained.evaluated_on,
         "metrics": metrics,
         "loss": spec.loss().as_str(),
-        "optimizer": spec.spec.training.optimizer,
+        "optimizer": published.spec.training.optimizer,
         "report": report,
     }));
     if let Some(training) = model_spec.training.as_mut().and_then(Value::as_object_mut) {

@@ -66,6 +66,8 @@ pub struct StageMeta {
 /// A finished multi-stage run: the model to publish and what the stages did.
 pub struct Staged {
     pub trained: Trained,
+    /// The spec whose network `trained` holds (a trial's), when it is not the job's own.
+    pub spec: Option<ResolvedSpec>,
     pub trials: Vec<TrialResult>,
     pub best_trial: Option<u32>,
     /// `(epochs, rows)` of the refit.
@@ -211,6 +213,7 @@ pub fn run_stages(
         let trained = run_trial(spec, data, resume, hooks)?;
         return Ok(Staged {
             trained,
+            spec: None,
             trials: Vec::new(),
             best_trial: None,
             refit: None,
@@ -289,6 +292,7 @@ pub fn run_stages(
         if trained.outcome == Outcome::Cancelled && !out_of_time {
             return Ok(Staged {
                 trained,
+                spec: None,
                 trials: st.trials,
                 best_trial: None,
                 refit: None,
@@ -344,6 +348,7 @@ pub fn run_stages(
                 final_metrics: metrics,
                 evaluated_on: "validation",
             },
+            spec: Some(spec.trial_spec(&configs[b], data.width)),
             trials: st.trials,
             best_trial,
             refit: None,
@@ -392,6 +397,7 @@ pub fn run_stages(
             final_metrics: metrics,
             evaluated_on: "validation_before_refit",
         },
+        spec: Some(refit_spec),
         trials: if searching { st.trials } else { Vec::new() },
         best_trial,
         refit: Some((epochs, rows)),

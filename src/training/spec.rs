@@ -602,10 +602,15 @@ impl JobSpec {
         };
         let batch = self.training.batch_size;
         let check = |layers: &[LayerSpec]| check_layers(layers, task, &labels, width, batch);
-        let shape = check(&layers)?;
+        // The listed layers' output shape first (built as a model without labels, which
+        // checks no output width), then the decision: as listed, refused, or completed.
+        let shape = check_layers(&layers, Task::Regression, &[], width, batch)?;
         let layers = if shape == [out_units] {
+            check(&layers)?;
             layers
         } else if layers.last().is_some_and(is_output_like) {
+            // The model's own check names the classes and units; this one the shapes.
+            check(&layers)?;
             return bad(format!(
                 "layers: the last layer outputs {shape:?} per instance, but this {} task needs [{out_units}]{}",
                 task_name(task),

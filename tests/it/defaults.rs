@@ -156,10 +156,13 @@ async fn hidden_layers_get_an_output_layer_and_a_wrong_one_is_refused() {
         (last["units"].as_u64(), last.get("activation")),
         (Some(1), None)
     );
-    // Output layers of the wrong width: refused, naming the classes.
-    for out in [
-        json!({"type": "dense", "units": 4, "activation": "softmax"}),
-        json!({"type": "dense", "units": 32}),
+    // Output layers of the wrong width: refused, naming the widths.
+    for (out, fragment) in [
+        (
+            json!({"type": "dense", "units": 4, "activation": "softmax"}),
+            "3 labels but the last layer has 4 units",
+        ),
+        (json!({"type": "dense", "units": 32}), "has 32 units"),
     ] {
         let spec = json!({"model": "m", "dataset": ds["id"], "target": "species",
                           "layers": [{"type": "dense", "units": 8, "activation": "relu"}, out]});
@@ -169,10 +172,7 @@ async fn hidden_layers_get_an_output_layer_and_a_wrong_one_is_refused() {
             (400, Some("invalid_spec")),
             "{e}"
         );
-        assert!(
-            e["error"].as_str().unwrap().contains("one unit per class"),
-            "{e}"
-        );
+        assert!(e["error"].as_str().unwrap().contains(fragment), "{e}");
     }
 }
 
@@ -224,7 +224,7 @@ async fn a_search_reports_every_trial_and_publishes_the_best() {
     assert_eq!(search["best_trial"], best["trial"]);
     assert_eq!(job["metrics"]["accuracy"], best["metrics"]["accuracy"]);
     let (_, md) = s.get("/v1/models/searched/metadata").await;
-    let first = &md["metadata"]["layers"][0];
+    let first = &md["metadata"]["signature_def"]["layers"][0];
     assert_eq!(first["units"], best["width"], "{md}");
     // Bad candidates are refused before queuing.
     for (search, fragment) in [
