@@ -325,7 +325,17 @@ def main():
     ap.add_argument("--spec", type=json.loads, default=None,
                     help="JSON merged into kiln's minimal spec (experiments only: the verdict is for the minimal spec)")
     ap.add_argument("--out", default=os.path.join(REPO, "benches", "quality_results.json"))
+    ap.add_argument("--references", help="a results file of an earlier run (same protocol): its "
+                    "scikit-learn and Keras runs are reused instead of training them again")
     a = ap.parse_args()
+    reused = {}
+    if a.references:
+        with open(a.references) as f:
+            old = json.load(f)
+        if old["config"]["seeds"] != a.seeds or old["config"]["split_seed"] != SPLIT_SEED:
+            sys.exit(f"{a.references} used other seeds or another split")
+        reused = {n: {t: r for t, r in s["runs"].items() if t in ("sklearn", "keras")}
+                  for n, s in old["sets"].items()}
     if not a.data or not os.path.isdir(a.data):
         sys.exit("pass --data DIR (or set KILN_DATASETS) to the folder of <name>_train.csv files")
     if "keras" in a.tools and not keras_available():
@@ -333,7 +343,8 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="kiln-quality-")
     results = {"config": {"datasets": a.datasets, "seeds": a.seeds, "tools": a.tools,
-                          "spec_extra": a.spec, "folds_below_rows": SMALL_ROWS, "folds": FOLDS,
+                          "spec_extra": a.spec, "references_from": a.references,
+                          "folds_below_rows": SMALL_ROWS, "folds": FOLDS,
                           "split_seed": SPLIT_SEED, "reference_epochs": REF_EPOCHS,
                           "machine": platform.machine(), "python": platform.python_version()},
                "sets": {}}
@@ -346,6 +357,8 @@ def main():
             print(f"== {name}: {info['rows']} rows, {info['features']} features, {info['scheme']}",
                   file=sys.stderr, flush=True)
             runs = {t: [] for t in a.tools}
+            for t, rs in reused.get(name, {}).items():
+                runs[t] = rs
             if baseline:
                 runs["kiln_baseline"] = []
             models = os.path.join(tmp, f"models-{name}")
@@ -362,11 +375,11 @@ def main():
                         r.update(part=part["part"], seed=seed)
                         r["_part"] = part
                         runs["kiln_baseline"].append(r)
-                    if "sklearn" in a.tools:
+                    if "sklearn" in a.tools and "sklearn" not in reused.get(name, {}):
                         r = run_sklearn(task, part, seed)
                         r.update(part=part["part"], seed=seed)
                         runs["sklearn"].append(r)
-                    if "keras" in a.tools:
+                    if "keras" in a.tools and "keras" not in reused.get(name, {}):
                         r = run_keras(task, part, seed, info["classes"])
                         r.update(part=part["part"], seed=seed)
                         runs["keras"].append(r)

@@ -208,7 +208,7 @@ pub fn run_stages(
     hooks: &mut dyn Hooks,
 ) -> Result<Staged, TrainError> {
     let (monitor, tie_name) = selection(spec);
-    let refit = spec.spec.training.refit;
+    let refit = spec.spec.training.refit();
     if spec.trials.is_empty() && !refit {
         let trained = run_trial(spec, data, resume, hooks)?;
         return Ok(Staged {
@@ -307,7 +307,7 @@ pub fn run_stages(
             } else {
                 match trained.outcome {
                     Outcome::EarlyStopped => "early_stopped".into(),
-                    _ => "completed".into(),
+                    Outcome::Completed | Outcome::Cancelled => "completed".into(),
                 }
             },
             epochs_run: trained.epochs_run,
@@ -369,6 +369,7 @@ pub fn run_stages(
     let mut refit_spec = spec.trial_spec(&configs[b], data.width);
     refit_spec.spec.training.epochs = Some(epochs);
     refit_spec.spec.training.early_stopping = Some(None);
+    refit_spec.spec.training.refit = Some(false);
     refit_spec.spec.training.validation_split = 0.0;
     let all = data.all_rows();
     let rows = all.n_train();

@@ -82,7 +82,10 @@ pub struct TrainingOptions {
     pub early_stopping: Option<Option<EarlyStopping>>,
     /// After the epoch count is chosen on the validation rows (the best epoch), train a fresh
     /// network on every row (training and validation) for that many epochs and publish it.
-    pub refit: bool,
+    /// Default: on for tables under [`REFIT_BELOW_ROWS`] rows with validation rows to choose
+    /// with; the resolved spec always has `true` or `false`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refit: Option<bool>,
 }
 
 impl Default for TrainingOptions {
@@ -98,7 +101,7 @@ impl Default for TrainingOptions {
             seed: 42,
             shuffle: true,
             early_stopping: None,
-            refit: false,
+            refit: None,
         }
     }
 }
@@ -107,6 +110,11 @@ impl TrainingOptions {
     /// The epoch count of a resolved spec.
     pub fn epochs(&self) -> u32 {
         self.epochs.expect("resolved")
+    }
+
+    /// Whether a resolved spec refits.
+    pub fn refit(&self) -> bool {
+        self.refit.unwrap_or(false)
     }
 
     /// Early stopping of a resolved spec, when on.
@@ -575,7 +583,22 @@ impl JobSpec {
                 }
             }
         }
-        if t.refit && !has_validation {
+        if t.refit.is_none() {
+            let small = table.n_rows < REFIT_BELOW_ROWS;
+            let on = small && has_validation && self.validation_dataset.is_none();
+            t.refit = Some(on);
+            defaults.insert(
+                "training.refit".into(),
+                if on {
+                    format!("on: a table of {} rows (under {REFIT_BELOW_ROWS}) cannot spare its validation rows; the best epoch count is refitted on every row", table.n_rows)
+                } else if !small {
+                    format!("off: {} rows (at least {REFIT_BELOW_ROWS}); the validation rows cost little", table.n_rows)
+                } else {
+                    "off: no validation split to choose the epoch count with (or a separate validation dataset)".into()
+                },
+            );
+        }
+        if t.refit() && !has_validation {
             return bad("training.refit needs validation rows to choose the epoch count: set training.validation_split above 0");
         }
         let width = self.estimated_width(table);
@@ -629,7 +652,7 @@ impl JobSpec {
                 added.push("flatten".to_owned());
             }
             let out = output_layer(out_units, task, loss);
-            added.push(describe_dense(&out));
+            added.push(describe_dense(out_units, &out));
             l.push(out);
             check(&l)?;
             defaults.insert(
@@ -760,20 +783,17 @@ pub fn default_layers(width: usize, out_units: usize, task: Task, loss: Loss) ->
     l
 }
 
-fn describe_dense(l: &LayerSpec) -> String {
-    match l {
-        LayerSpec::Dense {
-            units, activation, ..
-        } => format!(
-            "dense {units} {}",
-            match activation {
-                Some(Activation::Softmax) => "softmax",
-                Some(Activation::Sigmoid) => "sigmoid",
-                _ => "linear",
-            }
-        ),
-        _ => "a layer".into(),
-    }
+/// `dense 3 softmax`, for the resolved spec's notes.
+fn describe_dense(units: usize, l: &LayerSpec) -> String {
+    let is = |a: Activation| matches!(l, LayerSpec::Dense { activation: Some(x), .. } if *x == a);
+    let activation = if is(Activation::Softmax) {
+        "softmax"
+    } else if is(Activation::Sigmoid) {
+        "sigmoid"
+    } else {
+        "linear"
+    };
+    format!("dense {units} {activation}")
 }
 
 /// A last layer meant as the output: a dense layer without a hidden activation (linear,
@@ -791,7 +811,18 @@ fn is_output_like(l: &LayerSpec) -> bool {
         LayerSpec::Activation { activation, .. } => {
             matches!(activation, Activation::Softmax | Activation::Sigmoid)
         }
-        _ => false,
+        LayerSpec::Dropout { .. }
+        | LayerSpec::Flatten { .. }
+        | LayerSpec::Reshape { .. }
+        | LayerSpec::Conv1d { .. }
+        | LayerSpec::Conv2d { .. }
+        | LayerSpec::MaxPool2d { .. }
+        | LayerSpec::AvgPool2d { .. }
+        | LayerSpec::BatchNorm { .. }
+        | LayerSpec::LayerNorm { .. }
+        | LayerSpec::Embedding { .. }
+        | LayerSpec::Lstm { .. }
+        | LayerSpec::Gru { .. } => false,
     }
 }
 
@@ -841,6 +872,11 @@ pub struct Budget {
     pub why_epochs: String,
     pub why_patience: String,
 }
+
+/// Tables smaller than this refit by default: holding out a fifth of a few thousand rows
+/// costs accuracy (measured: +1.6 points on wine, +3 on mnist1d with the refit), while an
+/// epoch of such a table is cheap enough to train twice.
+pub const REFIT_BELOW_ROWS: usize = 10_000;
 
 /// Optimizer steps the default budget allows a run (early stopping usually ends it sooner).
 pub const BUDGET_STEPS: u64 = 6_000;
@@ -1011,7 +1047,7 @@ impl ResolvedSpec {
     pub fn trial_spec(&self, trial: &TrialConfig, width: usize) -> ResolvedSpec {
         let mut spec = self.spec.clone();
         spec.search = None;
-        spec.training.refit = false;
+        spec.training.refit = Some(false);
         let out_units = match self.task() {
             Task::Classification if self.loss() == Loss::BinaryCrossentropy => 1,
             Task::Classification => self.labels.len(),

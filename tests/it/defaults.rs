@@ -77,6 +77,7 @@ async fn the_minimal_spec_shows_its_defaults_and_serves_the_best_epoch() {
                "restore_best": true, "min_delta": 0.0}),
         "{resolved}"
     );
+    // A separate validation dataset: nothing to refit on.
     assert_eq!(t["refit"], false);
     let units: Vec<&Value> = resolved["layers"]
         .as_array()
@@ -184,7 +185,7 @@ async fn a_search_reports_every_trial_and_publishes_the_best() {
     let s = Server::start(models.path(), "").await;
     let (_, ds, _) = upload(&s, "text/csv", iris_csv()).await;
     let spec = json!({"model": "searched", "dataset": ds["id"], "target": "species",
-                      "training": {"epochs": 15, "validation_split": 0.3},
+                      "training": {"epochs": 15, "validation_split": 0.3, "refit": false},
                       "search": {"width": [4, 32], "learning_rate": [0.001, 0.05]}});
     let (job, history) = run_job(&s, &spec).await;
     let planned = job["spec"]["trials"].as_array().unwrap();

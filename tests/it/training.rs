@@ -221,7 +221,7 @@ async fn a_job_trains_publishes_and_serves_with_named_features() {
                    {"type": "dense", "units": 3, "activation": "softmax"}],
         "training": {"optimizer": {"type": "adam", "learning_rate": 0.01}, "loss": "sparse_categorical_crossentropy",
                      "metrics": ["accuracy"], "epochs": 30, "batch_size": 16, "validation_split": 0.2, "seed": 7,
-                     "early_stopping": null}
+                     "early_stopping": null, "refit": false}
     });
     let r = s
         .client
