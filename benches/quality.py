@@ -325,9 +325,15 @@ def main():
     ap.add_argument("--spec", type=json.loads, default=None,
                     help="JSON merged into kiln's minimal spec (experiments only: the verdict is for the minimal spec)")
     ap.add_argument("--out", default=os.path.join(REPO, "benches", "quality_results.json"))
+    ap.add_argument("--combine", nargs="+", metavar="FILE",
+                    help="train nothing: merge the runs of earlier results files (same protocol), "
+                         "recompute the summaries and verdicts, write --out and print the table")
     ap.add_argument("--references", help="a results file of an earlier run (same protocol): its "
                     "scikit-learn and Keras runs are reused instead of training them again")
     a = ap.parse_args()
+    if a.combine:
+        combine(a.combine, a.out)
+        return
     reused = {}
     if a.references:
         with open(a.references) as f:
@@ -392,19 +398,10 @@ def main():
                         r.update(score_kiln(server, r, task, r.pop("_part")))
                 finally:
                     server.close()
-            key = "accuracy" if task == "classification" else "r2"
-            summary = {t: {"mean": mean([r[key] for r in rs]),
-                           "seconds": mean([r["seconds"] for r in rs])} for t, rs in runs.items()}
-            refs = [summary[t]["mean"] for t in ("sklearn", "keras") if t in summary]
-            verdict = None
-            if "kiln" in summary and refs:
-                best = max(refs)
-                gap = summary["kiln"]["mean"] - best
-                tol = ACC_TOLERANCE if task == "classification" else R2_TOLERANCE
-                verdict = {"metric": key, "best_reference": best, "gap": gap, "tolerance": tol,
-                           "pass": gap >= -tol}
+            summary, verdict = summarize(task, runs)
             results["sets"][name] = {"task": task, **info, "runs": runs, "summary": summary,
                                      "verdict": verdict}
+            key = verdict["metric"] if verdict else ("accuracy" if task == "classification" else "r2")
             line = "  ".join(f"{t} {s['mean']:.3f} ({s['seconds']:.1f} s)" for t, s in summary.items())
             print(f"   {key}: {line}" + (f"  gap {verdict['gap']:+.3f} {'PASS' if verdict['pass'] else 'FAIL'}"
                                           if verdict else ""), file=sys.stderr, flush=True)
@@ -413,6 +410,50 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print_table(results)
+
+
+def summarize(task, runs):
+    key = "accuracy" if task == "classification" else "r2"
+    summary = {t: {"mean": mean([r[key] for r in rs]), "seconds": mean([r["seconds"] for r in rs]),
+                   "runs": len(rs)} for t, rs in runs.items() if rs}
+    for t, rs in runs.items():
+        epochs = [r["epochs_run"] for r in rs if r.get("epochs_run") is not None]
+        if epochs and t in summary:
+            summary[t]["epochs_run"] = mean(epochs)
+    refs = [summary[t]["mean"] for t in ("sklearn", "keras") if t in summary]
+    verdict = None
+    if "kiln" in summary and refs:
+        best = max(refs)
+        gap = summary["kiln"]["mean"] - best
+        tol = ACC_TOLERANCE if task == "classification" else R2_TOLERANCE
+        verdict = {"metric": key, "best_reference": best, "gap": gap, "tolerance": tol,
+                   "pass": gap >= -tol}
+    return summary, verdict
+
+
+def combine(files, out):
+    """Merges the runs of several results files: the same split and seeds are checked."""
+    merged = None
+    for path in files:
+        with open(path) as f:
+            r = json.load(f)
+        if merged is None:
+            merged = {"config": {**r["config"], "combined_from": files}, "sets": {}}
+        elif r["config"]["seeds"] != merged["config"]["seeds"] or r["config"]["split_seed"] != SPLIT_SEED:
+            sys.exit(f"{path} used other seeds or another split")
+        for name, s in r["sets"].items():
+            m = merged["sets"].setdefault(name, {k: v for k, v in s.items()
+                                                  if k not in ("runs", "summary", "verdict")} | {"runs": {}})
+            for t, rs in s["runs"].items():
+                if rs:
+                    m["runs"][t] = rs
+    order = [n for n in DATASETS if n in merged["sets"]]
+    merged["sets"] = {n: merged["sets"][n] for n in order}
+    for s in merged["sets"].values():
+        s["summary"], s["verdict"] = summarize(s["task"], s["runs"])
+    with open(out, "w") as f:
+        json.dump(merged, f, indent=1)
+    print_table(merged)
 
 
 def print_table(results):

@@ -154,7 +154,7 @@ impl MetricName {
 }
 
 /// Stop when the monitored value has not improved for `patience` epochs.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct EarlyStopping {
     /// `loss`, `val_loss`, or `val_<metric>` / `<metric>` of the reported metrics.
@@ -1152,6 +1152,95 @@ mod tests {
                 "training": {{"batch_size": {batch_size}}}}}"#
         );
         JobSpec::from_json(body.as_bytes())?.resolve(&iris())
+    }
+
+    /// The budget in optimizer steps: tiny tables get many epochs and a long patience, large
+    /// ones few; the bounds hold at both ends.
+    #[test]
+    fn the_default_budget_follows_the_steps_per_epoch() {
+        let b = default_budget(95, 32); // iris: 3 steps an epoch
+        assert_eq!((b.epochs, b.patience), (MAX_EPOCHS, MAX_PATIENCE));
+        let b = default_budget(1600, 32); // 50 steps
+        assert_eq!((b.epochs, b.patience), (120, 12));
+        let b = default_budget(1_000_000, 32);
+        assert_eq!((b.epochs, b.patience), (MIN_EPOCHS, MIN_PATIENCE));
+        assert_eq!(default_hidden(4), [64, 32]);
+        assert_eq!(default_hidden(64), [128, 64]);
+        assert_eq!(default_hidden(784), [256, 128]);
+    }
+
+    /// More combinations than trials: a seeded sample, the same for the same seed.
+    #[test]
+    fn a_search_plans_every_combination_or_a_seeded_sample() {
+        let s: SearchSpec = serde_json::from_str(
+            r#"{"width": [32, 64, 128], "depth": [1, 2], "learning_rate": [0.001, 0.01]}"#,
+        )
+        .unwrap();
+        let all = s.plan(1).unwrap();
+        assert_eq!(all.len(), 12);
+        assert_eq!(
+            all.iter().map(|t| t.trial).collect::<Vec<_>>(),
+            (1..=12).collect::<Vec<_>>()
+        );
+        let s = SearchSpec {
+            trials: Some(5),
+            ..s
+        };
+        let a = s.plan(1).unwrap();
+        assert_eq!(a.len(), 5);
+        assert_eq!(a, s.plan(1).unwrap());
+        assert_ne!(a, s.plan(2).unwrap());
+        for t in &a {
+            let same = |x: &TrialConfig| {
+                (x.width, x.depth, x.learning_rate) == (t.width, t.depth, t.learning_rate)
+            };
+            assert!(all.iter().any(same), "{t:?} is not a combination");
+        }
+    }
+
+    /// The resolved minimal spec: every choice filled in and explained.
+    #[test]
+    fn the_minimal_spec_resolves_every_choice() {
+        let r = JobSpec::from_json(br#"{"model": "m", "dataset": "d", "target": "species"}"#)
+            .unwrap()
+            .resolve(&iris())
+            .unwrap();
+        let t = &r.spec.training;
+        assert_eq!(t.epochs, Some(MAX_EPOCHS));
+        assert_eq!(t.refit, Some(true));
+        let es = t.early_stopping().unwrap();
+        assert_eq!(
+            (
+                es.monitor.as_str(),
+                es.tie_breaker.as_deref(),
+                es.restore_best
+            ),
+            ("val_accuracy", Some("val_loss"), true)
+        );
+        for key in [
+            "layers",
+            "training.epochs",
+            "training.early_stopping",
+            "training.refit",
+        ] {
+            assert!(r.defaults.contains_key(key), "{key}: {:?}", r.defaults);
+        }
+        // Turned off explicitly: `null` stays off, and says nothing.
+        let r = JobSpec::from_json(
+            br#"{"model": "m", "dataset": "d", "target": "species", "training": {"early_stopping": null, "refit": false, "epochs": 7}}"#,
+        )
+        .unwrap()
+        .resolve(&iris())
+        .unwrap();
+        assert!(r.spec.training.early_stopping().is_none());
+        assert_eq!(r.spec.training.early_stopping, Some(None));
+        assert!(!r.defaults.contains_key("training.early_stopping"));
+        assert!(!r.defaults.contains_key("training.epochs"));
+        // The stored resolved spec reads back the same (a job resumes from it).
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["training"]["early_stopping"], serde_json::Value::Null);
+        let back: ResolvedSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(back.spec.training.early_stopping, Some(None));
     }
 
     /// Layer sizes from a hostile spec: refused with a message, never allocated (a dense
