@@ -885,7 +885,7 @@ pub const MIN_EPOCHS: u32 = 30;
 pub const MAX_EPOCHS: u32 = 1_000;
 /// Patience of the default early stopping, in optimizer steps, and its bounds in epochs.
 pub const PATIENCE_STEPS: u64 = 600;
-pub const MIN_PATIENCE: u32 = 10;
+pub const MIN_PATIENCE: u32 = 30;
 pub const MAX_PATIENCE: u32 = 100;
 
 /// Epochs and patience from the optimizer steps one epoch takes: a tiny table (3 steps an
@@ -1161,7 +1161,9 @@ mod tests {
         let b = default_budget(95, 32); // iris: 3 steps an epoch
         assert_eq!((b.epochs, b.patience), (MAX_EPOCHS, MAX_PATIENCE));
         let b = default_budget(1600, 32); // 50 steps
-        assert_eq!((b.epochs, b.patience), (120, 12));
+        assert_eq!((b.epochs, b.patience), (120, MIN_PATIENCE));
+        let b = default_budget(320, 32); // 10 steps
+        assert_eq!((b.epochs, b.patience), (600, 60));
         let b = default_budget(1_000_000, 32);
         assert_eq!((b.epochs, b.patience), (MIN_EPOCHS, MIN_PATIENCE));
         assert_eq!(default_hidden(4), [64, 32]);
