@@ -16,9 +16,10 @@ pub mod repository;
 pub mod types;
 pub mod v2;
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 
 use crate::metrics::{HttpLabels, RouteLabels};
 use axum::http::{HeaderName, HeaderValue, Method, Uri};
@@ -166,9 +167,16 @@ async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Respon
         .unwrap_or_else(new_request_id);
     // One span per request (debug level: per-request logging costs throughput; enable it
     // with RUST_LOG=kiln=debug). Handlers record the model, version and batch size on it.
+    // The peer is the accept loop's `ConnectInfo` (absent when a test calls the router
+    // directly); it is formatted only when the span is enabled.
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| tracing::field::display(c.0));
     let span = tracing::debug_span!(
         "request",
         request_id = request_id.to_str().unwrap_or(""),
+        peer,
         method,
         route,
         model = tracing::field::Empty,
