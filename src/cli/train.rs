@@ -71,7 +71,7 @@ impl Hooks for Progress {
 }
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
-    crate::set_compute_threads(a.threads);
+    super::set_compute_threads(a.threads);
     let mut spec: serde_json::Value = match &a.spec {
         Some(p) => serde_json::from_slice(
             &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
@@ -142,7 +142,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         bar
     });
     let mut hooks = Progress { bar };
-    // On a rayon pool of its own, as the server's jobs run (`model::device::spawn_compute`):
+    // On a rayon pool of its own, as the server's jobs run (`device::spawn_compute`):
     // candle's rayon-split ops then stay on the training thread.
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads.max(1))
