@@ -138,9 +138,9 @@ impl From<crate::dataset::DatasetError> for Error {
     }
 }
 
-impl From<crate::training::jobs::JobError> for Error {
-    fn from(e: crate::training::jobs::JobError) -> Self {
-        use crate::training::jobs::JobError as J;
+impl From<crate::jobs::JobError> for Error {
+    fn from(e: crate::jobs::JobError) -> Self {
+        use crate::jobs::JobError as J;
         match e {
             J::NotFound(id) => Error::JobNotFound(id),
             J::InvalidSpec(m) => Error::InvalidSpec(m),

@@ -6,6 +6,10 @@
 //! - [`preprocess`]: fitted transforms applied to named-feature instances.
 //! - [`registry`]: name → version → state; the loader (the only way in) and the watcher.
 //! - [`batcher`]: per-version queue, batching policy and worker threads.
+//! - [`dataset`]: uploaded data sets: files, parsing, profiles.
+//! - [`training`]: one training run (spec, preparation, the loop, the math); `kiln train`.
+//! - [`jobs`]: training runs as server jobs: queue, job threads, checkpoints, and the
+//!   [`jobs::JobStore`] that holds every job's state.
 //! - [`api`]: the HTTP edge (TF Serving's REST API, health).
 //! - [`server`]: the accept loop: connection limit, read timeouts, TLS.
 //!
@@ -27,6 +31,7 @@ pub mod batcher;
 pub mod config;
 pub mod dataset;
 pub mod error;
+pub mod jobs;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
@@ -94,10 +99,10 @@ pub async fn serve(
             .context("opening the dataset store")?
             .with_max_upload_bytes(config.max_upload_bytes),
     );
-    let job_store = training::store::JobStore::open(&config.data_dir.join("kiln.db"))
+    let job_store = jobs::SqliteJobStore::open(&config.data_dir.join("kiln.db"))
         .context("opening the job database")?;
-    let jobs = training::jobs::JobManager::start(
-        job_store,
+    let jobs = jobs::JobManager::start(
+        Arc::new(job_store),
         datasets.clone(),
         registry.clone(),
         config.models_dir.clone(),

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::dataset::DatasetStore;
+use crate::jobs::JobManager;
 use crate::registry::Registry;
-use crate::training::jobs::JobManager;
 
 /// Cheap to clone (one reference count): every handler and middleware extracts it.
 #[derive(Clone)]

@@ -244,7 +244,6 @@ pub async fn delete(
         .run_blocking(move |s| s.delete(&id))
         .await
         .map_err(Error::from)?;
-    state.jobs.forget_table(&shown);
     tracing::info!(dataset = %shown, "dataset deleted");
     Ok(StatusCode::NO_CONTENT)
 }
