@@ -412,6 +412,42 @@ mod tests {
         );
     }
 
+    /// The table a submit parsed goes to the next job on that dataset, once; a delete drops
+    /// it, and a job never gets the table of a dataset deleted meanwhile.
+    #[test]
+    fn a_kept_table_is_taken_once_and_dies_with_its_dataset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DatasetStore::open(tmp.path()).unwrap();
+        let bytes = fs::read(shared_dataset("iris_train.csv")).unwrap();
+        let upload = |store: &DatasetStore| {
+            let mut upload = store.begin_upload(UploadOptions::default()).unwrap();
+            upload.write_chunk(&bytes[..]).unwrap();
+            upload.finish().unwrap().id
+        };
+        let (a, b) = (upload(&store), upload(&store));
+        let kept = store.load_and_keep(&a).unwrap();
+        // Another dataset parses anew and leaves the slot alone.
+        assert!(!Arc::ptr_eq(&store.take_table(&b).unwrap(), &kept));
+        let clone = store.clone();
+        assert!(Arc::ptr_eq(&clone.take_table(&a).unwrap(), &kept));
+        assert!(!Arc::ptr_eq(&store.take_table(&a).unwrap(), &kept));
+
+        let kept = store.load_and_keep(&a).unwrap();
+        store.delete(&a).unwrap();
+        assert_eq!(
+            Arc::strong_count(&kept),
+            1,
+            "the deleted dataset's table is still held"
+        );
+        // Gone under a kept table (a delete racing with the submit that kept it).
+        store.load_and_keep(&b).unwrap();
+        fs::remove_dir_all(store.dir().join(&b)).unwrap();
+        assert!(matches!(
+            store.take_table(&b),
+            Err(DatasetError::NotFound(_))
+        ));
+    }
+
     #[test]
     fn upload_in_chunks_then_list_get_load_and_delete() {
         let tmp = tempfile::tempdir().unwrap();

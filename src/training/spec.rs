@@ -216,12 +216,11 @@ pub fn number_label(x: f64) -> String {
     }
 }
 
-/// Values that replace a spec's own (`kiln train`'s flags). `model` also fills in a missing
-/// model name when `model_default` is given.
+/// Values that replace a spec's own: `kiln train`'s flags, applied to the typed spec.
 #[derive(Debug, Clone, Default)]
 pub struct SpecOverrides {
     pub model: Option<String>,
-    /// The model name when neither the spec nor `model` gives one.
+    /// The model name when neither the spec nor `model` gives one (the data file's stem).
     pub model_default: Option<String>,
     pub dataset: Option<String>,
     pub target: Option<String>,
