@@ -501,3 +501,82 @@ fn execute(
         metrics: result.metrics().clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::jobs::SqliteJobStore;
+
+    /// A cancel that reaches only the store (as one made through another replica would)
+    /// stops the running job at its next epoch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancel_written_to_the_store_stops_the_running_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Arc::new(crate::config::Config::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let registry = Arc::new(Registry::new(
+            config,
+            candle_core::Device::Cpu,
+            metrics.clone(),
+        ));
+        let datasets = Arc::new(DatasetStore::open(dir.path()).unwrap());
+        let csv = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/data/iris.csv"
+        ))
+        .unwrap();
+        let mut upload = datasets.begin_upload(Default::default()).unwrap();
+        upload.write_chunk(&csv).unwrap();
+        let dataset = upload.finish().unwrap().id;
+        let store = Arc::new(SqliteJobStore::open(&dir.path().join("kiln.db")).unwrap());
+        let jobs = JobManager::start(
+            store.clone(),
+            datasets,
+            registry,
+            dir.path().join("models"),
+            dir.path(),
+            1,
+            metrics,
+        )
+        .unwrap();
+        let spec = format!(
+            r#"{{"model": "long", "dataset": "{dataset}", "target": "species",
+                "training": {{"epochs": 100000, "batch_size": 1}}}}"#
+        );
+        let id = jobs.submit(spec.as_bytes()).await.unwrap().id;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let state = |want: fn(&JobRecord) -> bool| {
+            let jobs = jobs.clone();
+            let id = id.clone();
+            async move {
+                loop {
+                    let r = jobs.get(&id).await.unwrap().record;
+                    if want(&r) {
+                        return r;
+                    }
+                    assert!(Instant::now() < deadline, "{:?}", r.state);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        state(|r| r.progress.is_some()).await;
+        let s = store.clone();
+        let i = id.clone();
+        let asked = tokio::task::spawn_blocking(move || s.request_cancel(&i))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(asked, CancelOutcome::Requested);
+        let done = state(|r| r.state.is_final()).await;
+        assert_eq!(done.state, JobState::Cancelled);
+        // The thread is gone and its checkpoints with it.
+        let ended = Instant::now() + Duration::from_secs(10);
+        while jobs.busy() {
+            assert!(Instant::now() < ended, "the job thread did not end");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!dir.path().join("checkpoints").join(&id).exists());
+    }
+}
