@@ -30,6 +30,7 @@ pub mod auth;
 pub mod batcher;
 pub mod config;
 pub mod dataset;
+pub mod device;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
