@@ -23,6 +23,18 @@
 //!   api: {"predictions": …} with x-queue-time / x-inference-time / x-total-time
 //! ```
 //!
+//! # The training-job flow
+//! ```text
+//! POST /v1/training-jobs
+//!   api → jobs::JobManager::submit: the spec resolved against its dataset (400 if it cannot
+//!         train) → JobStore::insert (queued) → 202 + Location
+//!   scheduler task: JobStore::claim_next (queued → running, once) → a job thread
+//!   job thread: training::run: prepare → train; per epoch JobStore::record_epoch, the
+//!               checkpoint, an event for GET …/events → training::publish → the registry
+//!               loads the version → JobStore::finish (or requeue, on shutdown)
+//! ```
+//! `kiln train` runs the same `training::run` without the job system.
+//!
 //! The two doors tests use: [`serve`] (a real socket) and [`api::router`].
 
 pub mod api;

@@ -1,5 +1,5 @@
 //! One training run: the spec, data preparation, the stoppable loop and the math under it.
-//! `kiln train` uses this module alone; the server's job system ([`crate::jobs`]) runs the
+//! `kiln train` uses this module alone; the server's job system (`jobs`) runs the
 //! same [`run`] on its job threads, adding the queue, the database and checkpoints.
 //!
 //! A run: [`spec::JobSpec::resolve`] (defaults, checked against the data) →
