@@ -69,7 +69,7 @@ impl Hooks for Progress {
 }
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
-    crate::set_compute_threads(a.threads);
+    super::set_compute_threads(a.threads);
     let stem = a
         .data
         .file_stem()
