@@ -152,7 +152,8 @@ fn check(dir: &std::path::Path, device: &str) -> anyhow::Result<()> {
     let device: kiln::model::DeviceSpec = device.parse().map_err(anyhow::Error::msg)?;
     let device = device.open()?;
     let started = std::time::Instant::now();
-    let model = kiln::registry::load_and_warm(dir, &device)?;
+    let files = kiln::store::read_version_dir(dir)?;
+    let model = kiln::store::load_and_warm(&files, &device)?;
     let spec = model.spec();
     println!(
         "ok: {} loaded and ran one forward pass in {:.1} ms",
@@ -242,41 +243,54 @@ fn import(
     models: &std::path::Path,
 ) -> anyhow::Result<()> {
     set_compute_threads(1);
-    if !kiln::registry::valid_model_name(name) {
-        anyhow::bail!("invalid model name {name:?}: expected 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit");
-    }
-    let spec_bytes = std::fs::read(spec).with_context(|| format!("reading {}", spec.display()))?;
-    let weight_bytes =
-        std::fs::read(weights).with_context(|| format!("reading {}", weights.display()))?;
-    let text = std::str::from_utf8(&spec_bytes)
-        .with_context(|| format!("{} is not UTF-8", spec.display()))?;
-    let parsed = kiln::model::format::ModelSpec::from_json(text)
-        .map_err(|m| anyhow::anyhow!("{}: {m}", spec.display()))?;
-    let device = candle_core::Device::Cpu;
-    let tensors = candle_core::safetensors::load_buffer(&weight_bytes, &device).map_err(|e| {
-        anyhow::anyhow!("{} is not a valid safetensors file: {e}", weights.display())
+    kiln::store::check_name(name)?;
+    let files = kiln::store::ModelFiles::read(spec, weights)?;
+    // What the file holds, to show beside an error about a missing or misshapen tensor.
+    let listing = safetensors::SafeTensors::deserialize(&files.weights).map(|st| {
+        let mut tensors: Vec<(String, Vec<usize>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, v.shape().to_vec()))
+            .collect();
+        tensors.sort();
+        tensors
+            .iter()
+            .map(|(n, shape)| format!("{n} {shape:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    let store = kiln::store::LocalDir::new(models);
+    let published = publish(&store, name, files).map_err(|e| {
+        match (e.downcast_ref::<kiln::store::StoreError>(), &listing) {
+            (Some(kiln::store::StoreError::Invalid(_)), Ok(l)) => {
+                anyhow::anyhow!("{e}\nthe file holds: {l}")
+            }
+            _ => e,
+        }
     })?;
-    let mut names: Vec<&String> = tensors.keys().collect();
-    names.sort();
-    let listing = names
-        .iter()
-        .map(|n| format!("{n} {:?}", tensors[*n].dims()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let model = kiln::model::Model::from_tensors(parsed, tensors.clone(), &device)
-        .map_err(|e| anyhow::anyhow!("{e}\nthe file holds: {listing}"))?;
-    model.warm_up()?;
-    for t in model.unused_tensors() {
+    for t in &published.unused_tensors {
         eprintln!("warning: tensor '{t}' is not used by any layer");
     }
-    let version =
-        kiln::training::publish::publish_files(models, name, &spec_bytes, &weight_bytes, "import")?;
     println!(
-        "imported {} as {name} version {version} ({})",
+        "imported {} as {name} version {} ({})",
         weights.display(),
-        models.join(name).join(version.to_string()).display()
+        published.version,
+        kiln::store::ModelStore::location(&store, name, published.version)
     );
     Ok(())
+}
+
+/// `kiln::store::validate_and_publish` from a command: the store is async (object-storage
+/// backends are), so a one-thread runtime runs it.
+pub(crate) fn publish(
+    store: &kiln::store::LocalDir,
+    name: &str,
+    files: kiln::store::ModelFiles,
+) -> anyhow::Result<kiln::store::Published> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(runtime.block_on(kiln::store::validate_and_publish(store, name, files))?)
 }
 
 fn new_key(name: &str, scopes: &[String], file: &std::path::Path) -> anyhow::Result<()> {
