@@ -129,8 +129,31 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Reads a version directory anywhere on disk (`kiln check`): its two files, named by path.
+/// A spec that does not parse is reported before weights that cannot be read: the spec is
+/// what says what the version is.
 pub fn read_version_dir(dir: &Path) -> Result<ModelFiles, StoreError> {
-    ModelFiles::read(&dir.join(SPEC_FILE), &dir.join(WEIGHTS_FILE))
+    let (spec, weights) = (dir.join(SPEC_FILE), dir.join(WEIGHTS_FILE));
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| StoreError::Io {
+            action: "read",
+            at: p.display().to_string(),
+            source,
+        })
+    };
+    let spec_bytes = read(&spec)?;
+    let weight_bytes = match read(&weights) {
+        Ok(b) => b,
+        Err(e) => {
+            super::parse_spec(&spec_bytes, &spec)?;
+            return Err(e);
+        }
+    };
+    Ok(ModelFiles {
+        spec: spec_bytes.into(),
+        weights: weight_bytes.into(),
+        spec_origin: spec,
+        weights_origin: weights,
+    })
 }
 
 /// A version written in full under a staging name, not yet visible. Dropped without

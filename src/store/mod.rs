@@ -177,14 +177,7 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
 /// Parses the spec, reads the weights, builds the layers (checking every tensor) and runs one
 /// forward pass on a zero instance. CPU-bound and blocking: call it from a blocking thread.
 pub fn load_and_warm(files: &ModelFiles, device: &Device) -> Result<Model, ModelError> {
-    let text = std::str::from_utf8(&files.spec).map_err(|e| ModelError::Spec {
-        path: files.spec_origin.clone(),
-        message: format!("not UTF-8: {e}"),
-    })?;
-    let spec = ModelSpec::from_json(text).map_err(|message| ModelError::Spec {
-        path: files.spec_origin.clone(),
-        message,
-    })?;
+    let spec = parse_spec(&files.spec, &files.spec_origin)?;
     let tensors = candle_core::safetensors::load_buffer(&files.weights, device).map_err(|e| {
         ModelError::Weights {
             path: files.weights_origin.clone(),
@@ -194,6 +187,18 @@ pub fn load_and_warm(files: &ModelFiles, device: &Device) -> Result<Model, Model
     let model = Model::from_tensors(spec, tensors, device)?;
     model.warm_up()?;
     Ok(model)
+}
+
+/// Parses `model.json`; the error names `origin` and says what is wrong and where.
+fn parse_spec(bytes: &[u8], origin: &Path) -> Result<ModelSpec, ModelError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| ModelError::Spec {
+        path: origin.to_owned(),
+        message: format!("not UTF-8: {e}"),
+    })?;
+    ModelSpec::from_json(text).map_err(|message| ModelError::Spec {
+        path: origin.to_owned(),
+        message,
+    })
 }
 
 /// What [`validate_and_publish`] stored.

@@ -306,3 +306,25 @@ async fn validate_and_publish_refuses_what_cannot_serve_and_stores_nothing() {
     assert_eq!(dyn_store.scan().await.unwrap()["m"].len(), 1);
     assert!(dyn_store.read("m", 2).await.is_ok());
 }
+
+#[test]
+fn a_broken_spec_is_reported_before_missing_weights() {
+    let root = tempfile::tempdir().unwrap();
+    let store = LocalDir::new(root.path());
+    let dir = root.path().join("m/1");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.json"), b"{\"format_version\": 1, ").unwrap();
+    let err = store.read_blocking("m", 1).unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    assert!(
+        err.to_string().contains("model.json: invalid model.json"),
+        "{err}"
+    );
+    std::fs::write(dir.join("model.json"), files().spec).unwrap();
+    let err = store.read_blocking("m", 1).unwrap_err();
+    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    assert!(
+        err.to_string().contains("model.safetensors: cannot read"),
+        "{err}"
+    );
+}
