@@ -196,7 +196,7 @@ impl LocalDir {
     }
 
     /// [`ModelStore::scan`], blocking.
-    pub fn scan_blocking(&self) -> Catalog {
+    pub(crate) fn scan_blocking(&self) -> Catalog {
         let mut catalog = Catalog::new();
         let Ok(models) = std::fs::read_dir(&self.inner.root) else {
             return catalog;
@@ -217,13 +217,13 @@ impl LocalDir {
     }
 
     /// [`ModelStore::versions`], blocking.
-    pub fn versions_blocking(&self, name: &str) -> Result<Option<Versions>, StoreError> {
+    pub(crate) fn versions_blocking(&self, name: &str) -> Result<Option<Versions>, StoreError> {
         let dir = self.model_dir(name)?;
         Ok(dir.is_dir().then(|| versions_in(&dir)))
     }
 
     /// [`ModelStore::read`], blocking.
-    pub fn read_blocking(&self, name: &str, version: u64) -> Result<StoredVersion, StoreError> {
+    pub(crate) fn read_blocking(&self, name: &str, version: u64) -> Result<StoredVersion, StoreError> {
         let dir = self.version_dir(name, version)?;
         if !dir.is_dir() {
             return Err(StoreError::VersionNotFound {
@@ -242,7 +242,7 @@ impl LocalDir {
     }
 
     /// [`ModelStore::publish`], blocking: stage, then commit.
-    pub fn publish_blocking(&self, name: &str, files: &ModelFiles) -> Result<u64, StoreError> {
+    pub(crate) fn publish_blocking(&self, name: &str, files: &ModelFiles) -> Result<u64, StoreError> {
         let staged = self.stage(name, files)?;
         self.commit(staged)
     }
@@ -315,7 +315,7 @@ impl LocalDir {
     }
 
     /// [`ModelStore::delete_version`], blocking.
-    pub fn delete_version_blocking(&self, name: &str, version: u64) -> Result<(), StoreError> {
+    pub(crate) fn delete_version_blocking(&self, name: &str, version: u64) -> Result<(), StoreError> {
         let dir = self.version_dir(name, version)?;
         if !dir.is_dir() {
             return Err(StoreError::VersionNotFound {
@@ -327,7 +327,7 @@ impl LocalDir {
     }
 
     /// [`ModelStore::delete_model`], blocking.
-    pub fn delete_model_blocking(&self, name: &str) -> Result<(), StoreError> {
+    pub(crate) fn delete_model_blocking(&self, name: &str) -> Result<(), StoreError> {
         let dir = self.model_dir(name)?;
         if !dir.is_dir() {
             return Err(StoreError::ModelNotFound(name.to_owned()));
