@@ -223,7 +223,11 @@ impl LocalDir {
     }
 
     /// [`ModelStore::read`], blocking.
-    pub(crate) fn read_blocking(&self, name: &str, version: u64) -> Result<StoredVersion, StoreError> {
+    pub(crate) fn read_blocking(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<StoredVersion, StoreError> {
         let dir = self.version_dir(name, version)?;
         if !dir.is_dir() {
             return Err(StoreError::VersionNotFound {
@@ -242,7 +246,11 @@ impl LocalDir {
     }
 
     /// [`ModelStore::publish`], blocking: stage, then commit.
-    pub(crate) fn publish_blocking(&self, name: &str, files: &ModelFiles) -> Result<u64, StoreError> {
+    pub(crate) fn publish_blocking(
+        &self,
+        name: &str,
+        files: &ModelFiles,
+    ) -> Result<u64, StoreError> {
         let staged = self.stage(name, files)?;
         self.commit(staged)
     }
@@ -315,7 +323,11 @@ impl LocalDir {
     }
 
     /// [`ModelStore::delete_version`], blocking.
-    pub(crate) fn delete_version_blocking(&self, name: &str, version: u64) -> Result<(), StoreError> {
+    pub(crate) fn delete_version_blocking(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<(), StoreError> {
         let dir = self.version_dir(name, version)?;
         if !dir.is_dir() {
             return Err(StoreError::VersionNotFound {
