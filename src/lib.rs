@@ -84,7 +84,15 @@ pub async fn serve(
         .map(server::tls::acceptor)
         .transpose()?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let models: Arc<dyn store::ModelStore> = Arc::new(store::LocalDir::new(&config.models_dir));
+    let local = store::LocalDir::new(&config.models_dir);
+    let leftovers = local.remove_leftovers();
+    if leftovers > 0 {
+        tracing::info!(
+            count = leftovers,
+            "removed what interrupted publishes and deletes left in the models directory"
+        );
+    }
+    let models: Arc<dyn store::ModelStore> = Arc::new(local);
     let registry = Arc::new(registry::Registry::new(
         config.clone(),
         models.clone(),

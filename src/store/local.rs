@@ -64,6 +64,23 @@ fn unique_suffix() -> String {
     )
 }
 
+/// The process that made a staging or trash directory: `<…>-<pid>-<n>[.tmp]`.
+fn maker_of(dir_name: &str) -> Option<u32> {
+    let stem = dir_name.strip_suffix(".tmp").unwrap_or(dir_name);
+    let mut parts = stem.rsplitn(3, '-');
+    let (_n, pid) = (parts.next()?, parts.next()?);
+    parts.next()?;
+    pid.parse().ok()
+}
+
+/// Whether a process may still be writing there. Without `/proc` (not Linux), every
+/// process counts as alive: leftovers are then kept rather than risk a live publish.
+fn is_alive(pid: u32) -> bool {
+    pid == std::process::id()
+        || !Path::new("/proc/self").exists()
+        || Path::new("/proc").join(pid.to_string()).exists()
+}
+
 /// A version directory's number: canonical decimal only (`7`, not `007` or `7.tmp`), so that
 /// a version has exactly one directory name.
 fn version_of(dir_name: &str) -> Option<u64> {
@@ -193,6 +210,38 @@ impl LocalDir {
 
     fn version_dir(&self, name: &str, version: u64) -> Result<PathBuf, StoreError> {
         Ok(self.model_dir(name)?.join(version.to_string()))
+    }
+
+    /// Removes what interrupted publishes (`.publish-….tmp`) and deletes (`.deleted-…`) of
+    /// processes that are gone left behind; returns how many. Never listed anyway, they only
+    /// take disk space. Called once at startup.
+    pub fn remove_leftovers(&self) -> usize {
+        let leftover = |e: &std::fs::DirEntry, prefix: &str| {
+            e.file_name()
+                .to_str()
+                .filter(|n| n.starts_with(prefix))
+                .and_then(maker_of)
+                .is_some_and(|pid| !is_alive(pid))
+        };
+        let mut removed = 0;
+        let Ok(top) = std::fs::read_dir(&self.inner.root) else {
+            return 0;
+        };
+        for e in top.flatten() {
+            if leftover(&e, ".deleted-") {
+                removed += usize::from(std::fs::remove_dir_all(e.path()).is_ok());
+            } else if e.path().is_dir() {
+                let Ok(inner) = std::fs::read_dir(e.path()) else {
+                    continue;
+                };
+                for s in inner.flatten() {
+                    if leftover(&s, ".publish-") {
+                        removed += usize::from(std::fs::remove_dir_all(s.path()).is_ok());
+                    }
+                }
+            }
+        }
+        removed
     }
 
     /// [`ModelStore::scan`], blocking.

@@ -328,3 +328,27 @@ fn a_broken_spec_is_reported_before_missing_weights() {
         "{err}"
     );
 }
+
+#[test]
+fn leftovers_of_dead_processes_are_removed_and_live_ones_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let store = LocalDir::new(root.path());
+    store.publish_blocking("m", &files()).unwrap();
+    // Ours (alive) and one of a process that cannot exist (pid above the kernel's limit).
+    let ours = store.stage("m", &files()).unwrap();
+    let dead = u32::MAX;
+    for d in [
+        format!("m/.publish-{dead}-0.tmp"),
+        format!(".deleted-m-2-{dead}-7"),
+        format!(".deleted-a-b-{dead}-1"),
+    ] {
+        std::fs::create_dir_all(root.path().join(d).join("x")).unwrap();
+    }
+    assert_eq!(store.remove_leftovers(), 3);
+    assert_eq!(entries(root.path()), ["m"]);
+    let in_m = entries(&root.path().join("m"));
+    assert_eq!(in_m.len(), 2, "{in_m:?}");
+    assert!(ours.dir.is_dir(), "a publish in progress is kept");
+    assert_eq!(store.commit(ours).unwrap(), 2);
+    assert_eq!(store.remove_leftovers(), 0);
+}
