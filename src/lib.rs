@@ -84,15 +84,7 @@ pub async fn serve(
         .map(server::tls::acceptor)
         .transpose()?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let local = store::LocalDir::new(&config.models_dir);
-    let leftovers = local.remove_leftovers();
-    if leftovers > 0 {
-        tracing::info!(
-            count = leftovers,
-            "removed what interrupted publishes and deletes left in the models directory"
-        );
-    }
-    let models: Arc<dyn store::ModelStore> = Arc::new(local);
+    let models: Arc<dyn store::ModelStore> = Arc::new(store::LocalDir::open(&config.models_dir));
     let registry = Arc::new(registry::Registry::new(
         config.clone(),
         models.clone(),
@@ -129,9 +121,6 @@ pub async fn serve(
         metrics: metrics.clone(),
         keys,
     });
-    if !config.models_dir.is_dir() {
-        tracing::warn!(dir = %config.models_dir.display(), "models directory does not exist; it will be watched for models");
-    }
     let watcher = registry::spawn_watcher(registry);
     let addr = listener
         .local_addr()

@@ -199,6 +199,21 @@ impl LocalDir {
         }
     }
 
+    /// The server's store: [`LocalDir::new`], then what a start does once (blocking): a
+    /// warning when the directory is missing, and [`LocalDir::remove_leftovers`].
+    pub fn open(root: impl Into<PathBuf>) -> Self {
+        let store = LocalDir::new(root);
+        let root = store.root();
+        if !root.is_dir() {
+            tracing::warn!(dir = %root.display(), "models directory does not exist; it will be watched for models");
+        }
+        let removed = store.remove_leftovers();
+        if removed > 0 {
+            tracing::info!(dir = %root.display(), count = removed, "removed what interrupted publishes and deletes left in the models directory");
+        }
+        store
+    }
+
     pub fn root(&self) -> &Path {
         &self.inner.root
     }
