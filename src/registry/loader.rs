@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use super::{LoadedVersion, Registry, Slot, VersionState};
 use crate::batcher;
-use crate::error::ModelError;
+use crate::model::ModelError;
 use crate::store::{load_and_warm, Revision};
 
 impl Registry {

@@ -1,6 +1,7 @@
 //! The store's errors, and how the serving path reports them.
 
-use crate::error::{Error, ModelError};
+use crate::error::Error;
+use crate::model::ModelError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -32,9 +32,9 @@ use bytes::Bytes;
 use candle_core::{Device, Tensor};
 use futures_util::future::BoxFuture;
 
-use crate::error::ModelError;
 use crate::model::format::ModelSpec;
 use crate::model::Model;
+use crate::model::ModelError;
 
 pub use error::StoreError;
 pub use local::{read_version_dir, LocalDir};
