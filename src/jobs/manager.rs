@@ -24,8 +24,8 @@ use super::checkpoint;
 use super::error::JobError;
 use super::store::{CancelOutcome, JobEnd, JobFilter, JobRecord, JobState, JobStore};
 use crate::dataset::DatasetStore;
-use crate::registry::Registry;
-use crate::training::publish::publish;
+use crate::registry::{Registry, VersionState};
+use crate::store::{validate_and_publish, ModelFiles, ModelStore};
 use crate::training::run;
 use crate::training::spec::JobSpec;
 use crate::training::trainer::{Checkpoint, EpochEvent, Hooks, Outcome};
@@ -56,7 +56,7 @@ struct Running {
 struct Inner {
     store: Arc<dyn JobStore>,
     datasets: Arc<DatasetStore>,
-    models_dir: PathBuf,
+    models: Arc<dyn ModelStore>,
     checkpoints: PathBuf,
     registry: Arc<Registry>,
     runtime: tokio::runtime::Handle,
@@ -117,7 +117,7 @@ impl JobManager {
         store: Arc<dyn JobStore>,
         datasets: Arc<DatasetStore>,
         registry: Arc<Registry>,
-        models_dir: PathBuf,
+        models: Arc<dyn ModelStore>,
         data_dir: &Path,
         max_concurrent_jobs: usize,
         metrics: Arc<crate::metrics::Metrics>,
@@ -127,7 +127,7 @@ impl JobManager {
         let inner = Arc::new(Inner {
             store,
             datasets,
-            models_dir,
+            models,
             checkpoints,
             registry,
             runtime: tokio::runtime::Handle::current(),
@@ -481,20 +481,33 @@ fn execute(
             Ending::Done(JobEnd::Cancelled)
         };
     }
-    // Publishing the trained version: a new version directory, then the registry loads it.
-    let version = match publish(
-        &inner.models_dir,
-        &spec.spec.model,
-        &result.model_spec,
-        &result.weights,
-        &job.id,
-    ) {
-        Ok(v) => v,
+    let name = &spec.spec.model;
+    let files = match ModelFiles::trained(&result.model_spec, &result.weights) {
+        Ok(f) => f,
         Err(e) => return fail(e.to_string()),
     };
-    // Load it now rather than at the next directory scan.
-    let registry = inner.registry.clone();
-    inner.runtime.block_on(async move { registry.sync().await });
+    // Published, then loaded into the registry (this version only) before the job counts
+    // as succeeded: a client that sees `succeeded` can predict at once.
+    let published = inner.runtime.block_on(async {
+        let published = validate_and_publish(&*inner.models, name, files).await?;
+        let loaded = inner.registry.load_version(name, published.version).await;
+        Ok::<_, crate::store::StoreError>((published.version, loaded))
+    });
+    let version = match published {
+        Ok((version, loaded)) => {
+            match loaded {
+                Ok(VersionState::Failed(e)) => {
+                    tracing::error!(job = %job.id, model = %name, version, error = %e, "the published version failed to load");
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.id, model = %name, version, error = %e, "the published version cannot be loaded");
+                }
+                Ok(_) => {}
+            }
+            version
+        }
+        Err(e) => return fail(format!("publishing the model: {e}")),
+    };
     Ending::Done(JobEnd::Succeeded {
         version,
         metrics: result.metrics().clone(),
@@ -515,8 +528,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Arc::new(crate::config::Config::default());
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let models: Arc<dyn ModelStore> =
+            Arc::new(crate::store::LocalDir::new(dir.path().join("models")));
         let registry = Arc::new(Registry::new(
             config,
+            models.clone(),
             candle_core::Device::Cpu,
             metrics.clone(),
         ));
@@ -534,7 +550,7 @@ mod tests {
             store.clone(),
             datasets,
             registry,
-            dir.path().join("models"),
+            models,
             dir.path(),
             1,
             metrics,

@@ -5,7 +5,7 @@
 //! A run: [`spec::JobSpec::resolve`] (defaults, checked against the data) →
 //! [`run::prepare_data`] ([`prepare`]: split, fitted preprocessing, report) →
 //! [`run::train_and_package`] ([`trainer::train`], then the served model's spec with its
-//! training information) → [`publish`] (a new version directory).
+//! training information), which the caller publishes through the model store.
 //!
 //! The loop runs on the caller's thread, never the async runtime. Per step: forward
 //! (`train = true`) → [`losses::Loss::compute`] → `backward()` → [`optim::Optimizer::step`]
@@ -26,7 +26,6 @@ pub mod losses;
 pub mod metrics;
 pub mod optim;
 pub mod prepare;
-pub mod publish;
 pub mod rng;
 pub mod run;
 pub mod spec;
