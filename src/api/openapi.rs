@@ -27,7 +27,7 @@ use super::{datasets, health, jobs, metrics, models, predict, repository, types,
 use crate::auth::{rule_for, Rule, Scope};
 use crate::dataset::DatasetError;
 use crate::error::Error;
-use crate::training::jobs::JobError;
+use crate::jobs::JobError;
 
 #[derive(OpenApi)]
 #[openapi(
