@@ -15,7 +15,7 @@ pub struct Args {
 pub fn run(a: &Args) -> anyhow::Result<()> {
     let dir = &a.dir;
     super::set_compute_threads(1);
-    let device: kiln::model::DeviceSpec = a.device.parse().map_err(anyhow::Error::msg)?;
+    let device: kiln::device::DeviceSpec = a.device.parse().map_err(anyhow::Error::msg)?;
     let device = device.open()?;
     let started = std::time::Instant::now();
     let model = kiln::registry::load_and_warm(dir, &device)?;

@@ -23,7 +23,7 @@ mod shape;
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
-use crate::error::ModelError;
+use crate::model::ModelError;
 use crate::model::format::{Initializer, InputDType, LayerSpec};
 
 pub use activation::Act;
