@@ -23,8 +23,8 @@ mod shape;
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
-use crate::model::ModelError;
 use crate::model::format::{Initializer, InputDType, LayerSpec};
+use crate::model::ModelError;
 
 pub use activation::Act;
 pub use dense::ParamGrads;
