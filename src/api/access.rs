@@ -1,4 +1,4 @@
-//! Who may call which route. Every route is declared once, in [`super::router`], inside a
+//! Who may call which route. Every route is declared once, in `api::groups`, inside a
 //! [`Group`] of routes that need the same [`Rule`]: the group adds each route to the router
 //! and records it, so the access check, the route table ([`super::routes`]) and the OpenAPI
 //! document's security all come from that one declaration.
