@@ -4,6 +4,8 @@
 //! - [`config`]: defaults → `config/kiln.toml` → `KILN_*` → flags, validated.
 //! - [`model`]: `model.json` + safetensors → candle layers; the device.
 //! - [`preprocess`]: fitted transforms applied to named-feature instances.
+//! - [`store`]: the model store: where versions live (the models directory), name rules,
+//!   publish (validated first) and delete; the registry reads it, nothing else touches it.
 //! - [`registry`]: name → version → state; the loader (the only way in) and the watcher.
 //! - [`batcher`]: per-version queue, batching policy and worker threads.
 //! - [`api`]: the HTTP edge (TF Serving's REST API, health).
@@ -35,6 +37,7 @@ pub mod registry;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod training;
 
@@ -93,8 +96,10 @@ pub async fn serve_with_routes(
         .map(server::tls::acceptor)
         .transpose()?;
     let metrics = Arc::new(metrics::Metrics::new());
+    let models: Arc<dyn store::ModelStore> = Arc::new(store::LocalDir::open(&config.models_dir));
     let registry = Arc::new(registry::Registry::new(
         config.clone(),
+        models.clone(),
         device,
         metrics.clone(),
     ));
@@ -112,7 +117,7 @@ pub async fn serve_with_routes(
         job_store,
         datasets.clone(),
         registry.clone(),
-        config.models_dir.clone(),
+        models.clone(),
         &config.data_dir,
         config.max_concurrent_jobs,
         metrics.clone(),
@@ -121,15 +126,13 @@ pub async fn serve_with_routes(
     let state = state::AppState::new(state::Shared {
         config: config.clone(),
         registry: registry.clone(),
+        models,
         health: health.clone(),
         datasets,
         jobs: jobs.clone(),
         metrics: metrics.clone(),
         keys,
     });
-    if !config.models_dir.is_dir() {
-        tracing::warn!(dir = %config.models_dir.display(), "models directory does not exist; it will be watched for models");
-    }
     let watcher = registry::spawn_watcher(registry);
     let addr = listener
         .local_addr()

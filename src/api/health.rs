@@ -76,8 +76,11 @@ mod tests {
     fn state(dir: &std::path::Path) -> AppState {
         let config = Arc::new(Config::default());
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let models: Arc<dyn crate::store::ModelStore> =
+            Arc::new(crate::store::LocalDir::new(dir.join("models")));
         let registry = Arc::new(Registry::new(
             config.clone(),
+            models.clone(),
             candle_core::Device::Cpu,
             metrics.clone(),
         ));
@@ -87,7 +90,7 @@ mod tests {
             store,
             datasets.clone(),
             registry.clone(),
-            dir.join("models"),
+            models.clone(),
             dir,
             1,
             metrics.clone(),
@@ -95,6 +98,7 @@ mod tests {
         .unwrap();
         AppState::new(Shared {
             registry,
+            models,
             config,
             health: Arc::new(Health::default()),
             datasets,

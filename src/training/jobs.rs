@@ -18,13 +18,13 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, Notify, Semaphore};
 
 use super::checkpoint;
-use super::publish::publish;
 use super::run;
 use super::spec::{JobSpec, ResolvedSpec};
 use super::store::{JobFilter, JobRecord, JobState, JobStore};
 use super::trainer::{Checkpoint, EpochEvent, Hooks, Outcome};
 use crate::dataset::{DatasetError, DatasetStore};
-use crate::registry::Registry;
+use crate::registry::{Registry, VersionState};
+use crate::store::{validate_and_publish, ModelFiles, ModelStore};
 
 /// Errors of the job API (mapped to HTTP by `api::error`).
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,7 @@ struct Running {
 struct Inner {
     store: JobStore,
     datasets: Arc<DatasetStore>,
-    models_dir: PathBuf,
+    models: Arc<dyn ModelStore>,
     checkpoints: PathBuf,
     registry: Arc<Registry>,
     runtime: tokio::runtime::Handle,
@@ -121,7 +121,7 @@ impl JobManager {
         store: JobStore,
         datasets: Arc<DatasetStore>,
         registry: Arc<Registry>,
-        models_dir: PathBuf,
+        models: Arc<dyn ModelStore>,
         data_dir: &std::path::Path,
         max_concurrent_jobs: usize,
         metrics: Arc<crate::metrics::Metrics>,
@@ -156,7 +156,7 @@ impl JobManager {
         let inner = Arc::new(Inner {
             store,
             datasets,
-            models_dir,
+            models,
             checkpoints: data_dir.join("checkpoints"),
             registry,
             runtime: tokio::runtime::Handle::current(),
@@ -544,19 +544,35 @@ fn execute(
             Ending::Cancelled
         };
     }
-    let version = match publish(
-        &inner.models_dir,
-        &resolved.spec.model,
-        &result.model_spec,
-        &result.weights,
-        &job.id,
-    ) {
-        Ok(v) => v,
+    let name = &resolved.spec.model;
+    let files = match ModelFiles::trained(&result.model_spec, &result.weights) {
+        Ok(f) => f,
         Err(e) => return fail(e.to_string()),
     };
-    let metrics = result.metrics;
-    // Load it now rather than at the next directory scan.
-    let registry = inner.registry.clone();
-    inner.runtime.block_on(async move { registry.sync().await });
-    Ending::Succeeded { version, metrics }
+    // Published, then loaded into the registry (this version only) before the job counts
+    // as succeeded: a client that sees `succeeded` can predict at once.
+    let published = inner.runtime.block_on(async {
+        let published = validate_and_publish(&*inner.models, name, files).await?;
+        let loaded = inner.registry.load_version(name, published.version).await;
+        Ok::<_, crate::store::StoreError>((published.version, loaded))
+    });
+    let version = match published {
+        Ok((version, loaded)) => {
+            match loaded {
+                Ok(VersionState::Failed(e)) => {
+                    tracing::error!(job = %job.id, model = %name, version, error = %e, "the published version failed to load")
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.id, model = %name, version, error = %e, "the published version cannot be loaded")
+                }
+                Ok(_) => {}
+            }
+            version
+        }
+        Err(e) => return fail(format!("publishing the model: {e}")),
+    };
+    Ending::Succeeded {
+        version,
+        metrics: result.metrics,
+    }
 }
