@@ -612,7 +612,7 @@ impl Hooks for JobLikeHooks {
             .record_epoch("job_0000000000000000", event)
             .map_err(|e| e.to_string())?;
         let t1 = Instant::now();
-        kiln::jobs::checkpoint::save(&self.ckdir, ck)?;
+        kiln::jobs::checkpoint::save(&self.ckdir, ck, event)?;
         let t2 = Instant::now();
         self.times
             .push(((t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64()));

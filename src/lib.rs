@@ -70,7 +70,7 @@ pub use config::Config;
 /// tests, the benches). Serving allocates on one thread and frees on another (request rows
 /// on the runtime, freed by a worker; outputs the other way), which glibc's arenas handle
 /// with locks and slow paths; training reuses large blocks that glibc hands back to the OS
-/// and faults in again (../shared/CANDLE-NOTES.md). See docs/benchmarks.md for the figures.
+/// and faults in again (docs/candle.md). See docs/benchmarks.md for the figures.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

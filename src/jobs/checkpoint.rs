@@ -1,4 +1,6 @@
-//! Checkpoints on disk: `<data>/checkpoints/<job>/ckpt/{tensors.safetensors, meta.json}`,
+//! Checkpoints on disk: `<data>/checkpoints/<job>/ckpt/{tensors.safetensors, meta.json,
+//! epoch.json}` (`epoch.json`: the epoch's history entry, so that a crash between the
+//! checkpoint and the history row loses neither),
 //! replaced after every epoch by writing `ckpt.tmp` and renaming, so a crash at any moment
 //! leaves one complete checkpoint (`ckpt`, or `ckpt.old` mid-swap). The files are fsynced
 //! before the rename, as a published version's are: after a power loss a renamed
@@ -9,13 +11,14 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use crate::training::trainer::{Checkpoint, CheckpointMeta};
+use crate::training::trainer::{Checkpoint, CheckpointMeta, EpochEvent};
 
 const TENSORS: &str = "tensors.safetensors";
 const META: &str = "meta.json";
+const EVENT: &str = "epoch.json";
 
-/// Writes `ck` as the job's checkpoint.
-pub fn save(dir: &Path, ck: &Checkpoint) -> Result<(), String> {
+/// Writes `ck` as the job's checkpoint, with `event`, its epoch's history entry.
+pub fn save(dir: &Path, ck: &Checkpoint, event: &EpochEvent) -> Result<(), String> {
     let tmp = dir.join("ckpt.tmp");
     let cur = dir.join("ckpt");
     let old = dir.join("ckpt.old");
@@ -35,7 +38,9 @@ pub fn save(dir: &Path, ck: &Checkpoint) -> Result<(), String> {
         .map_err(|e| format!("saving the checkpoint: {e}"))?;
     let meta = serde_json::to_vec(&ck.meta).expect("checkpoint meta serializes");
     std::fs::write(tmp.join(META), meta).map_err(|e| format!("saving the checkpoint: {e}"))?;
-    for file in [tmp.join(TENSORS), tmp.join(META)] {
+    let event = serde_json::to_vec(event).expect("epoch events serialize");
+    std::fs::write(tmp.join(EVENT), event).map_err(|e| format!("saving the checkpoint: {e}"))?;
+    for file in [tmp.join(TENSORS), tmp.join(META), tmp.join(EVENT)] {
         std::fs::File::open(&file)
             .and_then(|f| f.sync_all())
             .map_err(|e| format!("syncing the checkpoint {}: {e}", file.display()))?;
@@ -95,6 +100,17 @@ pub fn load(dir: &Path) -> Result<Option<Checkpoint>, String> {
     Ok(None)
 }
 
+/// The history entry of the epoch the latest complete checkpoint holds (the one [`load`]
+/// reads), if it has one.
+pub fn load_event(dir: &Path) -> Option<EpochEvent> {
+    ["ckpt", "ckpt.old"]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|d| d.join(META).is_file() && d.join(TENSORS).is_file())
+        .and_then(|d| std::fs::read(d.join(EVENT)).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+}
+
 /// Removes a job's checkpoints (after it finished).
 pub fn remove(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
@@ -123,15 +139,31 @@ mod tests {
         }
     }
 
-    /// Each save replaces the last one whole and leaves no temporary directory; removing
-    /// them after the job leaves nothing.
+    fn event(epoch: u32) -> EpochEvent {
+        EpochEvent {
+            epoch,
+            epochs: 5,
+            loss: 0.5,
+            val_loss: None,
+            metrics: Default::default(),
+            learning_rate: 0.01,
+            samples_per_sec: 100.0,
+            epoch_seconds: 0.1,
+            eta_seconds: 0.3,
+        }
+    }
+
+    /// Each save replaces the last one whole (tensors, state and the epoch's history entry)
+    /// and leaves no temporary directory; removing them after the job leaves nothing.
     #[test]
     fn the_latest_save_is_what_loads() {
         let dir = tempfile::tempdir().unwrap();
         let ck = dir.path().join("job_a");
         assert!(load(&ck).unwrap().is_none());
-        save(&ck, &checkpoint(1)).unwrap();
-        save(&ck, &checkpoint(2)).unwrap();
+        assert!(load_event(&ck).is_none());
+        save(&ck, &checkpoint(1), &event(1)).unwrap();
+        save(&ck, &checkpoint(2), &event(2)).unwrap();
+        assert_eq!(load_event(&ck).map(|e| e.epoch), Some(2));
         let back = load(&ck).unwrap().unwrap();
         assert_eq!((back.epoch, back.meta.best), (2, Some((0.25, 2))));
         let w = back.weights["0.weight"].flatten_all().unwrap();

@@ -264,7 +264,7 @@ fn recover_interrupted(store: &dyn JobStore, checkpoints: &Path) -> Result<(), J
         match checkpoint::load(&checkpoints.join(&job.id)) {
             Ok(c) => {
                 let epoch = c.as_ref().map_or(0, |c| c.epoch);
-                store.truncate_history(&job.id, epoch)?;
+                rewind_history(store, &job.id, &checkpoints.join(&job.id), epoch)?;
                 store.requeue(&job.id)?;
                 if c.is_some() {
                     tracing::info!(job = %job.id, epoch, "job interrupted by a restart: resuming from its checkpoint");
@@ -281,6 +281,22 @@ fn recover_interrupted(store: &dyn JobStore, checkpoints: &Path) -> Result<(), J
                 )?;
             }
         }
+    }
+    Ok(())
+}
+
+/// The history as the checkpoint left it: epochs after the checkpoint's are dropped (they
+/// are computed again), and the checkpoint's own epoch is there even when a crash came
+/// between writing the checkpoint and recording the epoch.
+fn rewind_history(
+    store: &dyn JobStore,
+    id: &str,
+    ckdir: &Path,
+    epoch: u32,
+) -> Result<(), JobError> {
+    store.truncate_history(id, epoch)?;
+    if let Some(event) = checkpoint::load_event(ckdir).filter(|e| e.epoch == epoch) {
+        store.record_epoch(id, &event)?;
     }
     Ok(())
 }
@@ -365,13 +381,14 @@ impl Hooks for JobHooks<'_> {
     }
 
     fn epoch_done(&mut self, event: &EpochEvent, ck: &Checkpoint) -> Result<(), String> {
-        // History first, then the checkpoint files: a crash between the two resumes from
-        // the files' epoch and recomputes (and re-records) what follows, so the history
-        // never has a gap.
+        // The checkpoint (with this epoch's entry) first, then the history row: an epoch a
+        // client has seen in the history is always in a checkpoint, so a crash never takes
+        // it back; a crash between the two is repaired from the checkpoint's entry.
         self.inner
             .metrics
             .epoch_seconds
             .observe(event.epoch_seconds);
+        checkpoint::save(&self.ckdir, ck, event)?;
         let cancel = self
             .inner
             .store
@@ -380,7 +397,6 @@ impl Hooks for JobHooks<'_> {
         if cancel {
             self.flags.cancel.store(true, Ordering::Release);
         }
-        checkpoint::save(&self.ckdir, ck)?;
         let _ = self.events.send(JobEvent::Epoch(Arc::new(event.clone())));
         Ok(())
     }
@@ -459,7 +475,7 @@ fn execute(
         Err(e) => return fail(format!("cannot resume: {e}")),
     };
     if let Some(c) = &resume {
-        if let Err(e) = inner.store.truncate_history(&job.id, c.epoch) {
+        if let Err(e) = rewind_history(inner.store.as_ref(), &job.id, ckdir, c.epoch) {
             return fail(e.to_string());
         }
     }
@@ -481,13 +497,13 @@ fn execute(
             Ending::Done(JobEnd::Cancelled)
         };
     }
+    // Published, then loaded into the registry (this version only) before the job counts
+    // as succeeded: a client that sees `succeeded` can predict at once.
     let name = &spec.spec.model;
     let files = match ModelFiles::trained(&result.model_spec, &result.weights) {
         Ok(f) => f,
         Err(e) => return fail(e.to_string()),
     };
-    // Published, then loaded into the registry (this version only) before the job counts
-    // as succeeded: a client that sees `succeeded` can predict at once.
     let published = inner.runtime.block_on(async {
         let published = validate_and_publish(&*inner.models, name, files).await?;
         let loaded = inner.registry.load_version(name, published.version).await;
@@ -497,10 +513,10 @@ fn execute(
         Ok((version, loaded)) => {
             match loaded {
                 Ok(VersionState::Failed(e)) => {
-                    tracing::error!(job = %job.id, model = %name, version, error = %e, "the published version failed to load");
+                    tracing::error!(job = %job.id, model = %name, version, error = %e, "the published version failed to load")
                 }
                 Err(e) => {
-                    tracing::error!(job = %job.id, model = %name, version, error = %e, "the published version cannot be loaded");
+                    tracing::error!(job = %job.id, model = %name, version, error = %e, "the published version cannot be loaded")
                 }
                 Ok(_) => {}
             }
@@ -529,7 +545,7 @@ mod tests {
         let config = Arc::new(crate::config::Config::default());
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let models: Arc<dyn ModelStore> =
-            Arc::new(crate::store::LocalDir::new(dir.path().join("models")));
+            Arc::new(crate::store::LocalDir::open(dir.path().join("models")));
         let registry = Arc::new(Registry::new(
             config,
             models.clone(),

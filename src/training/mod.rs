@@ -5,7 +5,7 @@
 //! A run: [`spec::JobSpec::resolve`] (defaults, checked against the data) →
 //! [`run::prepare_data`] ([`prepare`]: split, fitted preprocessing, report) →
 //! [`run::train_and_package`] ([`trainer::train`], then the served model's spec with its
-//! training information), which the caller publishes through the model store.
+//! training information), which the caller publishes through the model store (`store`).
 //!
 //! The loop runs on the caller's thread, never the async runtime. Per step: forward
 //! (`train = true`) → [`losses::Loss::compute`] → `backward()` → [`optim::Optimizer::step`]

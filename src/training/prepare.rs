@@ -354,7 +354,7 @@ mod tests {
         crate::dataset::read_table(std::path::Path::new(path), None, None).unwrap()
     }
 
-    /// tests/data/iris_dirty.csv (from ../shared/datasets, see its manifest): 7 missing
+    /// tests/data/iris_dirty.csv (see tests/data/README.md and the manifest): 7 missing
     /// cells, 4 typos in numeric columns, 1 outlier (57.0 for 5.7), 4 redundant rows.
     #[test]
     fn the_dirty_data_report_counts_exactly_what_was_dirtied() {
