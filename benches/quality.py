@@ -6,9 +6,10 @@
     python3 benches/quality.py --data DIR --datasets mnist784 fashion_mnist784 \\
         --tools kiln --baseline-bin OLD_KILN                       # wall time before vs after
 
-DIR (default: $KILN_DATASETS) holds `<name>_train.csv` for iris, wine, breast_cancer, digits,
-diabetes, mnist1d, mnist784 and fashion_mnist784: target `label` (classification) or `target`
-(diabetes, regression), every other column a numeric feature.
+DIR (default: $KILN_DATASETS, else tests/data in this repository, which holds the five small
+sets) holds `<name>_train.csv` for iris, wine, breast_cancer, digits, diabetes, mnist1d,
+mnist784 and fashion_mnist784: target `label` (classification) or `target` (diabetes,
+regression), every other column a numeric feature. By default every set found there runs.
 
 Protocol (issue 15):
 
@@ -313,9 +314,10 @@ def mean(xs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.environ.get("KILN_DATASETS"),
-                    help="folder of <name>_train.csv files (default: $KILN_DATASETS)")
-    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--data", default=os.environ.get("KILN_DATASETS") or os.path.join(REPO, "tests", "data"),
+                    help="folder of <name>_train.csv files (default: $KILN_DATASETS, else tests/data)")
+    ap.add_argument("--datasets", nargs="+", choices=list(DATASETS),
+                    help="default: every set whose file is in --data")
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     ap.add_argument("--tools", nargs="+", default=["kiln", "sklearn", "keras"],
                     choices=["kiln", "sklearn", "keras"])
@@ -342,8 +344,10 @@ def main():
             sys.exit(f"{a.references} used other seeds or another split")
         reused = {n: {t: r for t, r in s["runs"].items() if t in ("sklearn", "keras")}
                   for n, s in old["sets"].items()}
-    if not a.data or not os.path.isdir(a.data):
-        sys.exit("pass --data DIR (or set KILN_DATASETS) to the folder of <name>_train.csv files")
+    if not os.path.isdir(a.data):
+        sys.exit(f"{a.data} is not a folder: pass --data DIR (or set KILN_DATASETS)")
+    if not a.datasets:
+        a.datasets = [n for n in DATASETS if os.path.exists(os.path.join(a.data, f"{n}_train.csv"))]
     if "keras" in a.tools and not keras_available():
         a.tools = [t for t in a.tools if t != "keras"]
 

@@ -4,34 +4,36 @@
 use std::collections::HashMap;
 
 use candle_core::Tensor;
-use serde_json::{json, Value};
 
-use super::prepare::{prepare, Prepared};
+use super::metrics::Metrics;
+use super::prepare::{prepare, DataReport, Prepared};
 use super::search;
 use super::spec::ResolvedSpec;
-use super::store::{now_ms, rfc3339};
 use super::trainer::{self, Checkpoint, Hooks, Trained};
 use crate::dataset::Table;
-use crate::model::format::ModelSpec;
+use crate::model::format::{ModelSpec, TrainingBlock, TrainingInfo};
 
 /// A finished run, ready to publish.
 pub struct RunResult {
     pub trained: Trained,
     pub model_spec: ModelSpec,
     pub weights: HashMap<String, Tensor>,
-    pub metrics: Value,
-    pub report: Value,
 }
 
-/// Prepares the data (the report is handed to `on_report` before training starts).
+impl RunResult {
+    /// The final metrics (also in the model's training information).
+    pub fn metrics(&self) -> &Metrics {
+        &self.trained.final_metrics
+    }
+}
+
+/// Prepares the data; the report is in the result.
 pub fn prepare_data(
     table: &Table,
     spec: &ResolvedSpec,
     validation: Option<&Table>,
-) -> Result<(Prepared, Value), String> {
-    let data = prepare(table, spec, validation).map_err(|e| e.0)?;
-    let report = serde_json::to_value(&data.report).expect("reports serialize");
-    Ok((data, report))
+) -> Result<Prepared, String> {
+    prepare(table, spec, validation).map_err(|e| e.0)
 }
 
 /// Trains on prepared data and packages the served model's spec (with its preprocessing,
@@ -39,7 +41,6 @@ pub fn prepare_data(
 pub fn train_and_package(
     spec: &ResolvedSpec,
     data: &Prepared,
-    report: Value,
     resume: Option<Checkpoint>,
     hooks: &mut dyn Hooks,
     job: Option<&str>,
@@ -49,55 +50,53 @@ pub fn train_and_package(
         "training runs on a rayon pool of its own (see `device::spawn_compute`)"
     );
     let staged = search::run_stages(spec, data, resume, hooks).map_err(|e| e.to_string())?;
-    let trained = staged.trained;
-    let mut metrics = serde_json::to_value(&trained.final_metrics).expect("metrics serialize");
-    // A search reports every trial; a refit says what it trained. Both in the job's metrics
-    // and in the model's training block.
-    let search = (!staged.trials.is_empty()).then(|| {
-        json!({"monitor": staged.monitor, "best_trial": staged.best_trial, "trials": staged.trials})
-    });
-    let refit = staged
-        .refit
-        .map(|(epochs, rows)| json!({"epochs": epochs, "rows": rows}));
-    if let Some(obj) = metrics.as_object_mut() {
-        if let Some(s) = &search {
-            obj.insert("search".into(), s.clone());
-        }
-        if let Some(r) = &refit {
-            obj.insert("refit".into(), r.clone());
-        }
+    let mut trained = staged.trained;
+    // A search reports every trial; a refit says what it trained: in the job's metrics and
+    // the model's training information.
+    if !staged.trials.is_empty() {
+        trained.final_metrics.search = Some(Box::new(serde_json::json!({
+            "monitor": staged.monitor, "best_trial": staged.best_trial, "trials": staged.trials
+        })));
     }
+    trained.final_metrics.refit = staged
+        .refit
+        .map(|(epochs, rows)| Box::new(serde_json::json!({"epochs": epochs, "rows": rows})));
     // The network published is the winning trial's when there was a search.
     let published = staged.spec.as_ref().unwrap_or(spec);
     let mut model_spec = trainer::model_spec_for(published, data);
-    model_spec.training = Some(json!({
-        "job": job,
-        "dataset": spec.spec.dataset,
-        "target": spec.spec.target,
-        "trained_at": rfc3339(now_ms()),
-        "epochs_run": trained.epochs_run,
-        "best_epoch": trained.best_epoch,
-        "outcome": trained.outcome,
-        "evaluated_on": trained.evaluated_on,
-        "metrics": metrics,
-        "loss": spec.loss().as_str(),
-        "optimizer": published.spec.training.optimizer,
-        "report": report,
-    }));
-    if let Some(training) = model_spec.training.as_mut().and_then(Value::as_object_mut) {
-        if let Some(s) = search {
-            training.insert("search".into(), s);
-        }
-        if let Some(r) = refit {
-            training.insert("refit".into(), r);
-        }
-    }
+    model_spec.training = Some(TrainingBlock::Kiln(Box::new(training_info(
+        published,
+        &trained,
+        &data.report,
+        job,
+    ))));
     let weights = trained.weights.clone();
     Ok(RunResult {
         trained,
         model_spec,
         weights,
-        metrics,
-        report,
     })
+}
+
+fn training_info(
+    spec: &ResolvedSpec,
+    trained: &Trained,
+    report: &DataReport,
+    job: Option<&str>,
+) -> TrainingInfo {
+    TrainingInfo {
+        job: job.map(str::to_owned),
+        dataset: spec.spec.dataset.clone(),
+        target: spec.spec.target.clone(),
+        trained_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        epochs_run: trained.epochs_run,
+        best_epoch: trained.best_epoch,
+        outcome: trained.outcome,
+        evaluated_on: trained.evaluated_on.to_owned(),
+        metrics: trained.final_metrics.clone(),
+        loss: spec.loss().as_str().to_owned(),
+        optimizer: serde_json::to_value(&spec.spec.training.optimizer)
+            .expect("optimizer settings serialize"),
+        report: report.clone(),
+    }
 }

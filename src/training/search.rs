@@ -409,16 +409,15 @@ pub fn run_stages(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::training::checkpoint;
     use crate::training::prepare::prepare;
     use crate::training::spec::JobSpec;
 
     /// Records every event; stops (as a shutdown would) after `stop_after` epochs, and keeps
-    /// the last checkpoint on disk as a job does.
+    /// the last checkpoint, its state passed through JSON as a job stores it.
     struct Recorder {
         events: Vec<EpochEvent>,
         stop_after: Option<usize>,
-        dir: std::path::PathBuf,
+        last: Option<Checkpoint>,
     }
 
     impl Hooks for Recorder {
@@ -427,7 +426,15 @@ mod tests {
         }
         fn epoch_done(&mut self, e: &EpochEvent, ck: &Checkpoint) -> Result<(), String> {
             self.events.push(e.clone());
-            checkpoint::save(&self.dir, ck)
+            let meta = serde_json::to_value(&ck.meta).map_err(|e| e.to_string())?;
+            self.last = Some(Checkpoint {
+                epoch: ck.epoch,
+                weights: ck.weights.clone(),
+                optimizer: ck.optimizer.clone(),
+                best_weights: ck.best_weights.clone(),
+                meta: serde_json::from_value(meta).map_err(|e| e.to_string())?,
+            });
+            Ok(())
         }
     }
 
@@ -441,8 +448,8 @@ mod tests {
         w
     }
 
-    /// A search with a refit, interrupted in its second trial and resumed from the checkpoint
-    /// on disk, ends exactly as the uninterrupted run: same trials, same events, same weights.
+    /// A search with a refit, interrupted in its second trial and resumed from its last
+    /// checkpoint, ends exactly as the uninterrupted run: same trials, events and weights.
     #[test]
     fn an_interrupted_search_resumes_in_its_stage_and_ends_the_same() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/iris.csv");
@@ -458,30 +465,28 @@ mod tests {
         .unwrap();
         assert_eq!(spec.trials.len(), 3);
         let data = prepare(&table, &spec, None).unwrap();
-        let whole_dir = tempfile::tempdir().unwrap();
         let mut whole = Recorder {
             events: Vec::new(),
             stop_after: None,
-            dir: whole_dir.path().to_owned(),
+            last: None,
         };
         let a = run_stages(&spec, &data, None, &mut whole).unwrap();
         assert_eq!(a.trials.len(), 3);
         let first = a.trials[0].epochs_run as usize;
-        // Stop two epochs into the second trial, then resume from what is on disk.
-        let dir = tempfile::tempdir().unwrap();
+        // Stop two epochs into the second trial, then resume from its last checkpoint.
         let mut part = Recorder {
             events: Vec::new(),
             stop_after: Some(first + 2),
-            dir: dir.path().to_owned(),
+            last: None,
         };
         let b = run_stages(&spec, &data, None, &mut part).unwrap();
         assert_eq!(b.trained.outcome, Outcome::Cancelled);
-        let ck = checkpoint::load(dir.path()).unwrap().unwrap();
+        let ck = part.last.take().unwrap();
         assert_eq!(ck.epoch as usize, first + 2);
         let mut rest = Recorder {
             events: Vec::new(),
             stop_after: None,
-            dir: dir.path().to_owned(),
+            last: None,
         };
         let c = run_stages(&spec, &data, Some(ck), &mut rest).unwrap();
         assert_eq!(c.best_trial, a.best_trial);

@@ -281,7 +281,7 @@ async fn refit_trains_on_every_row_for_the_chosen_epochs() {
     // Every row: 120 minus one duplicate.
     assert_eq!(refit["rows"], 119);
     assert!(refitted.iter().all(|e| e.get("val_loss").is_none()));
-    assert_eq!(info["refit"], *refit);
+    assert_eq!(info["metrics"]["refit"], *refit);
     // Refit needs validation rows to choose with.
     let spec = json!({"model": "m", "dataset": ds["id"], "target": "species",
                       "training": {"refit": true, "validation_split": 0}});

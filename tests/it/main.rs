@@ -1,10 +1,12 @@
 //! kiln's integration tests: one binary, real servers on 127.0.0.1:0, real model files.
 
 mod api;
+mod architecture;
 mod auth;
 mod batching;
 mod connections;
 mod defaults;
+mod deps;
 mod fuzz;
 mod import;
 mod openapi;
