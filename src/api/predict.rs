@@ -1,7 +1,8 @@
 //! `POST /v1/models/{name}[/versions/{v}]:predict | :classify | :regress`.
 //!
-//! extract → decode and validate (named features through the fitted preprocessing) →
-//! the version's batcher → encode. The handler never runs the model.
+//! extract → decode and validate (named features through the fitted preprocessing) → the
+//! serving core (the version's batcher) → encode the `Prediction`. The handler never runs
+//! the model and never reads what its outputs mean from the spec.
 
 use std::time::Duration;
 

@@ -7,7 +7,6 @@
 //! `[N, 1]`, numeric, BOOL, or BYTES for categorical values — MLServer's pandas-codec
 //! convention). Outputs: classifiers answer `probabilities` (FP32 `[N, C]`) and `label`
 //! (BYTES `[N]`); other models answer `output` (FP32, in the target's original units).
-
 //!
 //! Handlers here; [`decode`] reads a request into model rows, [`encode`] writes a
 //! [`Prediction`](crate::serving::Prediction) as the answer, and the serving core runs it.
@@ -346,13 +345,14 @@ async fn infer_on(
     let lv = lookup(state, name, version)?;
     let serving = state.serving();
     let req: InferRequest = decode::parse_request(body.json_len.as_ref(), &body.bytes)?;
+    let spec = InputSpec::of(&lv.model).with_max_rows(serving.max_rows());
+    let decoded = decode::to_rows(&spec, req.inputs)?;
+    // Refused before anything is computed; only the outputs named are computed after.
     let selected = encode::select(
         lv.model.task(),
         req.outputs.as_deref(),
         req.parameters.as_ref(),
     )?;
-    let spec = InputSpec::of(&lv.model).with_max_rows(serving.max_rows());
-    let decoded = decode::to_rows(&spec, req.inputs)?;
     let rows = Rows {
         data: decoded.rows,
         n_rows: decoded.n_rows,
