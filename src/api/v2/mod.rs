@@ -8,7 +8,7 @@
 //! convention). Outputs: classifiers answer `probabilities` (FP32 `[N, C]`) and `label`
 //! (BYTES `[N]`); other models answer `output` (FP32, in the target's original units).
 //!
-//! Handlers here; [`decode`] reads a request into model rows, [`encode`] writes a
+//! Handlers here; `decode` reads a request into model rows, `encode` writes a
 //! [`Prediction`](crate::serving::Prediction) as the answer, and the serving core runs it.
 
 mod decode;
