@@ -214,6 +214,13 @@ async fn bad_requests_are_400_or_404_with_our_error_shape() {
             "unknown output",
         ),
         (
+            "/v2/models/reg/infer",
+            json!({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}],
+                                        "outputs": [{"name": "output"}, {"name": "output"}]}),
+            400,
+            "twice",
+        ),
+        (
             "/v2/models/none/infer",
             t(json!([1, 2]), "FP32", json!([1, 2])),
             404,
