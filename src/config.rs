@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::model::DeviceSpec;
+use crate::device::DeviceSpec;
 
 /// The validated configuration of a server.
 #[derive(Debug, Clone)]

@@ -31,6 +31,7 @@ pub mod auth;
 pub mod batcher;
 pub mod config;
 pub mod dataset;
+pub mod device;
 pub mod error;
 pub mod metrics;
 pub mod model;

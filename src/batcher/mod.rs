@@ -305,7 +305,7 @@ impl Drop for Inner {
 }
 
 /// Starts `workers` workers for one model version, each on a rayon pool of its own with
-/// `threads` threads (candle's intra-op threads; see [`crate::model::device::spawn_compute`]).
+/// `threads` threads (candle's intra-op threads; see [`crate::device::spawn_compute`]).
 /// Each pulls batches off the version's queue itself: no hand-off task between the request
 /// and the worker.
 pub fn spawn(
@@ -321,7 +321,7 @@ pub fn spawn(
     let stats = Arc::new(Stats::new(prom));
     for i in 0..workers {
         let (model, queue, stats) = (model.clone(), queue.clone(), stats.clone());
-        crate::model::device::spawn_compute(
+        crate::device::spawn_compute(
             format!("kiln-worker-{name}-{version}-{i}"),
             threads,
             move || worker::run(&model, &queue, &stats),

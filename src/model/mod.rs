@@ -3,7 +3,7 @@
 //! `Model` is immutable once built and shared as `Arc<Model>` by a version's worker threads,
 //! which are the only callers of `forward` (async code never runs the model).
 
-pub mod device;
+pub mod error;
 pub mod format;
 pub mod layers;
 pub mod signature;
@@ -14,12 +14,11 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::error::ModelError;
 use format::{Activation, LayerSpec, ModelSpec, Task};
 use layers::{Built, Layer};
 use signature::ScoreKind;
 
-pub use device::DeviceSpec;
+pub use error::ModelError;
 pub use signature::{Scores, Signature};
 
 /// File names inside a version directory.

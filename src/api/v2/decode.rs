@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::api::decode::{rows_from_columns, rows_from_tensor, Decoded, InputSpec};
+use crate::api::error::ApiError;
 use crate::error::Error;
 use crate::model::Model;
 use crate::preprocess::RawValue;
@@ -305,7 +306,7 @@ fn as_raw(data: Data) -> Vec<RawValue> {
 pub(super) fn parse_request(
     json_len: Option<&HeaderValue>,
     body: &[u8],
-) -> Result<InferRequest, Error> {
+) -> Result<InferRequest, ApiError> {
     let json_len = match json_len {
         None => body.len(),
         Some(v) => v
@@ -322,10 +323,10 @@ pub(super) fn parse_request(
     };
     let mut req: InferRequest =
         serde_json::from_slice(&body[..json_len]).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => Error::InvalidInput(e.to_string()),
+            serde_json::error::Category::Data => Error::InvalidInput(e.to_string()).into(),
             serde_json::error::Category::Syntax
             | serde_json::error::Category::Eof
-            | serde_json::error::Category::Io => Error::MalformedJson(e.to_string()),
+            | serde_json::error::Category::Io => ApiError::MalformedJson(e.to_string()),
         })?;
     let mut rest = &body[json_len..];
     for input in &mut req.inputs {
@@ -334,13 +335,15 @@ pub(super) fn parse_request(
                 return Err(Error::InvalidInput(format!(
                     "input '{}' has both data and binary_data_size",
                     input.name
-                )));
+                ))
+                .into());
             }
             let Some(bytes) = rest.get(..n) else {
                 return Err(Error::InvalidInput(format!(
                     "input '{}': binary_data_size {n} runs past the body",
                     input.name
-                )));
+                ))
+                .into());
             };
             input.data = decode_binary(&input.name, &input.datatype, bytes)?;
             rest = &rest[n..];
@@ -350,7 +353,8 @@ pub(super) fn parse_request(
         return Err(Error::InvalidInput(format!(
             "{} bytes of binary data follow the inputs that claim them",
             rest.len()
-        )));
+        ))
+        .into());
     }
     Ok(req)
 }
@@ -365,17 +369,17 @@ pub fn decode_infer(
     headers: &HeaderMap,
     body: &[u8],
     max_rows: usize,
-) -> Result<Decoded, Error> {
+) -> Result<Decoded, ApiError> {
     let req = parse_request(headers.get(HEADER_LENGTH), body)?;
     to_rows(&InputSpec::of(model).with_max_rows(max_rows), req.inputs)
 }
 
 /// The model rows of a request: one raw tensor, or one input per feature; more instances
 /// than the spec's limit are refused before their rows are built.
-pub(super) fn to_rows(spec: &InputSpec, inputs: Vec<InferInput>) -> Result<Decoded, Error> {
+pub(super) fn to_rows(spec: &InputSpec, inputs: Vec<InferInput>) -> Result<Decoded, ApiError> {
     let sig = spec.signature();
     if inputs.is_empty() {
-        return Err(Error::InvalidInput("inputs is empty".into()));
+        return Err(Error::InvalidInput("inputs is empty".into()).into());
     }
     for i in &inputs {
         let n = elements(&i.name, &i.shape)?;
@@ -385,7 +389,8 @@ pub(super) fn to_rows(spec: &InputSpec, inputs: Vec<InferInput>) -> Result<Decod
                 i.name,
                 i.shape,
                 i.data.len()
-            )));
+            ))
+            .into());
         }
         check_datatype(&i.name, &i.datatype, &i.data)?;
     }
@@ -401,7 +406,8 @@ pub(super) fn to_rows(spec: &InputSpec, inputs: Vec<InferInput>) -> Result<Decod
                 return Err(Error::InvalidInput(format!(
                     "input '{}': a feature input has shape [{n}] or [{n}, 1], got {:?}",
                     i.name, i.shape
-                )));
+                ))
+                .into());
             }
             columns.push((i.name, as_raw(i.data)));
         }
@@ -410,13 +416,13 @@ pub(super) fn to_rows(spec: &InputSpec, inputs: Vec<InferInput>) -> Result<Decod
             .find(|f| !columns.iter().any(|(c, _)| c == *f))
         {
             if sig.requires(missing) {
-                return Err(Error::InvalidInput(format!(
-                    "feature input '{missing}' is missing"
-                )));
+                return Err(
+                    Error::InvalidInput(format!("feature input '{missing}' is missing")).into(),
+                );
             }
         }
         if n == 0 {
-            return Err(Error::InvalidInput("inputs hold no instances".into()));
+            return Err(Error::InvalidInput("inputs hold no instances".into()).into());
         }
         return rows_from_columns(spec, &columns, n);
     }
@@ -428,7 +434,8 @@ pub(super) fn to_rows(spec: &InputSpec, inputs: Vec<InferInput>) -> Result<Decod
                 Some(f) => format!(" or one input per feature {f:?}"),
                 None => String::new(),
             }
-        )));
+        ))
+        .into());
     }
     let input = inputs.into_iter().next().expect("one input");
     let raw_shape = sig.raw_shape();
@@ -442,20 +449,21 @@ pub(super) fn to_rows(spec: &InputSpec, inputs: Vec<InferInput>) -> Result<Decod
                 .collect::<Vec<_>>()
                 .join(", "),
             input.shape
-        )));
+        ))
+        .into());
     }
     let n = input.shape[0] as usize;
     if n == 0 {
-        return Err(Error::InvalidInput(format!(
-            "input '{}' holds no instances",
-            input.name
-        )));
+        return Err(
+            Error::InvalidInput(format!("input '{}' holds no instances", input.name)).into(),
+        );
     }
     if matches!(input.datatype.as_str(), "BYTES") {
         return Err(Error::InvalidInput(format!(
             "input '{}': BYTES needs one input per feature (named as the feature)",
             input.name
-        )));
+        ))
+        .into());
     }
     let name = input.name;
     let data = as_numbers(&name, input.data)?;
