@@ -4,10 +4,16 @@
 //! - [`config`]: defaults → `config/kiln.toml` → `KILN_*` → flags, validated.
 //! - [`model`]: `model.json` + safetensors → candle layers; the device.
 //! - [`preprocess`]: fitted transforms applied to named-feature instances.
+//! - [`store`]: the model store: where versions live (the models directory), name rules,
+//!   publish (validated first) and delete; the registry reads it, nothing else touches it.
 //! - [`registry`]: name → version → state; the loader (the only way in) and the watcher.
 //! - [`batcher`]: per-version queue, batching policy and worker threads.
 //! - [`serving`]: the one call every protocol makes: decoded rows → batcher → a
 //!   `Prediction` in model terms (labels, scores, original units).
+//! - [`dataset`]: uploaded data sets: files, parsing, profiles.
+//! - [`training`]: one training run (spec, preparation, the loop, the math); `kiln train`.
+//! - [`jobs`]: training runs as server jobs: queue, job threads, checkpoints, and the
+//!   [`jobs::JobStore`] that holds every job's state.
 //! - [`api`]: the HTTP edge (TF Serving's REST API, health).
 //! - [`server`]: the accept loop: connection limit, read timeouts, TLS.
 //!
@@ -24,6 +30,18 @@
 //!   api: {"predictions": …} with x-queue-time / x-inference-time / x-total-time
 //! ```
 //!
+//! # The training-job flow
+//! ```text
+//! POST /v1/training-jobs
+//!   api → jobs::JobManager::submit: the spec resolved against its dataset (400 if it cannot
+//!         train) → JobStore::insert (queued) → 202 + Location
+//!   scheduler task: JobStore::claim_next (queued → running, once) → a job thread
+//!   job thread: training::run: prepare → train; per epoch JobStore::record_epoch, the
+//!               checkpoint, an event for GET …/events → training::publish → the registry
+//!               loads the version → JobStore::finish (or requeue, on shutdown)
+//! ```
+//! `kiln train` runs the same `training::run` without the job system.
+//!
 //! The two doors tests use: [`serve`] (a real socket) and [`api::router`].
 
 pub mod api;
@@ -33,6 +51,7 @@ pub mod config;
 pub mod dataset;
 pub mod device;
 pub mod error;
+pub mod jobs;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
@@ -41,6 +60,7 @@ pub mod server;
 pub mod serving;
 pub mod shutdown;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod training;
 
@@ -56,7 +76,7 @@ pub use config::Config;
 /// tests, the benches). Serving allocates on one thread and frees on another (request rows
 /// on the runtime, freed by a worker; outputs the other way), which glibc's arenas handle
 /// with locks and slow paths; training reuses large blocks that glibc hands back to the OS
-/// and faults in again (../shared/CANDLE-NOTES.md). See docs/benchmarks.md for the figures.
+/// and faults in again (docs/candle.md). See docs/benchmarks.md for the figures.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -65,6 +85,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    shutdown: impl Future<Output = shutdown::Drain> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_with_routes(config, listener, axum::Router::new(), shutdown).await
+}
+
+/// [`serve`] with `extra` routes beside kiln's own (see [`api::router_with`]): for tests that
+/// need a route the product must not have.
+pub async fn serve_with_routes(
+    config: Config,
+    listener: TcpListener,
+    extra: axum::Router<state::AppState>,
     shutdown: impl Future<Output = shutdown::Drain> + Send + 'static,
 ) -> anyhow::Result<()> {
     let device = config.device.open().context("opening the compute device")?;
@@ -88,8 +119,10 @@ pub async fn serve(
         .map(server::tls::acceptor)
         .transpose()?;
     let metrics = Arc::new(metrics::Metrics::new());
+    let models: Arc<dyn store::ModelStore> = Arc::new(store::LocalDir::open(&config.models_dir));
     let registry = Arc::new(registry::Registry::new(
         config.clone(),
+        models.clone(),
         device,
         metrics.clone(),
     ));
@@ -101,13 +134,13 @@ pub async fn serve(
             .context("opening the dataset store")?
             .with_max_upload_bytes(config.max_upload_bytes),
     );
-    let job_store = training::store::JobStore::open(&config.data_dir.join("kiln.db"))
+    let job_store = jobs::SqliteJobStore::open(&config.data_dir.join("kiln.db"))
         .context("opening the job database")?;
-    let jobs = training::jobs::JobManager::start(
-        job_store,
+    let jobs = jobs::JobManager::start(
+        Arc::new(job_store),
         datasets.clone(),
         registry.clone(),
-        config.models_dir.clone(),
+        models.clone(),
         &config.data_dir,
         config.max_concurrent_jobs,
         metrics.clone(),
@@ -116,15 +149,13 @@ pub async fn serve(
     let state = state::AppState::new(state::Shared {
         config: config.clone(),
         registry: registry.clone(),
+        models,
         health: health.clone(),
         datasets,
         jobs: jobs.clone(),
         metrics: metrics.clone(),
         keys,
     });
-    if !config.models_dir.is_dir() {
-        tracing::warn!(dir = %config.models_dir.display(), "models directory does not exist; it will be watched for models");
-    }
     let watcher = registry::spawn_watcher(registry);
     let addr = listener
         .local_addr()
@@ -143,7 +174,12 @@ pub async fn serve(
         // Running jobs stop at their next step and go back to the queue (checkpoint kept).
         drain_jobs.shutdown();
     };
-    let server = server::Server::new(&config.connections, tls, api::router(state), &metrics);
+    let server = server::Server::new(
+        &config.connections,
+        tls,
+        api::router_with(state, extra),
+        &metrics,
+    );
     // The accept loop runs on a runtime worker, as `axum::serve` did when spawned.
     let open = tokio::spawn(server.serve_until(listener, stop))
         .await

@@ -76,18 +76,21 @@ mod tests {
     fn state(dir: &std::path::Path) -> AppState {
         let config = Arc::new(Config::default());
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let models: Arc<dyn crate::store::ModelStore> =
+            Arc::new(crate::store::LocalDir::new(dir.join("models")));
         let registry = Arc::new(Registry::new(
             config.clone(),
+            models.clone(),
             candle_core::Device::Cpu,
             metrics.clone(),
         ));
         let datasets = Arc::new(crate::dataset::DatasetStore::open(dir).unwrap());
-        let store = crate::training::store::JobStore::open(&dir.join("kiln.db")).unwrap();
-        let jobs = crate::training::jobs::JobManager::start(
-            store,
+        let store = crate::jobs::SqliteJobStore::open(&dir.join("kiln.db")).unwrap();
+        let jobs = crate::jobs::JobManager::start(
+            Arc::new(store),
             datasets.clone(),
             registry.clone(),
-            dir.join("models"),
+            models.clone(),
             dir,
             1,
             metrics.clone(),
@@ -95,6 +98,7 @@ mod tests {
         .unwrap();
         AppState::new(Shared {
             registry,
+            models,
             config,
             health: Arc::new(Health::default()),
             datasets,
