@@ -64,9 +64,10 @@ pub struct JobView<'a> {
 pub struct ProgressView<'a> {
     /// Epochs completed.
     pub epoch: u32,
-    /// Epochs the spec asks for.
+    /// The most epochs the spec allows (early stopping may end the run sooner; a search or
+    /// a refit counts its stages' epochs on from there).
     pub epochs: u32,
-    /// `epoch / epochs`.
+    /// `epoch / epochs`, at most 1, and 1 once the job has succeeded.
     pub fraction: f64,
     /// The last epoch's numbers (`null` before the first epoch ends).
     #[schema(value_type = Option<EpochEvent>)]
@@ -79,10 +80,12 @@ fn view<'a>(r: &'a JobRecord, history: Option<&'a [EpochEvent]>) -> JobView<'a> 
     let progress = ProgressView {
         epoch,
         epochs,
-        fraction: if epochs == 0 {
+        fraction: if r.state == JobState::Succeeded {
+            1.0
+        } else if epochs == 0 {
             0.0
         } else {
-            f64::from(epoch) / f64::from(epochs)
+            (f64::from(epoch) / f64::from(epochs)).min(1.0)
         },
         last: r.progress.as_ref(),
     };
