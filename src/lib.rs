@@ -60,9 +60,13 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = shutdown::Drain> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let device = config.device.open().context("opening the compute device")?;
+    let device = config
+        .registry
+        .device
+        .open()
+        .context("opening the compute device")?;
     let config = Arc::new(config);
-    let keys = match &config.api_keys {
+    let keys = match &config.api.api_keys {
         Some(path) => {
             let keys = auth::Keys::load(path)?;
             tracing::info!(file = %path.display(), "API keys required on every route but the health checks");
@@ -82,28 +86,30 @@ pub async fn serve(
         .transpose()?;
     let metrics = Arc::new(metrics::Metrics::new());
     let registry = Arc::new(registry::Registry::new(
-        config.clone(),
+        config.registry.clone(),
         device,
         metrics.clone(),
     ));
     let health = Arc::new(state::Health::default());
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let data_dir = &config.training.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let datasets = Arc::new(
-        dataset::DatasetStore::open(&config.data_dir)
+        dataset::DatasetStore::open(data_dir)
             .context("opening the dataset store")?
-            .with_max_upload_bytes(config.max_upload_bytes),
+            .with_max_upload_bytes(config.training.max_upload_bytes),
     );
-    let job_store = training::store::JobStore::open(&config.data_dir.join("kiln.db"))
+    let job_store = training::store::JobStore::open(&data_dir.join("kiln.db"))
         .context("opening the job database")?;
     let jobs = training::jobs::JobManager::start(
-        job_store,
-        datasets.clone(),
-        registry.clone(),
-        config.models_dir.clone(),
-        &config.data_dir,
-        config.max_concurrent_jobs,
-        metrics.clone(),
+        &config.training,
+        training::jobs::JobParts {
+            store: job_store,
+            datasets: datasets.clone(),
+            registry: registry.clone(),
+            models_dir: config.registry.models_dir.clone(),
+            metrics: metrics.clone(),
+        },
     )
     .context("starting the job manager")?;
     let state = state::AppState::new(state::Shared {
@@ -115,15 +121,15 @@ pub async fn serve(
         metrics: metrics.clone(),
         keys,
     });
-    if !config.models_dir.is_dir() {
-        tracing::warn!(dir = %config.models_dir.display(), "models directory does not exist; it will be watched for models");
+    if !config.registry.models_dir.is_dir() {
+        tracing::warn!(dir = %config.registry.models_dir.display(), "models directory does not exist; it will be watched for models");
     }
     let watcher = registry::spawn_watcher(registry);
     let addr = listener
         .local_addr()
         .context("reading the listening address")?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%addr, scheme, max_connections = config.connections.max_connections, models = %config.models_dir.display(), device = %config.device, workers = config.workers, threads = config.threads, "kiln listening");
+    tracing::info!(%addr, scheme, max_connections = config.connections.max_connections, models = %config.registry.models_dir.display(), device = %config.registry.device, workers = config.registry.workers, threads = config.registry.threads, "kiln listening");
 
     let drain_jobs = jobs.clone();
     let stop = async move {

@@ -132,7 +132,7 @@ pub(crate) fn set_compute_threads(threads: usize) {
 
 fn serve(config: Option<PathBuf>, overrides: &Overrides) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref(), overrides)?;
-    set_compute_threads(config.threads);
+    set_compute_threads(config.registry.threads);
     kiln::telemetry::init(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

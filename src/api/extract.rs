@@ -36,7 +36,7 @@ impl FromRequest<AppState> for JsonBody {
                 return Err(Error::UnsupportedMediaType(essence.to_ascii_lowercase()).into());
             }
         }
-        let limit = state.config.body_limit;
+        let limit = state.config.api.body_limit;
         let body: Body = req.into_body();
         let bytes = axum::body::to_bytes(body, limit)
             .await

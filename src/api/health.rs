@@ -77,20 +77,25 @@ mod tests {
         let config = Arc::new(Config::default());
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let registry = Arc::new(Registry::new(
-            config.clone(),
+            config.registry.clone(),
             candle_core::Device::Cpu,
             metrics.clone(),
         ));
         let datasets = Arc::new(crate::dataset::DatasetStore::open(dir).unwrap());
         let store = crate::training::store::JobStore::open(&dir.join("kiln.db")).unwrap();
+        let training = crate::config::TrainingConfig {
+            data_dir: dir.to_owned(),
+            ..config.training.clone()
+        };
         let jobs = crate::training::jobs::JobManager::start(
-            store,
-            datasets.clone(),
-            registry.clone(),
-            dir.join("models"),
-            dir,
-            1,
-            metrics.clone(),
+            &training,
+            crate::training::jobs::JobParts {
+                store,
+                datasets: datasets.clone(),
+                registry: registry.clone(),
+                models_dir: dir.join("models"),
+                metrics: metrics.clone(),
+            },
         )
         .unwrap();
         AppState::new(Shared {

@@ -34,7 +34,8 @@ use error::ApiError;
 
 /// Every route kiln serves. `tests` enumerate this router; keep routes here only.
 pub fn router(state: AppState) -> Router {
-    let upload_limit = usize::try_from(state.config.max_upload_bytes).unwrap_or(usize::MAX);
+    let upload_limit =
+        usize::try_from(state.config.training.max_upload_bytes).unwrap_or(usize::MAX);
     Router::new()
         .route("/v1/models", get(models::list))
         .route(
@@ -97,7 +98,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), edge))
-        .layer(tower::util::option_layer(cors(&state.config.cors_origins)))
+        .layer(tower::util::option_layer(cors(
+            &state.config.api.cors_origins,
+        )))
         .with_state(state)
 }
 

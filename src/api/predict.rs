@@ -141,7 +141,7 @@ async fn handle(
     let lv = state.registry.get(name, version)?;
     let timeout = timeout.unwrap_or(lv.batcher.config().request_timeout);
     check_task(&lv, verb)?;
-    let max_rows = state.config.max_rows_per_request;
+    let max_rows = state.config.api.max_rows_per_request;
     let decoded = if body.len() > BLOCKING_DECODE_BYTES {
         let lv2 = lv.clone();
         tokio::task::spawn_blocking(move || decode(&lv2, verb, &body, max_rows))
@@ -170,7 +170,7 @@ pub(crate) async fn compute(
     n_rows: usize,
     timeout: Duration,
 ) -> Result<Computed, Error> {
-    let limit = state.config.max_rows_per_request;
+    let limit = state.config.api.max_rows_per_request;
     if n_rows > limit {
         return Err(Error::TooManyRows {
             rows: n_rows,

@@ -207,7 +207,7 @@ pub async fn upload(
         ))
         .into());
     };
-    let models_dir = state.config.models_dir.clone();
+    let models_dir = state.config.registry.models_dir.clone();
     let model_name = name.clone();
     let version = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
         let device = candle_core::Device::Cpu;
@@ -289,7 +289,7 @@ pub async fn delete_version(
 ) -> Result<StatusCode, ApiError> {
     check_name(&name)?;
     let v = parse_version(&name, &version)?;
-    let models = state.config.models_dir.clone();
+    let models = state.config.registry.models_dir.clone();
     let dir = models.join(&name).join(v.to_string());
     if !dir.is_dir() {
         return Err(Error::VersionNotFound {
@@ -323,7 +323,7 @@ pub async fn delete_model(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     check_name(&name)?;
-    let models = state.config.models_dir.clone();
+    let models = state.config.registry.models_dir.clone();
     let dir = models.join(&name);
     if !dir.is_dir() {
         return Err(Error::ModelNotFound(name).into());

@@ -972,7 +972,7 @@ async fn infer_on(
         .and_then(|p| p.get("binary_data_output"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let decoded = to_rows(&lv.model, req.inputs, state.config.max_rows_per_request)?;
+    let decoded = to_rows(&lv.model, req.inputs, state.config.api.max_rows_per_request)?;
     let computed = compute(state, &lv, decoded.rows, decoded.n_rows, timeout).await?;
     let mut outputs = outputs_of(&lv, decoded.n_rows, computed.outputs);
     // Requested outputs: select (in the requested order) and read per-output binary flags.
@@ -1078,7 +1078,7 @@ fn encode(
 
 /// Reads the body up to the limit (any content type: the binary extension is not JSON).
 async fn read_body(state: &AppState, body: axum::body::Body) -> Result<Bytes, Error> {
-    let limit = state.config.body_limit;
+    let limit = state.config.api.body_limit;
     axum::body::to_bytes(body, limit)
         .await
         .map_err(|e| super::extract::body_error(&e, limit))

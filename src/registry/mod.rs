@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use crate::batcher::BatcherHandle;
-use crate::config::Config;
+use crate::config::RegistryConfig;
 use crate::error::Error;
 use crate::model::Model;
 
@@ -90,7 +90,7 @@ pub(crate) struct Slot {
 
 /// The shared registry. Cheap to read, written only by the watcher.
 pub struct Registry {
-    config: Arc<Config>,
+    config: RegistryConfig,
     metrics: Arc<crate::metrics::Metrics>,
     device: candle_core::Device,
     models: RwLock<BTreeMap<String, BTreeMap<u64, Slot>>>,
@@ -112,7 +112,7 @@ pub struct ModelView {
 
 impl Registry {
     pub fn new(
-        config: Arc<Config>,
+        config: RegistryConfig,
         device: candle_core::Device,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {

@@ -23,6 +23,7 @@ use super::run;
 use super::spec::{JobSpec, ResolvedSpec};
 use super::store::{JobFilter, JobRecord, JobState, JobStore};
 use super::trainer::{Checkpoint, EpochEvent, Hooks, Outcome};
+use crate::config::TrainingConfig;
 use crate::dataset::{DatasetError, DatasetStore};
 use crate::registry::Registry;
 
@@ -114,18 +115,29 @@ pub fn valid_job_id(id: &str) -> bool {
     })
 }
 
+/// What a `JobManager` works with, besides its configuration.
+pub struct JobParts {
+    pub store: JobStore,
+    pub datasets: Arc<DatasetStore>,
+    /// Synced after a job publishes a model.
+    pub registry: Arc<Registry>,
+    /// Where finished jobs publish their models (the registry's directory).
+    pub models_dir: PathBuf,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 impl JobManager {
     /// Opens the manager over its store, requeues jobs a crash left running, and starts the
     /// scheduler. Must be called inside a tokio runtime.
-    pub fn start(
-        store: JobStore,
-        datasets: Arc<DatasetStore>,
-        registry: Arc<Registry>,
-        models_dir: PathBuf,
-        data_dir: &std::path::Path,
-        max_concurrent_jobs: usize,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Result<JobManager, JobError> {
+    pub fn start(config: &TrainingConfig, parts: JobParts) -> Result<JobManager, JobError> {
+        let JobParts {
+            store,
+            datasets,
+            registry,
+            models_dir,
+            metrics,
+        } = parts;
+        let data_dir = &config.data_dir;
         for job in store.interrupted()? {
             // Resume from the checkpoint (or from the start when none was written yet).
             let ck = checkpoint::load(&data_dir.join("checkpoints").join(&job.id));
@@ -166,7 +178,7 @@ impl JobManager {
             metrics,
             last_table: Mutex::new(None),
         });
-        tokio::spawn(scheduler(inner.clone(), max_concurrent_jobs.max(1)));
+        tokio::spawn(scheduler(inner.clone(), config.max_concurrent_jobs.max(1)));
         Ok(JobManager { inner })
     }
 
