@@ -932,13 +932,48 @@ mod tests {
         );
     }
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        overrides: Overrides,
+    }
+
+    /// Every key is documented where operators look for it: `config/kiln.toml` states it with
+    /// its default (commented out when it has none), and the README's table names the key,
+    /// its flag and its environment variable.
+    #[test]
+    fn every_key_is_documented() {
+        let read = |file: &str| {
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap()
+        };
+        let (shipped, readme) = (read("config/kiln.toml"), read("README.md"));
+        let tables = ["batching", "models"];
+        let keys = FileConfig::keys().iter().filter(|k| !tables.contains(k));
+        for key in keys.chain(BatchingLayer::keys()) {
+            let stated = shipped.lines().any(|l| {
+                let l = l.strip_prefix("# ").unwrap_or(l);
+                l.strip_prefix(key)
+                    .is_some_and(|rest| rest.starts_with(" = "))
+            });
+            assert!(stated, "config/kiln.toml does not state `{key}`");
+            let listed = readme.contains(&format!("`{key}`"))
+                || readme.contains(&format!("`batching.{key}`"));
+            assert!(listed, "README.md's table does not list `{key}`");
+        }
+        let cli = <Cli as clap::CommandFactory>::command();
+        for arg in cli.get_arguments() {
+            let flag = format!("`--{}`", arg.get_long().unwrap());
+            let env = arg.get_env().unwrap().to_str().unwrap();
+            assert!(readme.contains(&flag), "README.md does not list {flag}");
+            assert!(
+                readme.contains(&format!("`{env}`")),
+                "README.md does not list {env}"
+            );
+        }
+    }
+
     #[test]
     fn flags_keep_their_names() {
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            overrides: Overrides,
-        }
         let o = Cli::try_parse_from([
             "kiln",
             "--models",
