@@ -27,7 +27,10 @@
 //! - `KILN_BENCH_RSS_SECS` (3): seconds per scenario in each load run on the spawned binary;
 //!   `KILN_BENCH_RSS_RUNS` (2): how many such runs (RSS is read after each).
 //! - `KILN_BENCH_STARTS` (5): spawns of the binary timed to readiness.
-//! - `KILN_BENCH_ONLY` (`all`): `binary` or `inproc` to run one half.
+//! - `KILN_BENCH_ONLY` (`all`): `binary` or `inproc` to run one half; `versus` runs instead
+//!   kiln binaries (`KILN_BENCH_VERSUS=label=path,…`, default this build's) beside the ceiling,
+//!   each in its own process, under this bench's client and wrk (`KILN_BENCH_GENERATORS`,
+//!   default `own,wrk`) in the same run: see `load_parts/versus.rs`.
 //! - `KILN_BENCH_CONFIG` (empty: kiln's defaults): a kiln config file's text, used by both the
 //!   binary and the in-process server, e.g. `KILN_BENCH_CONFIG=$'workers = 1\n'`.
 //! - `KILN_BENCH_SCENARIOS` (`single,batch,compute`): which in-process scenarios to run;
@@ -36,6 +39,8 @@
 //!   the batch size the batcher reached (on 1 thread, and on as many threads as workers).
 
 mod common;
+#[path = "load_parts/versus.rs"]
+mod versus;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -979,6 +984,7 @@ fn bench_inprocess(s: &Settings, models: &Path, client_rt: &tokio::runtime::Runt
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported.
     let s = Settings::from_env();
+    versus::serve_ceiling_if_asked(s.server_threads);
     // candle's thread counts, as `kiln serve` sets them from `threads` (default 1): before
     // anything touches candle.
     let threads = Config::from_toml(&s.config, &Overrides::default())
@@ -1010,10 +1016,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    if s.only != "inproc" {
+    if s.only == "versus" {
+        versus::bench_versus(&s, &models, tmp.path(), &client_rt);
+    } else if s.only != "inproc" {
         bench_binary(&s, &models, tmp.path(), &client_rt);
     }
-    if s.only != "binary" {
+    if s.only != "binary" && s.only != "versus" {
         bench_inprocess(&s, &models, &client_rt);
     }
     println!(

@@ -31,7 +31,7 @@ use std::time::Duration;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::model::DeviceSpec;
+use crate::device::DeviceSpec;
 
 /// The validated configuration of a server: one piece per component.
 #[derive(Debug, Clone)]

@@ -26,6 +26,7 @@ pub mod auth;
 pub mod batcher;
 pub mod config;
 pub mod dataset;
+pub mod device;
 pub mod error;
 pub mod metrics;
 pub mod model;

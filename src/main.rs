@@ -149,7 +149,7 @@ fn serve(config: Option<PathBuf>, overrides: &Overrides) -> anyhow::Result<()> {
 
 fn check(dir: &std::path::Path, device: &str) -> anyhow::Result<()> {
     set_compute_threads(1);
-    let device: kiln::model::DeviceSpec = device.parse().map_err(anyhow::Error::msg)?;
+    let device: kiln::device::DeviceSpec = device.parse().map_err(anyhow::Error::msg)?;
     let device = device.open()?;
     let started = std::time::Instant::now();
     let model = kiln::registry::load_and_warm(dir, &device)?;

@@ -5,6 +5,9 @@
 //! arithmetic operations per feature), so the rows handed to the batcher are model input.
 
 use serde::{Deserialize, Serialize};
+
+// Requests read missing cells as datasets do: training and serving agree on what is absent.
+use crate::dataset::MISSING_MARKERS;
 use utoipa::ToSchema;
 
 /// The fitted transforms of one model version.
@@ -75,9 +78,6 @@ pub enum RawValue {
     Bool(bool),
     Missing,
 }
-
-/// Cells that count as missing in numeric columns (and in requests).
-pub const MISSING_MARKERS: &[&str] = &["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"];
 
 impl RawValue {
     fn is_missing(&self) -> bool {

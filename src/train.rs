@@ -140,7 +140,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         bar
     });
     let mut hooks = Progress { bar };
-    // On a rayon pool of its own, as the server's jobs run (`model::device::spawn_compute`):
+    // On a rayon pool of its own, as the server's jobs run (`device::spawn_compute`):
     // candle's rayon-split ops then stay on the training thread.
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads.max(1))

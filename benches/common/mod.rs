@@ -32,13 +32,15 @@ pub struct Boot {
 
 /// Spawns `kiln serve` on 127.0.0.1:0 with JSON logs and `extra` flags; a thread reads stderr
 /// (and keeps draining it) and reports the listening address.
-pub fn spawn_kiln(
+/// `bin` is the kiln binary: this build's, or another (a build of an earlier commit, to compare).
+pub fn spawn_kiln_at(
+    bin: &Path,
     models: &Path,
     cwd: &Path,
     extra: &[&str],
 ) -> (Child, Instant, mpsc::Receiver<(String, Value, Instant)>) {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let mut child = Command::new(bin)
         .args([
             "serve",
             "--listen",
@@ -92,18 +94,22 @@ pub fn http_status(addr: SocketAddr, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// Spawns the binary and returns it once `/health/ready` says 200, with the timings.
-pub fn boot_binary(
-    models: &Path,
-    cwd: &Path,
-    extra: &[&str],
-) -> (
+/// What [`boot_binary`] returns: the process, time to ready, what its log said, the log.
+pub type Booted = (
     Child,
     Duration,
     Boot,
     mpsc::Receiver<(String, Value, Instant)>,
-) {
-    let (mut child, started, rx) = spawn_kiln(models, cwd, extra);
+);
+
+/// Spawns the binary and returns it once `/health/ready` says 200, with the timings.
+pub fn boot_binary(models: &Path, cwd: &Path, extra: &[&str]) -> Booted {
+    boot_binary_at(Path::new(env!("CARGO_BIN_EXE_kiln")), models, cwd, extra)
+}
+
+/// [`boot_binary`] with another kiln binary.
+pub fn boot_binary_at(bin: &Path, models: &Path, cwd: &Path, extra: &[&str]) -> Booted {
+    let (mut child, started, rx) = spawn_kiln_at(bin, models, cwd, extra);
     let mut boot = Boot::default();
     let deadline = started + Duration::from_secs(30);
     // Learn the port from the "kiln listening" line.

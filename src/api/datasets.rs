@@ -16,8 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
 use super::openapi::{DatasetErrors, DatasetPath, DatasetUploadErrors, StoreErrors};
-use crate::dataset::{DatasetInfo, Delimiter, Format, Profile, UploadOptions};
-use crate::error::Error;
+use crate::dataset::{DatasetError, DatasetInfo, Delimiter, Format, Profile, UploadOptions};
 use crate::state::AppState;
 
 /// A dataset as the API shows it: its metadata with the profile's fields inline.
@@ -64,7 +63,7 @@ pub struct UploadQuery {
 }
 
 /// The upload's format from `?format=` or the content type; `None`: detect from the bytes.
-fn format_of(q: &UploadQuery, headers: &HeaderMap) -> Result<Option<Format>, Error> {
+fn format_of(q: &UploadQuery, headers: &HeaderMap) -> Result<Option<Format>, ApiError> {
     if let Some(f) = &q.format {
         return Ok(Some(Format::parse(f)?));
     }
@@ -92,7 +91,7 @@ fn format_of(q: &UploadQuery, headers: &HeaderMap) -> Result<Option<Format>, Err
     {
         Ok(None)
     } else {
-        Err(Error::UnsupportedMediaType(format!(
+        Err(ApiError::UnsupportedMediaType(format!(
             "{essence} (send text/csv or application/json)"
         )))
     }
@@ -126,48 +125,40 @@ pub async fn upload(
     mut body: Body,
 ) -> Result<Response, ApiError> {
     let format = format_of(&q, &headers)?;
-    let delimiter = q
-        .delimiter
-        .as_deref()
-        .map(Delimiter::parse)
-        .transpose()
-        .map_err(Error::from)?;
+    let delimiter = q.delimiter.as_deref().map(Delimiter::parse).transpose()?;
     let limit = state.datasets.max_upload_bytes();
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(Error::BodyTooLarge {
+        return Err(ApiError::BodyTooLarge {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
-        }
-        .into());
+        });
     }
-    let mut upload = state
-        .datasets
-        .begin_upload_async(UploadOptions {
-            name: q.name,
-            format,
-            delimiter,
-        })
-        .map_err(Error::from)?;
+    let mut upload = state.datasets.begin_upload_async(UploadOptions {
+        name: q.name,
+        format,
+        delimiter,
+    })?;
     while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
                 upload.abort().await;
                 return Err(match crate::server::body::timed_out(&e) {
-                    Some(t) => Error::BodyTimeout(t),
-                    None => Error::InvalidDataset(format!("the upload was interrupted: {e}")),
-                }
-                .into());
+                    Some(t) => ApiError::BodyTimeout(t),
+                    None => {
+                        DatasetError::Invalid(format!("the upload was interrupted: {e}")).into()
+                    }
+                });
             }
         };
         if let Ok(data) = frame.into_data() {
-            upload.write_chunk(data).await.map_err(Error::from)?;
+            upload.write_chunk(data).await?;
         }
     }
-    let info = upload.finish().await.map_err(Error::from)?;
+    let info = upload.finish().await?;
     tracing::info!(dataset = %info.id, rows = info.profile.rows, bytes = info.size, "dataset uploaded");
     let location = format!("/v1/datasets/{}", info.id);
     Ok((
@@ -193,11 +184,7 @@ pub struct DatasetListResponse<'a> {
     responses((status = 200, body = DatasetListResponse), StoreErrors),
 )]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let all = state
-        .datasets
-        .run_blocking(|s| s.list())
-        .await
-        .map_err(Error::from)?;
+    let all = state.datasets.run_blocking(|s| s.list()).await?;
     let views = all.iter().map(DatasetView::from).collect();
     Ok(Json(DatasetListResponse { datasets: views }).into_response())
 }
@@ -216,11 +203,7 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let info = state
-        .datasets
-        .run_blocking(move |s| s.get(&id))
-        .await
-        .map_err(Error::from)?;
+    let info = state.datasets.run_blocking(move |s| s.get(&id)).await?;
     Ok(Json(DatasetView::from(&info)).into_response())
 }
 
@@ -239,11 +222,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let shown = id.clone();
-    state
-        .datasets
-        .run_blocking(move |s| s.delete(&id))
-        .await
-        .map_err(Error::from)?;
+    state.datasets.run_blocking(move |s| s.delete(&id)).await?;
     state.jobs.forget_table(&shown);
     tracing::info!(dataset = %shown, "dataset deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -9,6 +9,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::error::ApiError;
 use crate::error::Error;
 use crate::model::format::{InputDType, LayerSpec};
 use crate::model::Model;
@@ -222,7 +223,7 @@ impl Ctx<'_> {
 }
 
 /// Parses a `:predict` body: `{"instances": [...]}` or `{"inputs": ...}`.
-pub fn decode_predict(body: &[u8], spec: &InputSpec) -> Result<Decoded, Error> {
+pub fn decode_predict(body: &[u8], spec: &InputSpec) -> Result<Decoded, ApiError> {
     // Plain tensors of plain numbers: one pass, no serde (see `fast_rows`); anything else,
     // errors included, through the full decoder.
     if spec.prep.is_none() && spec.dtype == InputDType::Float32 {
@@ -239,17 +240,18 @@ pub fn decode_predict(body: &[u8], spec: &InputSpec) -> Result<Decoded, Error> {
 }
 
 /// Parses a `:classify` / `:regress` body: `{"examples": [{...}], "context": {...}}`.
-pub fn decode_examples(body: &[u8], spec: &InputSpec) -> Result<Decoded, Error> {
+pub fn decode_examples(body: &[u8], spec: &InputSpec) -> Result<Decoded, ApiError> {
     if spec.features.is_none() {
         return Err(Error::InvalidInput(
             "this model has no feature names, so it takes no examples: use :predict with instances"
                 .into(),
-        ));
+        )
+        .into());
     }
     decode(body, spec, Body::Examples)
 }
 
-fn decode(body: &[u8], spec: &InputSpec, kind: Body) -> Result<Decoded, Error> {
+fn decode(body: &[u8], spec: &InputSpec, kind: Body) -> Result<Decoded, ApiError> {
     let mut ctx = Ctx {
         spec,
         rows: Vec::new(),
@@ -267,10 +269,10 @@ fn decode(body: &[u8], spec: &InputSpec, kind: Body) -> Result<Decoded, Error> {
     .deserialize(&mut de)
     .and_then(|()| de.end());
     result.map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => Error::InvalidInput(e.to_string()),
+        serde_json::error::Category::Data => Error::InvalidInput(e.to_string()).into(),
         serde_json::error::Category::Syntax
         | serde_json::error::Category::Eof
-        | serde_json::error::Category::Io => Error::MalformedJson(e.to_string()),
+        | serde_json::error::Category::Io => ApiError::MalformedJson(e.to_string()),
     })?;
     spec.check_rows(ctx.n_rows)?;
     let layout = ctx.layout.expect("set by Top on success");
@@ -877,7 +879,7 @@ pub fn rows_from_tensor(
     root: &'static str,
     data: &[f64],
     n: usize,
-) -> Result<Decoded, Error> {
+) -> Result<Decoded, ApiError> {
     spec.check_rows(n)?;
     let width = spec.raw_width();
     let mut c = ctx(spec, root, n * spec.row_len);
@@ -912,7 +914,7 @@ pub fn rows_from_columns(
     spec: &InputSpec,
     columns: &[(String, Vec<RawValue>)],
     n: usize,
-) -> Result<Decoded, Error> {
+) -> Result<Decoded, ApiError> {
     spec.check_rows(n)?;
     let mut c = ctx(spec, "inputs", n * spec.row_len);
     for i in 0..n {
@@ -1087,7 +1089,7 @@ mod tests {
                             prop_assert_eq!(d.rows.len(), d.n_rows * m.spec().row_len());
                             prop_assert!(d.rows.iter().all(|x| x.is_finite()));
                         }
-                        Err(Error::InvalidInput(_) | Error::MalformedJson(_)) => {}
+                        Err(ApiError::Serving(Error::InvalidInput(_)) | ApiError::MalformedJson(_)) => {}
                         Err(other) => prop_assert!(false, "unexpected error kind: {other}"),
                     }
                 }
@@ -1127,10 +1129,10 @@ mod tests {
             assert!(
                 matches!(
                     r,
-                    Err(Error::TooManyRows {
+                    Err(ApiError::Serving(Error::TooManyRows {
                         rows: 1000,
                         limit: 10
-                    })
+                    }))
                 ),
                 "{body:.40}: {r:?}"
             );
@@ -1143,13 +1145,19 @@ mod tests {
         let small = InputSpec::of(&m).with_max_rows(2);
         let r = rows_from_tensor(&small, "input", &[0.0; 6], 3);
         assert!(
-            matches!(r, Err(Error::TooManyRows { rows: 3, limit: 2 })),
+            matches!(
+                r,
+                Err(ApiError::Serving(Error::TooManyRows { rows: 3, limit: 2 }))
+            ),
             "{r:?}"
         );
         let col = vec![RawValue::Number(1.0); 3];
         let r = rows_from_columns(&small, &[("a".into(), col)], 3);
         assert!(
-            matches!(r, Err(Error::TooManyRows { rows: 3, limit: 2 })),
+            matches!(
+                r,
+                Err(ApiError::Serving(Error::TooManyRows { rows: 3, limit: 2 }))
+            ),
             "{r:?}"
         );
     }

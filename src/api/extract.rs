@@ -33,7 +33,7 @@ impl FromRequest<AppState> for JsonBody {
                 || is("text/plain")
                 || essence.is_empty();
             if !ok {
-                return Err(Error::UnsupportedMediaType(essence.to_ascii_lowercase()).into());
+                return Err(ApiError::UnsupportedMediaType(essence.to_ascii_lowercase()));
             }
         }
         let limit = state.config.api.body_limit;
@@ -78,10 +78,10 @@ impl<S: Sync> axum::extract::FromRequestParts<S> for Deadline {
 
 /// Why reading a body up to `limit` failed: it stalled (408), or it was too large (413; a
 /// client that went away mid-body gets the same, and never reads it).
-pub fn body_error(e: &axum::Error, limit: usize) -> Error {
+pub fn body_error(e: &axum::Error, limit: usize) -> ApiError {
     match crate::server::body::timed_out(e) {
-        Some(t) => Error::BodyTimeout(t),
-        None => Error::BodyTooLarge { limit },
+        Some(t) => ApiError::BodyTimeout(t),
+        None => ApiError::BodyTooLarge { limit },
     }
 }
 

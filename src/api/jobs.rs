@@ -127,7 +127,7 @@ pub async fn submit(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let record = state.jobs.submit(&body).await.map_err(Error::from)?;
+    let record = state.jobs.submit(&body).await?;
     let location = format!("/v1/training-jobs/{}", record.id);
     Ok((
         StatusCode::ACCEPTED,
@@ -154,7 +154,7 @@ pub async fn get(
     if id.contains(':') {
         return Err(Error::InvalidInput(format!("'{id}': methods like :cancel take POST")).into());
     }
-    let d: JobDetails = state.jobs.get(&id).await.map_err(Error::from)?;
+    let d: JobDetails = state.jobs.get(&id).await?;
     Ok(Json(view(&d.record, Some(&d.history))).into_response())
 }
 
@@ -183,7 +183,7 @@ pub async fn verb(
             Error::InvalidInput(format!("unknown method ':{verb}': expected :cancel")).into(),
         );
     }
-    let record = state.jobs.cancel(id).await.map_err(Error::from)?;
+    let record = state.jobs.cancel(id).await?;
     Ok(Json(view(&record, None)).into_response())
 }
 
@@ -243,8 +243,7 @@ pub async fn list(
             before: q.after,
             limit: limit + 1,
         })
-        .await
-        .map_err(Error::from)?;
+        .await?;
     let more = records.len() > limit;
     let page = &records[..records.len().min(limit)];
     Ok(Json(JobListResponse {
@@ -392,7 +391,7 @@ pub async fn events(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // 404 for an unknown job before the stream starts.
-    state.jobs.get(&id).await.map_err(Error::from)?;
+    state.jobs.get(&id).await?;
     let follow = Follow {
         rx: state.jobs.subscribe(&id),
         jobs: state.jobs.clone(),

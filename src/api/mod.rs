@@ -28,7 +28,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use tracing::Instrument;
 
-use crate::error::Error;
 use crate::state::AppState;
 use error::ApiError;
 
@@ -105,17 +104,17 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError(Error::RouteNotFound {
+    ApiError::RouteNotFound {
         method: method.to_string(),
         path: uri.path().to_owned(),
-    })
+    }
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError(Error::MethodNotAllowed {
+    ApiError::MethodNotAllowed {
         method: method.to_string(),
         path: uri.path().to_owned(),
-    })
+    }
 }
 
 /// The one middleware every request passes: request id, span, access check, timing
@@ -242,19 +241,19 @@ fn authorize(state: &AppState, method: &str, route: &str, req: &Request) -> Resu
         })
         .map(str::trim);
     let Some(presented) = presented else {
-        return Err(ApiError(Error::Unauthorized(
+        return Err(ApiError::Unauthorized(
             "this route needs an API key: Authorization: Bearer <key>".into(),
-        )));
+        ));
     };
     let Some(entry) = keys.find(presented) else {
-        return Err(ApiError(Error::Unauthorized("unknown API key".into())));
+        return Err(ApiError::Unauthorized("unknown API key".into()));
     };
     if !entry.scopes.contains(&scope) {
-        return Err(ApiError(Error::Forbidden(format!(
+        return Err(ApiError::Forbidden(format!(
             "API key '{}' lacks the '{}' scope this route needs",
             entry.name,
             scope.as_str()
-        ))));
+        )));
     }
     Ok(())
 }

@@ -22,10 +22,12 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoParams, OpenApi};
 
-use super::error::status_and_code;
+use super::error::{status_and_code, ApiError};
 use super::{datasets, health, jobs, metrics, models, predict, repository, types, v2};
 use crate::auth::{rule_for, Rule, Scope};
+use crate::dataset::DatasetError;
 use crate::error::Error;
+use crate::training::jobs::JobError;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -111,7 +113,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
                 .build(),
         ),
     );
-    let denied = error_responses(&[Error::Unauthorized(S), Error::Forbidden(S)]);
+    let denied = error_responses(&[ApiError::Unauthorized(S), ApiError::Forbidden(S)]);
     for (path, item) in &mut doc.paths.paths {
         let operations = [
             ("GET", &mut item.get),
@@ -255,7 +257,7 @@ const S: String = String::new();
 
 /// One response per status that `errors` answer with, listing their codes; the statuses and
 /// codes come from `status_and_code`, the mapping every error answer goes through.
-fn error_responses(errors: &[Error]) -> BTreeMap<String, RefOr<Response>> {
+fn error_responses(errors: &[ApiError]) -> BTreeMap<String, RefOr<Response>> {
     let mut by_status: BTreeMap<StatusCode, Vec<&'static str>> = BTreeMap::new();
     for e in errors {
         let (status, code) = status_and_code(e);
@@ -293,7 +295,7 @@ macro_rules! error_set {
 
         impl utoipa::IntoResponses for $name {
             fn responses() -> BTreeMap<String, RefOr<Response>> {
-                error_responses(&[$($e),+])
+                error_responses(&[$(ApiError::from($e)),+])
             }
         }
     )+};
@@ -316,15 +318,15 @@ error_set! {
     ];
     /// Inference, v1 and v2: the lookup, the body, the queue and the worker.
     InferErrors = [
-        Error::MalformedJson(S),
+        ApiError::MalformedJson(S),
         Error::InvalidInput(S),
         Error::InvalidModelName(S),
         Error::ModelNotFound(S),
         Error::VersionNotFound { name: S, version: S, detail: S },
-        Error::BodyTooLarge { limit: 0 },
-        Error::BodyTimeout(std::time::Duration::ZERO),
+        ApiError::BodyTooLarge { limit: 0 },
+        ApiError::BodyTimeout(std::time::Duration::ZERO),
         Error::TooManyRows { rows: 0, limit: 0 },
-        Error::UnsupportedMediaType(S),
+        ApiError::UnsupportedMediaType(S),
         Error::ModelUnavailable { name: S, reason: S },
         Error::QueueFull { name: S, version: 0, capacity: 0 },
         Error::ShuttingDown,
@@ -336,8 +338,8 @@ error_set! {
         Error::InvalidInput(S),
         Error::InvalidModelName(S),
         Error::InvalidModel(S),
-        Error::BodyTooLarge { limit: 0 },
-        Error::BodyTimeout(std::time::Duration::ZERO),
+        ApiError::BodyTooLarge { limit: 0 },
+        ApiError::BodyTimeout(std::time::Duration::ZERO),
         Error::Internal(S),
     ];
     /// Deleting a model or one of its versions.
@@ -357,33 +359,33 @@ error_set! {
     UnloadErrors = [Error::InvalidModelName(S), Error::ModelNotFound(S)];
     /// A dataset upload.
     DatasetUploadErrors = [
-        Error::InvalidDataset(S),
-        Error::BodyTooLarge { limit: 0 },
-        Error::BodyTimeout(std::time::Duration::ZERO),
-        Error::UnsupportedMediaType(S),
+        DatasetError::Invalid(S),
+        ApiError::BodyTooLarge { limit: 0 },
+        ApiError::BodyTimeout(std::time::Duration::ZERO),
+        ApiError::UnsupportedMediaType(S),
         Error::Internal(S),
     ];
     /// A dataset looked up by id.
-    DatasetErrors = [Error::DatasetNotFound(S), Error::Internal(S)];
+    DatasetErrors = [DatasetError::NotFound(S), Error::Internal(S)];
     /// Reading the stores (datasets, jobs).
     StoreErrors = [Error::Internal(S)];
     /// A training job spec: refused before queuing when it cannot train.
     SubmitErrors = [
-        Error::InvalidSpec(S),
-        Error::BodyTooLarge { limit: 0 },
-        Error::BodyTimeout(std::time::Duration::ZERO),
-        Error::UnsupportedMediaType(S),
+        JobError::InvalidSpec(S),
+        ApiError::BodyTooLarge { limit: 0 },
+        ApiError::BodyTimeout(std::time::Duration::ZERO),
+        ApiError::UnsupportedMediaType(S),
         Error::Internal(S),
     ];
     /// Listing jobs with filters.
     JobListErrors = [Error::InvalidInput(S), Error::Internal(S)];
     /// A training job looked up by id.
-    JobErrors = [Error::InvalidInput(S), Error::JobNotFound(S), Error::Internal(S)];
+    JobErrors = [Error::InvalidInput(S), JobError::NotFound(S), Error::Internal(S)];
     /// Cancelling a job: refused once it has ended.
     CancelErrors = [
         Error::InvalidInput(S),
-        Error::JobNotFound(S),
-        Error::Conflict(S),
+        JobError::NotFound(S),
+        JobError::Conflict(S),
         Error::Internal(S),
     ];
 }
@@ -408,13 +410,14 @@ mod tests {
     #[test]
     fn error_sets_group_codes_by_the_status_the_server_answers() {
         let r = error_responses(&[
-            Error::ModelNotFound(S),
-            Error::InvalidInput(S),
+            Error::ModelNotFound(S).into(),
+            Error::InvalidInput(S).into(),
             Error::VersionNotFound {
                 name: S,
                 version: S,
                 detail: S,
-            },
+            }
+            .into(),
         ]);
         assert_eq!(r.keys().collect::<Vec<_>>(), ["400", "404"]);
         let RefOr::T(not_found) = &r["404"] else {

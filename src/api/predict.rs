@@ -188,7 +188,12 @@ pub(crate) async fn compute(
     Ok(computed)
 }
 
-fn decode(lv: &LoadedVersion, verb: Verb, body: &[u8], max_rows: usize) -> Result<Decoded, Error> {
+fn decode(
+    lv: &LoadedVersion,
+    verb: Verb,
+    body: &[u8],
+    max_rows: usize,
+) -> Result<Decoded, ApiError> {
     let spec = InputSpec::of(&lv.model).with_max_rows(max_rows);
     match verb {
         Verb::Predict => decode_predict(body, &spec),

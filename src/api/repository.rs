@@ -257,10 +257,10 @@ pub async fn upload(
 }
 
 /// A multipart body that stalled is 408; anything else wrong with it is the client's 400.
-fn multipart_error(e: &axum::extract::multipart::MultipartError, at: &str) -> Error {
+fn multipart_error(e: &axum::extract::multipart::MultipartError, at: &str) -> ApiError {
     match crate::server::body::timed_out(e) {
-        Some(t) => Error::BodyTimeout(t),
-        None => Error::InvalidInput(format!("{at}: {e}")),
+        Some(t) => ApiError::BodyTimeout(t),
+        None => Error::InvalidInput(format!("{at}: {e}")).into(),
     }
 }
 

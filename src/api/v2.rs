@@ -634,7 +634,7 @@ fn as_raw(data: Data) -> Vec<RawValue> {
 }
 
 /// Parses the body (JSON, or JSON + binary tensors) into the request and its input data.
-fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<InferRequest, Error> {
+fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<InferRequest, ApiError> {
     let json_len = match headers.get(HEADER_LENGTH) {
         None => body.len(),
         Some(v) => v
@@ -651,10 +651,10 @@ fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<InferRequest, Error
     };
     let mut req: InferRequest =
         serde_json::from_slice(&body[..json_len]).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => Error::InvalidInput(e.to_string()),
+            serde_json::error::Category::Data => Error::InvalidInput(e.to_string()).into(),
             serde_json::error::Category::Syntax
             | serde_json::error::Category::Eof
-            | serde_json::error::Category::Io => Error::MalformedJson(e.to_string()),
+            | serde_json::error::Category::Io => ApiError::MalformedJson(e.to_string()),
         })?;
     let mut rest = &body[json_len..];
     for input in &mut req.inputs {
@@ -663,13 +663,15 @@ fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<InferRequest, Error
                 return Err(Error::InvalidInput(format!(
                     "input '{}' has both data and binary_data_size",
                     input.name
-                )));
+                ))
+                .into());
             }
             let Some(bytes) = rest.get(..n) else {
                 return Err(Error::InvalidInput(format!(
                     "input '{}': binary_data_size {n} runs past the body",
                     input.name
-                )));
+                ))
+                .into());
             };
             input.data = decode_binary(&input.name, &input.datatype, bytes)?;
             rest = &rest[n..];
@@ -679,7 +681,8 @@ fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<InferRequest, Error
         return Err(Error::InvalidInput(format!(
             "{} bytes of binary data follow the inputs that claim them",
             rest.len()
-        )));
+        ))
+        .into());
     }
     Ok(req)
 }
@@ -694,17 +697,17 @@ pub fn decode_infer(
     headers: &HeaderMap,
     body: &[u8],
     max_rows: usize,
-) -> Result<Decoded, Error> {
+) -> Result<Decoded, ApiError> {
     let req = parse_request(headers, body)?;
     to_rows(model, req.inputs, max_rows)
 }
 
 /// The model rows of a request: one raw tensor, or one input per feature; more than
 /// `max_rows` instances are refused before their rows are built.
-fn to_rows(model: &Model, inputs: Vec<InferInput>, max_rows: usize) -> Result<Decoded, Error> {
+fn to_rows(model: &Model, inputs: Vec<InferInput>, max_rows: usize) -> Result<Decoded, ApiError> {
     let spec = InputSpec::of(model).with_max_rows(max_rows);
     if inputs.is_empty() {
-        return Err(Error::InvalidInput("inputs is empty".into()));
+        return Err(Error::InvalidInput("inputs is empty".into()).into());
     }
     for i in &inputs {
         let n = elements(&i.name, &i.shape)?;
@@ -714,7 +717,8 @@ fn to_rows(model: &Model, inputs: Vec<InferInput>, max_rows: usize) -> Result<De
                 i.name,
                 i.shape,
                 i.data.len()
-            )));
+            ))
+            .into());
         }
         check_datatype(&i.name, &i.datatype, &i.data)?;
     }
@@ -730,7 +734,8 @@ fn to_rows(model: &Model, inputs: Vec<InferInput>, max_rows: usize) -> Result<De
                 return Err(Error::InvalidInput(format!(
                     "input '{}': a feature input has shape [{n}] or [{n}, 1], got {:?}",
                     i.name, i.shape
-                )));
+                ))
+                .into());
             }
             columns.push((i.name, as_raw(i.data)));
         }
@@ -739,13 +744,13 @@ fn to_rows(model: &Model, inputs: Vec<InferInput>, max_rows: usize) -> Result<De
             .find(|f| !columns.iter().any(|(c, _)| c == *f))
         {
             if spec_has_no_fill(model, missing) {
-                return Err(Error::InvalidInput(format!(
-                    "feature input '{missing}' is missing"
-                )));
+                return Err(
+                    Error::InvalidInput(format!("feature input '{missing}' is missing")).into(),
+                );
             }
         }
         if n == 0 {
-            return Err(Error::InvalidInput("inputs hold no instances".into()));
+            return Err(Error::InvalidInput("inputs hold no instances".into()).into());
         }
         return rows_from_columns(&spec, &columns, n);
     }
@@ -757,7 +762,8 @@ fn to_rows(model: &Model, inputs: Vec<InferInput>, max_rows: usize) -> Result<De
                 Some(f) => format!(" or one input per feature {f:?}"),
                 None => String::new(),
             }
-        )));
+        ))
+        .into());
     }
     let input = inputs.into_iter().next().expect("one input");
     let raw_shape = spec.raw_shape();
@@ -771,20 +777,21 @@ fn to_rows(model: &Model, inputs: Vec<InferInput>, max_rows: usize) -> Result<De
                 .collect::<Vec<_>>()
                 .join(", "),
             input.shape
-        )));
+        ))
+        .into());
     }
     let n = input.shape[0] as usize;
     if n == 0 {
-        return Err(Error::InvalidInput(format!(
-            "input '{}' holds no instances",
-            input.name
-        )));
+        return Err(
+            Error::InvalidInput(format!("input '{}' holds no instances", input.name)).into(),
+        );
     }
     if matches!(input.datatype.as_str(), "BYTES") {
         return Err(Error::InvalidInput(format!(
             "input '{}': BYTES needs one input per feature (named as the feature)",
             input.name
-        )));
+        ))
+        .into());
     }
     let name = input.name;
     let data = as_numbers(&name, input.data)?;
@@ -1077,7 +1084,7 @@ fn encode(
 }
 
 /// Reads the body up to the limit (any content type: the binary extension is not JSON).
-async fn read_body(state: &AppState, body: axum::body::Body) -> Result<Bytes, Error> {
+async fn read_body(state: &AppState, body: axum::body::Body) -> Result<Bytes, ApiError> {
     let limit = state.config.api.body_limit;
     axum::body::to_bytes(body, limit)
         .await

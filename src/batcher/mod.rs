@@ -317,7 +317,7 @@ pub struct Spec<'a> {
 }
 
 /// Starts `spec.workers` workers for one model version, each on a rayon pool of its own
-/// with `spec.threads` threads (see [`crate::model::device::spawn_compute`]). Each pulls
+/// with `spec.threads` threads (see [`crate::device::spawn_compute`]). Each pulls
 /// batches off the version's queue itself: no hand-off task between the request and the
 /// worker.
 pub fn spawn(
@@ -336,7 +336,7 @@ pub fn spawn(
     let stats = Arc::new(Stats::new(prom));
     for i in 0..workers {
         let (model, queue, stats) = (model.clone(), queue.clone(), stats.clone());
-        crate::model::device::spawn_compute(
+        crate::device::spawn_compute(
             format!("kiln-worker-{name}-{version}-{i}"),
             threads,
             move || worker::run(&model, &queue, &stats),

@@ -7,7 +7,7 @@
 //! - A *row* is a data row, numbered from 1 (the CSV header is not counted; its line number in
 //!   the file is reported beside it, because quoted fields may span lines).
 //! - A cell is *missing* when it is absent, JSON `null` or one of
-//!   [`MISSING_MARKERS`](crate::preprocess::MISSING_MARKERS) (after trimming), and *invalid* when it
+//!   [`MISSING_MARKERS`] (after trimming), and *invalid* when it
 //!   sits in a numeric column but does not parse as a number (a typo such as `l.3` or `6,3`).
 //!   Both read as `NaN` in the table and are counted apart in the [`Profile`].
 //!
@@ -38,6 +38,10 @@ mod table;
 mod upload;
 
 use std::path::{Path, PathBuf};
+
+/// Cells that count as missing in numeric columns, in datasets and (through
+/// `preprocess`) in requests.
+pub const MISSING_MARKERS: &[&str] = &["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"];
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

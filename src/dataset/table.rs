@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::profile::Profile;
+use super::MISSING_MARKERS;
 use super::{DatasetError, Delimiter, Format};
-use crate::preprocess::MISSING_MARKERS;
 
 /// The code of a missing cell in a category column.
 pub const MISSING_CODE: u32 = u32::MAX;

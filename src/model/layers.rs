@@ -9,8 +9,8 @@
 use candle_core::{CpuStorage, DType, Layout, Module, ModuleT, Shape, Tensor, D};
 use candle_nn::{rnn::RNN, Init, VarBuilder};
 
-use crate::error::ModelError;
 use crate::model::format::{Activation, Initializer, InputDType, LayerSpec, Padding, PaddingMode};
+use crate::model::ModelError;
 
 /// An activation with its parameter (slope of leaky_relu, alpha of elu).
 #[derive(Debug, Clone, Copy)]

@@ -3,7 +3,7 @@
 //! `Model` is immutable once built and shared as `Arc<Model>` by a version's worker threads,
 //! which are the only callers of `forward` (async code never runs the model).
 
-pub mod device;
+pub mod error;
 pub mod format;
 pub mod layers;
 
@@ -13,11 +13,10 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::error::ModelError;
 use format::{Activation, LayerSpec, ModelSpec, Task};
 use layers::{Built, Layer};
 
-pub use device::DeviceSpec;
+pub use error::ModelError;
 
 /// File names inside a version directory.
 pub const SPEC_FILE: &str = "model.json";

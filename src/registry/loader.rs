@@ -7,8 +7,8 @@ use std::time::SystemTime;
 
 use super::{Fingerprint, LoadedVersion, Registry, Slot, VersionState};
 use crate::batcher;
-use crate::error::ModelError;
 use crate::model::Model;
+use crate::model::ModelError;
 
 /// Loads a version directory and proves it runs (blocking: call from a blocking thread).
 pub fn load_and_warm(dir: &Path, device: &candle_core::Device) -> Result<Model, ModelError> {

@@ -377,12 +377,11 @@ async fn scheduler(inner: Arc<Inner>, slots: usize) {
         let inner2 = inner.clone();
         // One compute thread per job, on a rayon pool of its own so candle's rayon-split ops
         // (conv, for one) stay on it instead of going through the global pool and back.
-        let spawned =
-            crate::model::device::spawn_compute(format!("kiln-{}", job.id), 1, move || {
-                run_job(&inner2, job, &flags, &tx);
-                drop(permit);
-                inner2.wake.notify_one();
-            });
+        let spawned = crate::device::spawn_compute(format!("kiln-{}", job.id), 1, move || {
+            run_job(&inner2, job, &flags, &tx);
+            drop(permit);
+            inner2.wake.notify_one();
+        });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start a job thread");
         }

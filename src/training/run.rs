@@ -45,7 +45,7 @@ pub fn train_and_package(
 ) -> Result<RunResult, String> {
     debug_assert!(
         rayon::current_thread_index().is_some(),
-        "training runs on a rayon pool of its own (see `model::device::spawn_compute`)"
+        "training runs on a rayon pool of its own (see `device::spawn_compute`)"
     );
     let trained = trainer::train(spec, data, resume, hooks).map_err(|e| e.to_string())?;
     let metrics = serde_json::to_value(&trained.final_metrics).expect("metrics serialize");

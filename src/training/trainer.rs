@@ -98,7 +98,7 @@ pub enum TrainError {
     #[error(transparent)]
     Training(#[from] TrainingError),
     #[error(transparent)]
-    Model(#[from] crate::error::ModelError),
+    Model(#[from] crate::model::ModelError),
     #[error("{0}")]
     Hook(String),
 }

@@ -1,11 +1,16 @@
-//! The compute device: `cpu` or `cuda:N`. Nothing outside this module names a backend.
+//! The compute device (`cpu` or `cuda:N`) and the threads compute runs on. Nothing outside
+//! this module names a backend. A base module: it imports no other part of kiln, so the
+//! configuration, the model and the batcher can all depend on it.
 
 use std::fmt;
 use std::str::FromStr;
 
 use candle_core::Device;
 
-use crate::error::ModelError;
+/// A device that cannot be opened: says which and why.
+#[derive(Debug, thiserror::Error)]
+#[error("device: {0}")]
+pub struct DeviceError(String);
 
 /// The device a server's workers run on, as the operator wrote it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,18 +47,17 @@ impl fmt::Display for DeviceSpec {
 impl DeviceSpec {
     /// Opens the device. Asking for CUDA in a build without the `cuda` feature is an error
     /// that says how to get one.
-    pub fn open(self) -> Result<Device, ModelError> {
+    pub fn open(self) -> Result<Device, DeviceError> {
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
             DeviceSpec::Cuda(n) => {
                 if !cfg!(feature = "cuda") {
-                    return Err(ModelError::Device(format!(
+                    return Err(DeviceError(format!(
                         "device {self} requested, but this kiln was built without CUDA support; \
                          rebuild with `cargo build --release --features cuda`"
                     )));
                 }
-                Device::new_cuda(n)
-                    .map_err(|e| ModelError::Device(format!("cannot open {self}: {e}")))
+                Device::new_cuda(n).map_err(|e| DeviceError(format!("cannot open {self}: {e}")))
             }
         }
     }
