@@ -69,7 +69,7 @@ impl Hooks for Progress {
 }
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
-    crate::set_compute_threads(a.threads);
+    super::set_compute_threads(a.threads);
     let mut spec: serde_json::Value = match &a.spec {
         Some(p) => serde_json::from_slice(
             &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
