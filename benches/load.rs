@@ -240,9 +240,10 @@ fn bench_compute(
         model: MLP,
     };
     let body = request_body(1, MLP_ROW_LEN, 11);
-    let dir = models.join(MLP).join("1");
+    let files = kiln::store::read_version_dir(&models.join(MLP).join("1"))
+        .expect("the bench MLP's files read");
     let model = std::sync::Arc::new(
-        Model::load(&dir, &candle_core::Device::Cpu).expect("the bench MLP loads"),
+        kiln::store::load_and_warm(&files, &candle_core::Device::Cpu).expect("the bench MLP loads"),
     );
     println!(
         "-- compute-bound: {} ({} bytes per request) vs the in-process forward, {} rounds of {:.0} s --",

@@ -4,6 +4,8 @@
 //! - [`config`]: defaults → `config/kiln.toml` → `KILN_*` → flags, validated.
 //! - [`model`]: `model.json` + safetensors → candle layers; the device.
 //! - [`preprocess`]: fitted transforms applied to named-feature instances.
+//! - [`store`]: the model store: where versions live (the models directory), name rules,
+//!   publish (validated first) and delete; the registry reads it, nothing else touches it.
 //! - [`registry`]: name → version → state; the loader (the only way in) and the watcher.
 //! - [`batcher`]: per-version queue, batching policy and worker threads.
 //! - [`api`]: the HTTP edge (TF Serving's REST API, health).
@@ -35,6 +37,7 @@ pub mod registry;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod training;
 
@@ -97,8 +100,11 @@ pub async fn serve_with_routes(
         .map(server::tls::acceptor)
         .transpose()?;
     let metrics = Arc::new(metrics::Metrics::new());
+    let models: Arc<dyn store::ModelStore> =
+        Arc::new(store::LocalDir::open(&config.registry.models_dir));
     let registry = Arc::new(registry::Registry::new(
         config.registry.clone(),
+        models.clone(),
         device,
         metrics.clone(),
     ));
@@ -119,7 +125,7 @@ pub async fn serve_with_routes(
             store: job_store,
             datasets: datasets.clone(),
             registry: registry.clone(),
-            models_dir: config.registry.models_dir.clone(),
+            models: models.clone(),
             metrics: metrics.clone(),
         },
     )
@@ -127,15 +133,13 @@ pub async fn serve_with_routes(
     let state = state::AppState::new(state::Shared {
         config: config.clone(),
         registry: registry.clone(),
+        models,
         health: health.clone(),
         datasets,
         jobs: jobs.clone(),
         metrics: metrics.clone(),
         keys,
     });
-    if !config.registry.models_dir.is_dir() {
-        tracing::warn!(dir = %config.registry.models_dir.display(), "models directory does not exist; it will be watched for models");
-    }
     let watcher = registry::spawn_watcher(registry);
     let addr = listener
         .local_addr()

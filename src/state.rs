@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::dataset::DatasetStore;
 use crate::registry::Registry;
+use crate::store::ModelStore;
 use crate::training::jobs::JobManager;
 
 /// Cheap to clone (one reference count): every handler and middleware extracts it.
@@ -30,6 +31,8 @@ impl std::ops::Deref for AppState {
 pub struct Shared {
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
+    /// Where model versions live: uploads and deletes go through it.
+    pub models: Arc<dyn ModelStore>,
     pub health: Arc<Health>,
     pub datasets: Arc<DatasetStore>,
     pub jobs: JobManager,

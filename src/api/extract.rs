@@ -7,7 +7,6 @@ use axum::http::header;
 
 use super::error::ApiError;
 use crate::error::Error;
-use crate::registry::valid_model_name;
 use crate::state::AppState;
 
 /// A request body that claims (or does not deny) to be JSON, read up to the body limit.
@@ -157,13 +156,9 @@ pub fn split_verb(segment: &str) -> Result<(&str, Verb), Error> {
     Ok((name, verb))
 }
 
-/// Refuses names that cannot exist before anything looks them up.
+/// Refuses names that cannot exist (the store's rule) before anything looks them up.
 pub fn check_name(name: &str) -> Result<(), Error> {
-    if valid_model_name(name) {
-        Ok(())
-    } else {
-        Err(Error::InvalidModelName(name.to_owned()))
-    }
+    crate::store::check_name(name).map_err(Error::from)
 }
 
 /// Parses a version path segment (a positive integer).

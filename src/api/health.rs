@@ -76,8 +76,11 @@ mod tests {
     fn state(dir: &std::path::Path) -> AppState {
         let config = Arc::new(Config::default());
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let models: Arc<dyn crate::store::ModelStore> =
+            Arc::new(crate::store::LocalDir::new(dir.join("models")));
         let registry = Arc::new(Registry::new(
             config.registry.clone(),
+            models.clone(),
             candle_core::Device::Cpu,
             metrics.clone(),
         ));
@@ -93,13 +96,14 @@ mod tests {
                 store,
                 datasets: datasets.clone(),
                 registry: registry.clone(),
-                models_dir: dir.join("models"),
+                models: models.clone(),
                 metrics: metrics.clone(),
             },
         )
         .unwrap();
         AppState::new(Shared {
             registry,
+            models,
             config,
             health: Arc::new(Health::default()),
             datasets,

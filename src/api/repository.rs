@@ -1,11 +1,10 @@
 //! Model management: Triton's repository extension (`/v2/repository/…`: index, load,
-//! unload) and kiln's upload and delete of versions.
+//! unload) and kiln's upload and delete of versions. HTTP only: the model store validates,
+//! publishes and deletes; the registry loads and unloads.
 //!
-//! Deleting drains rather than refuses: the version directory disappears at once (renamed,
-//! then removed), the registry stops routing new requests to it, and requests already
-//! running on it finish on the loaded copy before it is dropped.
-
-use std::sync::Arc;
+//! Deleting drains rather than refuses: the version leaves the store at once, the registry
+//! stops routing new requests to it, and requests already running on it finish on the loaded
+//! copy before it is dropped.
 
 use axum::extract::{Multipart, State};
 
@@ -23,9 +22,13 @@ use super::openapi::{
 };
 use super::types::ModelUploadForm;
 use crate::error::Error;
-use crate::model::{Model, SPEC_FILE, WEIGHTS_FILE};
 use crate::registry::VersionState;
 use crate::state::AppState;
+use crate::store::{validate_and_publish, ModelFiles};
+
+/// The upload's multipart part names (also accepted: `spec`, `weights`).
+const SPEC_PART: &str = "model.json";
+const WEIGHTS_PART: &str = "model.safetensors";
 
 fn triton_state(s: &VersionState) -> &'static str {
     match s {
@@ -191,11 +194,11 @@ pub async fn upload(
             .await
             .map_err(|e| multipart_error(&e, &format!("multipart part '{key}'")))?;
         match key.as_str() {
-            SPEC_FILE | "spec" => spec = Some(bytes),
-            WEIGHTS_FILE | "weights" => weights = Some(bytes),
+            SPEC_PART | "spec" => spec = Some(bytes),
+            WEIGHTS_PART | "weights" => weights = Some(bytes),
             other => {
                 return Err(Error::InvalidInput(format!(
-                    "unexpected part '{other}': send '{SPEC_FILE}' and '{WEIGHTS_FILE}'"
+                    "unexpected part '{other}': send '{SPEC_PART}' and '{WEIGHTS_PART}'"
                 ))
                 .into())
             }
@@ -203,45 +206,22 @@ pub async fn upload(
     }
     let (Some(spec), Some(weights)) = (spec, weights) else {
         return Err(Error::InvalidInput(format!(
-            "the upload needs two parts: '{SPEC_FILE}' and '{WEIGHTS_FILE}'"
+            "the upload needs two parts: '{SPEC_PART}' and '{WEIGHTS_PART}'"
         ))
         .into());
     };
-    let models_dir = state.config.registry.models_dir.clone();
-    let model_name = name.clone();
-    let version = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
-        let device = candle_core::Device::Cpu;
-        let text = std::str::from_utf8(&spec)
-            .map_err(|_| Error::InvalidModel(format!("{SPEC_FILE} is not UTF-8")))?;
-        let parsed = crate::model::format::ModelSpec::from_json(text)
-            .map_err(|m| Error::InvalidModel(format!("{SPEC_FILE}: {m}")))?;
-        let tensors = candle_core::safetensors::load_buffer(&weights, &device).map_err(|e| {
-            Error::InvalidModel(format!(
-                "{WEIGHTS_FILE} is not a valid safetensors file: {e}"
-            ))
-        })?;
-        let model = Model::from_tensors(parsed, tensors, &device)
-            .map_err(|e| Error::InvalidModel(e.to_string()))?;
-        model
-            .warm_up()
-            .map_err(|e| Error::InvalidModel(e.to_string()))?;
-        crate::training::publish::publish_files(&models_dir, &model_name, &spec, &weights, "upload")
-            .map_err(|e| Error::Internal(e.to_string()))
-    })
-    .await
-    .map_err(|e| Error::Internal(e.to_string()))??;
-    state.registry.refresh().await;
-    let st = state
-        .registry
-        .view(&name)
-        .ok()
-        .and_then(|v| {
-            v.versions
-                .into_iter()
-                .find(|(n, _)| *n == version)
-                .map(|(_, s)| s.name())
-        })
-        .unwrap_or("END");
+    let published = validate_and_publish(&*state.models, &name, ModelFiles::new(spec, weights))
+        .await
+        .map_err(Error::from)?;
+    let version = published.version;
+    // Published is published: a load that cannot even start is the log's, not the client's.
+    let st = match state.registry.load_version(&name, version).await {
+        Ok(s) => s.name(),
+        Err(e) => {
+            tracing::error!(model = %name, version, error = %e, "the uploaded version cannot be loaded");
+            "END"
+        }
+    };
     tracing::info!(model = %name, version, "model version uploaded");
     let location = format!("/v1/models/{name}/versions/{version}");
     Ok((
@@ -264,15 +244,6 @@ fn multipart_error(e: &axum::extract::multipart::MultipartError, at: &str) -> Ap
     }
 }
 
-/// Moves a directory out of the watcher's sight at once, then removes it.
-fn remove_dir(models: &std::path::Path, dir: &std::path::Path, label: &str) -> Result<(), Error> {
-    let trash = models.join(format!(".deleted-{label}-{}", std::process::id()));
-    std::fs::rename(dir, &trash)
-        .map_err(|e| Error::Internal(format!("removing {}: {e}", dir.display())))?;
-    std::fs::remove_dir_all(&trash)
-        .map_err(|e| Error::Internal(format!("removing {}: {e}", trash.display())))
-}
-
 /// `DELETE /v1/models/{name}/versions/{version}`
 #[utoipa::path(
     delete,
@@ -289,21 +260,12 @@ pub async fn delete_version(
 ) -> Result<StatusCode, ApiError> {
     check_name(&name)?;
     let v = parse_version(&name, &version)?;
-    let models = state.config.registry.models_dir.clone();
-    let dir = models.join(&name).join(v.to_string());
-    if !dir.is_dir() {
-        return Err(Error::VersionNotFound {
-            name,
-            version,
-            detail: String::new(),
-        }
-        .into());
-    }
-    let label = format!("{name}-{v}");
-    tokio::task::spawn_blocking(move || remove_dir(&models, &dir, &label))
+    state
+        .models
+        .delete_version(&name, v)
         .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
-    state.registry.refresh().await;
+        .map_err(Error::from)?;
+    state.registry.refresh_model(&name).await?;
     tracing::info!(model = %name, version = v, "model version deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -323,17 +285,12 @@ pub async fn delete_model(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     check_name(&name)?;
-    let models = state.config.registry.models_dir.clone();
-    let dir = models.join(&name);
-    if !dir.is_dir() {
-        return Err(Error::ModelNotFound(name).into());
-    }
-    let registry = Arc::clone(&state.registry);
-    let label = name.clone();
-    tokio::task::spawn_blocking(move || remove_dir(&models, &dir, &label))
+    state
+        .models
+        .delete_model(&name)
         .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
-    registry.refresh().await;
+        .map_err(Error::from)?;
+    state.registry.refresh_model(&name).await?;
     tracing::info!(model = %name, "model deleted");
     Ok(StatusCode::NO_CONTENT)
 }

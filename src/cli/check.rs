@@ -18,7 +18,8 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     let device: kiln::device::DeviceSpec = a.device.parse().map_err(anyhow::Error::msg)?;
     let device = device.open()?;
     let started = std::time::Instant::now();
-    let model = kiln::registry::load_and_warm(dir, &device)?;
+    let files = kiln::store::read_version_dir(dir)?;
+    let model = kiln::store::load_and_warm(&files, &device)?;
     let spec = model.spec();
     println!(
         "ok: {} loaded and ran one forward pass in {:.1} ms",

@@ -159,18 +159,11 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
             result.trained.epochs_run, result.trained.best_epoch
         );
     }
-    let version = kiln::training::publish::publish(
-        &a.models,
-        &resolved.spec.model,
-        &result.model_spec,
-        &result.weights,
-        "cli",
-    )?;
-    let dir = a
-        .models
-        .join(&resolved.spec.model)
-        .join(version.to_string());
-    eprintln!("wrote {}", dir.display());
+    let files = kiln::store::ModelFiles::trained(&result.model_spec, &result.weights)?;
+    let store = kiln::store::LocalDir::new(&a.models);
+    let version = super::publish(&store, &resolved.spec.model, files)?.version;
+    let dir = kiln::store::ModelStore::location(&store, &resolved.spec.model, version);
+    eprintln!("wrote {dir}");
     println!(
         "{}",
         serde_json::json!({"model": resolved.spec.model, "version": version, "path": dir, "evaluated_on": result.trained.evaluated_on, "metrics": result.metrics})

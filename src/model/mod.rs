@@ -8,7 +8,6 @@ pub mod format;
 pub mod layers;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -17,10 +16,6 @@ use format::{Activation, LayerSpec, ModelSpec, Task};
 use layers::{Built, Layer};
 
 pub use error::ModelError;
-
-/// File names inside a version directory.
-pub const SPEC_FILE: &str = "model.json";
-pub const WEIGHTS_FILE: &str = "model.safetensors";
 
 /// A model ready to run.
 #[derive(Debug)]
@@ -34,31 +29,6 @@ pub struct Model {
 }
 
 impl Model {
-    /// Reads `model.json` + `model.safetensors` from a version directory and builds the model.
-    pub fn load(dir: &Path, device: &Device) -> Result<Model, ModelError> {
-        let spec_path = dir.join(SPEC_FILE);
-        let text = std::fs::read_to_string(&spec_path).map_err(|source| ModelError::Io {
-            path: spec_path.clone(),
-            source,
-        })?;
-        let spec = ModelSpec::from_json(&text).map_err(|message| ModelError::Spec {
-            path: spec_path,
-            message,
-        })?;
-        let weights_path = dir.join(WEIGHTS_FILE);
-        let bytes = std::fs::read(&weights_path).map_err(|source| ModelError::Io {
-            path: weights_path.clone(),
-            source,
-        })?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
-            ModelError::Weights {
-                path: weights_path,
-                message: format!("not a valid safetensors file: {e}"),
-            }
-        })?;
-        Model::from_tensors(spec, tensors, device)
-    }
-
     /// Builds a model from a spec and named tensors (PyTorch names), checking every shape.
     pub fn from_tensors(
         spec: ModelSpec,

@@ -1,46 +1,50 @@
-//! The only way into the registry: read a version directory, build the model, run one
+//! The only way into the registry: read a version from the store, build the model, run one
 //! warm-up forward pass, start its batcher, and only then make it AVAILABLE.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{Fingerprint, LoadedVersion, Registry, Slot, VersionState};
+use super::{LoadedVersion, Registry, Slot, VersionState};
 use crate::batcher;
-use crate::model::Model;
 use crate::model::ModelError;
-
-/// Loads a version directory and proves it runs (blocking: call from a blocking thread).
-pub fn load_and_warm(dir: &Path, device: &candle_core::Device) -> Result<Model, ModelError> {
-    let model = Model::load(dir, device)?;
-    model.warm_up()?;
-    Ok(model)
-}
+use crate::store::{load_and_warm, Revision};
 
 impl Registry {
     /// Loads one version in the background of the caller's task; the registry shows it
     /// LOADING meanwhile, then AVAILABLE or FAILED. Never holds the lock while loading.
-    pub(crate) async fn load_version(
-        self: &Arc<Self>,
-        name: &str,
-        version: u64,
-        dir: &Path,
-        fingerprint: Fingerprint,
-    ) {
+    /// `seen` is the revision the caller's scan listed, kept when the read itself fails.
+    pub(crate) async fn load(self: &Arc<Self>, name: &str, version: u64, seen: Revision) {
         self.set(
             name,
             version,
             Slot {
                 state: VersionState::Loading,
-                fingerprint: fingerprint.clone(),
+                revision: seen.clone(),
             },
         );
-        let device = self.device.clone();
-        let path = dir.to_owned();
         let started = std::time::Instant::now();
-        let loaded = tokio::task::spawn_blocking(move || load_and_warm(&path, &device))
+        let stored = match self.store.read(name, version).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(model = name, version, error = %e, "version failed to load");
+                let state = VersionState::Failed(e.to_string());
+                self.set(
+                    name,
+                    version,
+                    Slot {
+                        state,
+                        revision: seen,
+                    },
+                );
+                return;
+            }
+        };
+        let device = self.device.clone();
+        let files = stored.files;
+        let loaded = tokio::task::spawn_blocking(move || load_and_warm(&files, &device))
             .await
             .unwrap_or_else(|e| Err(ModelError::Invalid(format!("the loader panicked: {e}"))));
+        let dir = stored.location;
         let state = match loaded {
             Ok(model) => {
                 for t in model.unused_tensors() {
@@ -62,7 +66,7 @@ impl Registry {
                 VersionState::Available(Arc::new(LoadedVersion {
                     name: name.to_owned(),
                     version,
-                    path: dir.to_owned(),
+                    path: dir,
                     model,
                     batcher: handle,
                     loaded_at: SystemTime::now(),
@@ -73,6 +77,13 @@ impl Registry {
                 VersionState::Failed(e.to_string())
             }
         };
-        self.set(name, version, Slot { state, fingerprint });
+        self.set(
+            name,
+            version,
+            Slot {
+                state,
+                revision: stored.revision,
+            },
+        );
     }
 }

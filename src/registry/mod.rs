@@ -18,8 +18,8 @@ use crate::batcher::BatcherHandle;
 use crate::config::RegistryConfig;
 use crate::error::Error;
 use crate::model::Model;
+use crate::store::{ModelStore, Revision};
 
-pub use loader::load_and_warm;
 pub use watcher::spawn_watcher;
 
 /// A version that serves: its model and its batcher.
@@ -78,26 +78,26 @@ impl VersionState {
     }
 }
 
-/// What the watcher saw of a version directory the last time it loaded it: a changed
-/// fingerprint makes a failed version load again.
-pub(crate) type Fingerprint = Vec<(u64, Option<SystemTime>)>;
-
 #[derive(Clone)]
 pub(crate) struct Slot {
     pub state: VersionState,
-    pub fingerprint: Fingerprint,
+    /// The store's revision of the files this state came from: a failed version is loaded
+    /// again only once its revision changes.
+    pub revision: Revision,
 }
 
-/// The shared registry. Cheap to read, written only by the watcher.
+/// The shared registry. Cheap to read; written by the watcher's syncs and by
+/// [`Registry::load_version`], one at a time.
 pub struct Registry {
     config: RegistryConfig,
+    store: Arc<dyn ModelStore>,
     metrics: Arc<crate::metrics::Metrics>,
     device: candle_core::Device,
     models: RwLock<BTreeMap<String, BTreeMap<u64, Slot>>>,
     /// Models an operator unloaded (`/v2/repository/models/{m}/unload`): the watcher leaves
     /// them unloaded until they are loaded again.
     unloaded: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// One sync at a time (the watcher's and a trainer's publish may race).
+    /// One sync at a time (the watcher's, an upload's and a finished job's may race).
     sync_lock: tokio::sync::Mutex<()>,
     /// Set once the first scan has loaded (or failed) every model found at startup.
     initial_load_done: AtomicBool,
@@ -113,11 +113,13 @@ pub struct ModelView {
 impl Registry {
     pub fn new(
         config: RegistryConfig,
+        store: Arc<dyn ModelStore>,
         device: candle_core::Device,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Registry {
             config,
+            store,
             metrics,
             device,
             models: RwLock::new(BTreeMap::new()),
@@ -128,31 +130,29 @@ impl Registry {
     }
 
     /// Loads the model's versions now (its policy applies) and lets the watcher keep it
-    /// loaded. `ModelNotFound` when the models directory has no such model.
+    /// loaded. `ModelNotFound` when the store has no such model.
     pub async fn load_model(self: &Arc<Self>, name: &str) -> Result<(), Error> {
-        if !self.config.models_dir.join(name).is_dir() {
+        if self.store.versions(name).await?.is_none() {
             return Err(Error::ModelNotFound(name.to_owned()));
         }
         self.unloaded
             .lock()
             .expect("unloaded set lock")
             .remove(name);
-        self.sync().await;
-        Ok(())
+        self.refresh_model(name).await
     }
 
     /// Unloads every version of a model (requests in flight finish first) and keeps it
     /// unloaded until `load_model`.
     pub async fn unload_model(self: &Arc<Self>, name: &str) -> Result<(), Error> {
-        if !self.config.models_dir.join(name).is_dir() && self.view(name).is_err() {
+        if self.store.versions(name).await?.is_none() && self.view(name).is_err() {
             return Err(Error::ModelNotFound(name.to_owned()));
         }
         self.unloaded
             .lock()
             .expect("unloaded set lock")
             .insert(name.to_owned());
-        self.sync().await;
-        Ok(())
+        self.refresh_model(name).await
     }
 
     pub(crate) fn is_unloaded(&self, name: &str) -> bool {
@@ -162,10 +162,37 @@ impl Registry {
             .contains(name)
     }
 
-    /// Brings the registry in line with the models directory now (after a publish, an
-    /// upload or a delete) instead of at the next poll.
-    pub async fn refresh(self: &Arc<Self>) {
-        self.sync().await;
+    /// Brings one model in line with the store now (after a delete, a load or an unload)
+    /// instead of at the next poll.
+    pub async fn refresh_model(self: &Arc<Self>, name: &str) -> Result<(), Error> {
+        let _one_at_a_time = self.sync_lock.lock().await;
+        let versions = self.store.versions(name).await?;
+        self.sync_model(name, versions.as_ref(), None).await;
+        Ok(())
+    }
+
+    /// Loads a version that was just published (an upload, a finished job) as the watcher
+    /// would — read, build, warm up, then swap, unloading what it replaces under the model's
+    /// policy — without waiting for the next poll and without scanning other models. Returns
+    /// the version's state: `AVAILABLE`, `FAILED` with the reason, or `END` when the model
+    /// is unloaded or its policy does not serve this version.
+    pub async fn load_version(
+        self: &Arc<Self>,
+        name: &str,
+        version: u64,
+    ) -> Result<VersionState, Error> {
+        let _one_at_a_time = self.sync_lock.lock().await;
+        let versions = self.store.versions(name).await?;
+        if !versions.as_ref().is_some_and(|v| v.contains_key(&version)) {
+            return Err(crate::store::StoreError::VersionNotFound {
+                name: name.to_owned(),
+                version,
+            }
+            .into());
+        }
+        self.sync_model(name, versions.as_ref(), Some(version))
+            .await;
+        Ok(self.state_of(name, version).unwrap_or(VersionState::End))
     }
 
     /// Releases the readiness latch (the watcher does this after its first scan).
@@ -285,40 +312,5 @@ fn describe_unavailable(versions: &BTreeMap<u64, Slot>) -> String {
         "no versions".into()
     } else {
         parts.join("; ")
-    }
-}
-
-/// Model names: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`, no `..`. Checked before any path is built.
-pub fn valid_model_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
-        && !name.contains("..")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::valid_model_name;
-
-    #[test]
-    fn model_names() {
-        for ok in ["iris", "a", "m-1.2_x", &"x".repeat(64)] {
-            assert!(valid_model_name(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            ".hidden",
-            "-x",
-            "a/b",
-            "a..b",
-            "a b",
-            &"x".repeat(65),
-            "é",
-        ] {
-            assert!(!valid_model_name(bad), "{bad}");
-        }
     }
 }

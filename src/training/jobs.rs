@@ -18,14 +18,14 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, Notify, Semaphore};
 
 use super::checkpoint;
-use super::publish::publish;
 use super::run;
 use super::spec::{JobSpec, ResolvedSpec};
 use super::store::{JobFilter, JobRecord, JobState, JobStore};
 use super::trainer::{Checkpoint, EpochEvent, Hooks, Outcome};
 use crate::config::TrainingConfig;
 use crate::dataset::{DatasetError, DatasetStore};
-use crate::registry::Registry;
+use crate::registry::{Registry, VersionState};
+use crate::store::{validate_and_publish, ModelFiles, ModelStore};
 
 /// Errors of the job API (mapped to HTTP by `api::error`).
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +70,7 @@ struct Running {
 struct Inner {
     store: JobStore,
     datasets: Arc<DatasetStore>,
-    models_dir: PathBuf,
+    models: Arc<dyn ModelStore>,
     checkpoints: PathBuf,
     registry: Arc<Registry>,
     runtime: tokio::runtime::Handle,
@@ -121,8 +121,8 @@ pub struct JobParts {
     pub datasets: Arc<DatasetStore>,
     /// Synced after a job publishes a model.
     pub registry: Arc<Registry>,
-    /// Where finished jobs publish their models (the registry's directory).
-    pub models_dir: PathBuf,
+    /// Where finished jobs publish their models.
+    pub models: Arc<dyn ModelStore>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -134,7 +134,7 @@ impl JobManager {
             store,
             datasets,
             registry,
-            models_dir,
+            models,
             metrics,
         } = parts;
         let data_dir = &config.data_dir;
@@ -168,7 +168,7 @@ impl JobManager {
         let inner = Arc::new(Inner {
             store,
             datasets,
-            models_dir,
+            models,
             checkpoints: data_dir.join("checkpoints"),
             registry,
             runtime: tokio::runtime::Handle::current(),
@@ -556,19 +556,35 @@ fn execute(
             Ending::Cancelled
         };
     }
-    let version = match publish(
-        &inner.models_dir,
-        &resolved.spec.model,
-        &result.model_spec,
-        &result.weights,
-        &job.id,
-    ) {
-        Ok(v) => v,
+    let name = &resolved.spec.model;
+    let files = match ModelFiles::trained(&result.model_spec, &result.weights) {
+        Ok(f) => f,
         Err(e) => return fail(e.to_string()),
     };
-    let metrics = result.metrics;
-    // Load it now rather than at the next directory scan.
-    let registry = inner.registry.clone();
-    inner.runtime.block_on(async move { registry.sync().await });
-    Ending::Succeeded { version, metrics }
+    // Published, then loaded into the registry (this version only) before the job counts
+    // as succeeded: a client that sees `succeeded` can predict at once.
+    let published = inner.runtime.block_on(async {
+        let published = validate_and_publish(&*inner.models, name, files).await?;
+        let loaded = inner.registry.load_version(name, published.version).await;
+        Ok::<_, crate::store::StoreError>((published.version, loaded))
+    });
+    let version = match published {
+        Ok((version, loaded)) => {
+            match loaded {
+                Ok(VersionState::Failed(e)) => {
+                    tracing::error!(job = %job.id, model = %name, version, error = %e, "the published version failed to load")
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.id, model = %name, version, error = %e, "the published version cannot be loaded")
+                }
+                Ok(_) => {}
+            }
+            version
+        }
+        Err(e) => return fail(format!("publishing the model: {e}")),
+    };
+    Ending::Succeeded {
+        version,
+        metrics: result.metrics,
+    }
 }

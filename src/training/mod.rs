@@ -26,7 +26,6 @@ pub use error::TrainingError;
 pub mod checkpoint;
 pub mod jobs;
 pub mod prepare;
-pub mod publish;
 pub mod run;
 pub mod spec;
 pub mod store;

@@ -14,7 +14,7 @@ use crate::model::format::{
 };
 use crate::model::Model;
 use crate::preprocess::{Encoding, PreprocessOptions};
-use crate::registry::valid_model_name;
+use crate::store::valid_model_name;
 
 /// A job spec as sent. Field names are an API: clients script against them.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

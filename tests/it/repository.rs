@@ -274,3 +274,58 @@ async fn invalid_model_names_are_refused_everywhere_and_create_nothing() {
         .await;
     assert_eq!(code, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_loads_its_own_version_at_once_under_the_policy() {
+    let models = tempfile::tempdir().unwrap();
+    // No poll during the test: whatever serves was loaded by the upload itself.
+    let s = Server::start(
+        models.path(),
+        "poll_interval_ms = 600000\n[models.pinned]\nversion_policy = [1]",
+    )
+    .await;
+    let spec = mlp_spec(6);
+    // Dropped in by hand after startup: only a scan would find it.
+    fixture(models.path(), "by-hand", 1, &spec);
+    let body = json!({"instances": [[1, 2, 3, 4, 5, 6]]});
+
+    let (code, r) = upload(&s, "up", form(&spec, weights_bytes(&spec))).await;
+    assert_eq!((code, r["state"].as_str()), (201, Some("AVAILABLE")), "{r}");
+    assert_eq!(s.post("/v1/models/up:predict", &body).await.0, 200);
+    let (code, r) = upload(&s, "up", form(&spec, weights_bytes(&spec))).await;
+    assert_eq!((code, r["state"].as_str()), (201, Some("AVAILABLE")), "{r}");
+    let (_, st) = s.get("/v1/models/up").await;
+    let states: Vec<&str> = st["model_version_status"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.len(), 2, "{st}");
+    assert!(
+        states.contains(&"END"),
+        "version 1 is retired under latest: {st}"
+    );
+    // The uploads loaded their own versions, not the rest of the directory.
+    let (code, e) = s.post("/v1/models/by-hand:predict", &body).await;
+    assert_eq!((code, e["code"].as_str()), (404, Some("model_not_found")));
+
+    // A version the policy does not serve is stored but not loaded.
+    for (version, state) in [("1", "AVAILABLE"), ("2", "END")] {
+        let (code, r) = upload(&s, "pinned", form(&spec, weights_bytes(&spec))).await;
+        assert_eq!(
+            (code, r["version"].as_str(), r["state"].as_str()),
+            (201, Some(version), Some(state)),
+            "{r}"
+        );
+    }
+    assert_eq!(entries(&models.path().join("pinned")), ["1", "2"]);
+    let (_, list) = s.get("/v1/models").await;
+    let pinned = list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "pinned")
+        .unwrap();
+    assert_eq!(pinned["default_version"], "1", "{list}");
+}
