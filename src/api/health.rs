@@ -85,15 +85,15 @@ mod tests {
             metrics.clone(),
         ));
         let datasets = Arc::new(crate::dataset::DatasetStore::open(dir).unwrap());
-        let store = crate::training::store::JobStore::open(&dir.join("kiln.db")).unwrap();
+        let store = crate::jobs::SqliteJobStore::open(&dir.join("kiln.db")).unwrap();
         let training = crate::config::TrainingConfig {
             data_dir: dir.to_owned(),
             ..config.training.clone()
         };
-        let jobs = crate::training::jobs::JobManager::start(
+        let jobs = crate::jobs::JobManager::start(
             &training,
-            crate::training::jobs::JobParts {
-                store,
+            crate::jobs::JobParts {
+                store: Arc::new(store),
                 datasets: datasets.clone(),
                 registry: registry.clone(),
                 models: models.clone(),
