@@ -74,7 +74,7 @@ pub struct ProgressView<'a> {
 }
 
 fn view<'a>(r: &'a JobRecord, history: Option<&'a [EpochEvent]>) -> JobView<'a> {
-    let epochs = r.spec.spec.training.epochs;
+    let epochs = r.spec.spec.training.epochs.unwrap_or(0);
     let epoch = r.progress.as_ref().map_or(0, |p| p.epoch);
     let progress = ProgressView {
         epoch,

@@ -59,6 +59,8 @@ impl Hooks for Progress {
         }
         match &self.bar {
             Some(bar) => {
+                // A search or refit runs several stages: the bar grows with them.
+                bar.set_length(u64::from(e.epochs));
                 bar.set_position(u64::from(e.epoch));
                 bar.set_message(format!("{msg} ({:.0} samples/s)", e.samples_per_sec));
             }
@@ -118,7 +120,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         resolved.features().len(),
         data.width
     );
-    let epochs = resolved.spec.training.epochs;
+    let epochs = resolved.spec.training.epochs();
     let bar = (!a.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let bar = ProgressBar::new(u64::from(epochs));
         bar.set_style(

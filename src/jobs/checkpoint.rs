@@ -134,7 +134,9 @@ mod tests {
                 shuffle_rng: rng,
                 dropout_rng: rng,
                 best: Some((0.25, epoch)),
+                best_tie: None,
                 wait: 0,
+                stage: None,
             },
         }
     }
@@ -150,6 +152,9 @@ mod tests {
             samples_per_sec: 100.0,
             epoch_seconds: 0.1,
             eta_seconds: 0.3,
+            trial: None,
+            stage: None,
+            stage_epoch: None,
         }
     }
 

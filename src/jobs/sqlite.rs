@@ -388,6 +388,9 @@ mod tests {
             samples_per_sec: 1000.0,
             epoch_seconds: 0.1,
             eta_seconds: 0.6,
+            trial: None,
+            stage: None,
+            stage_epoch: None,
         }
     }
 

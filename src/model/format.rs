@@ -101,6 +101,12 @@ pub struct Metrics {
     pub rmse: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r2: Option<f64>,
+    /// A search's trials (`monitor`, `best_trial`, `trials`): what each candidate scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<Box<serde_json::Value>>,
+    /// A refit's `epochs` and `rows` (the metrics above are then the run that chose them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refit: Option<Box<serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

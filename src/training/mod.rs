@@ -28,6 +28,7 @@ pub mod optim;
 pub mod prepare;
 pub mod rng;
 pub mod run;
+pub mod search;
 pub mod spec;
 pub mod trainer;
 

@@ -28,6 +28,27 @@ impl Prepared {
     pub fn n_val(&self) -> usize {
         self.y_val.len()
     }
+
+    /// Every row as training rows, none for validation (the refit). The transforms stay
+    /// the ones fitted on the training rows, so the refit's inputs are encoded exactly as the
+    /// run that chose its epoch count saw them.
+    pub fn all_rows(&self) -> Prepared {
+        let mut x_train = Vec::with_capacity(self.x_train.len() + self.x_val.len());
+        x_train.extend_from_slice(&self.x_train);
+        x_train.extend_from_slice(&self.x_val);
+        let mut y_train = Vec::with_capacity(self.y_train.len() + self.y_val.len());
+        y_train.extend_from_slice(&self.y_train);
+        y_train.extend_from_slice(&self.y_val);
+        Prepared {
+            x_train,
+            y_train,
+            x_val: Vec::new(),
+            y_val: Vec::new(),
+            width: self.width,
+            preprocessing: self.preprocessing.clone(),
+            report: self.report.clone(),
+        }
+    }
 }
 
 /// What preparation did (defined beside the per-column reports it holds).

@@ -31,6 +31,8 @@ pub mod streams {
     pub const DROPOUT: u64 = 2;
     /// Train/validation splits.
     pub const SPLIT: u64 = 3;
+    /// Which combinations a search samples when there are more than its trials.
+    pub const SEARCH: u64 = 4;
 }
 
 /// A seeded random number generator (ChaCha8).

@@ -7,6 +7,7 @@ use candle_core::Tensor;
 
 use super::metrics::Metrics;
 use super::prepare::{prepare, DataReport, Prepared};
+use super::search;
 use super::spec::ResolvedSpec;
 use super::trainer::{self, Checkpoint, Hooks, Trained};
 use crate::dataset::Table;
@@ -48,10 +49,23 @@ pub fn train_and_package(
         rayon::current_thread_index().is_some(),
         "training runs on a rayon pool of its own (see `device::spawn_compute`)"
     );
-    let trained = trainer::train(spec, data, resume, hooks).map_err(|e| e.to_string())?;
-    let mut model_spec = trainer::model_spec_for(spec, data);
+    let staged = search::run_stages(spec, data, resume, hooks).map_err(|e| e.to_string())?;
+    let mut trained = staged.trained;
+    // A search reports every trial; a refit says what it trained: in the job's metrics and
+    // the model's training information.
+    if !staged.trials.is_empty() {
+        trained.final_metrics.search = Some(Box::new(serde_json::json!({
+            "monitor": staged.monitor, "best_trial": staged.best_trial, "trials": staged.trials
+        })));
+    }
+    trained.final_metrics.refit = staged
+        .refit
+        .map(|(epochs, rows)| Box::new(serde_json::json!({"epochs": epochs, "rows": rows})));
+    // The network published is the winning trial's when there was a search.
+    let published = staged.spec.as_ref().unwrap_or(spec);
+    let mut model_spec = trainer::model_spec_for(published, data);
     model_spec.training = Some(TrainingBlock::Kiln(Box::new(training_info(
-        spec,
+        published,
         &trained,
         &data.report,
         job,

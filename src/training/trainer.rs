@@ -42,6 +42,15 @@ pub struct EpochEvent {
     pub epoch_seconds: f64,
     /// Estimated seconds left (at this epoch's speed).
     pub eta_seconds: f64,
+    /// The search trial this epoch belongs to (1-based), in a run with a search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<u32>,
+    /// `trial` or `refit`, in a run of several stages; `epoch` then counts across them and
+    /// `stage_epoch` is the epoch within the stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_epoch: Option<u32>,
 }
 
 /// Reads back what JSON wrote for a metric that was not a number (`null`) as NaN, so a
@@ -70,7 +79,13 @@ pub struct CheckpointMeta {
     pub shuffle_rng: RngState,
     pub dropout_rng: RngState,
     pub best: Option<(f64, u32)>,
+    /// The tie-breaker's value at the best epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_tie: Option<f64>,
     pub wait: u32,
+    /// Where a run of several stages (search trials, refit) stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<super::search::StageMeta>,
 }
 
 /// How the run ended (defined with the model's training information, which records it).
@@ -292,10 +307,12 @@ pub fn train(
     };
     let layers = training_layers(&built.layers, loss);
     let mut opt = Optimizer::from_varmap(&varmap, &t.optimizer)?;
-    opt.set_schedule(t.schedule.clone(), t.epochs as usize)?;
+    let total_epochs = t.epochs();
+    opt.set_schedule(t.schedule.clone(), total_epochs as usize)?;
     let mut shuffle_rng = Rng::with_stream(t.seed, streams::SHUFFLE);
     let mut dropout_rng = Rng::with_stream(t.seed, streams::DROPOUT);
     let mut best: Option<(f64, u32)> = None;
+    let mut best_tie: Option<f64> = None;
     let mut wait = 0u32;
     let mut best_weights: Option<HashMap<String, Tensor>> = None;
     let mut start_epoch = 0u32;
@@ -306,6 +323,7 @@ pub fn train(
         shuffle_rng = Rng::from_state(ck.meta.shuffle_rng);
         dropout_rng = Rng::from_state(ck.meta.dropout_rng);
         best = ck.meta.best;
+        best_tie = ck.meta.best_tie;
         wait = ck.meta.wait;
         best_weights = ck.best_weights;
         start_epoch = ck.meta.epoch;
@@ -313,15 +331,25 @@ pub fn train(
     let target_scale = data.preprocessing.target.map(|t| (t.shift, t.scale));
     let (n, w) = (data.n_train(), data.width);
     let has_val = data.n_val() > 0;
-    let es = t.early_stopping.clone();
+    let es = t.early_stopping().cloned();
     let mut outcome = Outcome::Completed;
     let mut epochs_run = start_epoch;
+    // A checkpoint written by the epoch that triggered early stopping: the run is over.
+    let already_stopped = es
+        .as_ref()
+        .is_some_and(|es| start_epoch > 0 && wait >= es.patience);
+    let end_epoch = if already_stopped {
+        outcome = Outcome::EarlyStopped;
+        start_epoch
+    } else {
+        total_epochs
+    };
     let mut order: Vec<usize> = (0..n).collect();
     let mut ybuf = Vec::with_capacity(t.batch_size);
     let sink = Arc::new(ParamGrads::default());
     let mut train_out = Vec::with_capacity(n * setup.out);
     let mut train_y = Vec::with_capacity(n);
-    'epochs: for epoch in start_epoch..t.epochs {
+    'epochs: for epoch in start_epoch..end_epoch {
         let started = Instant::now();
         let lr = opt.set_epoch(epoch as usize);
         if t.shuffle {
@@ -378,19 +406,16 @@ pub fn train(
         // Early stopping on the monitored value.
         let mut stop = false;
         if let Some(es) = &es {
-            let value = match es.monitor.as_str() {
+            let read = |name: &str| match name {
                 "loss" => Some(loss_mean),
                 "val_loss" => val_loss,
                 other => metrics.get(other).copied(),
             };
-            if let Some(v) = value {
-                let better = match best {
-                    None => true,
-                    Some((b, _)) if es.higher_is_better() => v > b + es.min_delta,
-                    Some((b, _)) => v < b - es.min_delta,
-                };
-                if better {
+            if let Some(v) = read(&es.monitor) {
+                let tie = es.tie_breaker.as_deref().and_then(read);
+                if es.improves(v, tie, best.map(|(b, _)| (b, best_tie))) {
                     best = Some((v, epoch + 1));
+                    best_tie = tie;
                     wait = 0;
                     if es.restore_best {
                         best_weights = Some(snapshot(&varmap)?);
@@ -404,14 +429,17 @@ pub fn train(
         let secs = started.elapsed().as_secs_f64();
         let event = EpochEvent {
             epoch: epoch + 1,
-            epochs: t.epochs,
+            epochs: total_epochs,
             loss: loss_mean,
             val_loss,
             metrics,
             learning_rate: lr,
             samples_per_sec: n as f64 / secs.max(1e-9),
             epoch_seconds: secs,
-            eta_seconds: secs * f64::from(t.epochs - epoch - 1),
+            eta_seconds: secs * f64::from(total_epochs - epoch - 1),
+            trial: None,
+            stage: None,
+            stage_epoch: None,
         };
         let checkpoint = Checkpoint {
             epoch: epoch + 1,
@@ -423,7 +451,9 @@ pub fn train(
                 shuffle_rng: shuffle_rng.state(),
                 dropout_rng: dropout_rng.state(),
                 best,
+                best_tie,
                 wait,
+                stage: None,
             },
         };
         hooks
@@ -530,7 +560,8 @@ mod tests {
     #[test]
     fn trains_iris_reproducibly() {
         let spec = serde_json::json!({"model": "iris", "dataset": "ds", "target": "species",
-            "training": {"epochs": 40, "optimizer": {"type": "adam", "learning_rate": 0.01}}});
+            "training": {"epochs": 40, "optimizer": {"type": "adam", "learning_rate": 0.01},
+                         "early_stopping": null}});
         let (a, events) = run(spec.clone());
         assert_eq!(a.outcome, Outcome::Completed);
         assert_eq!(events.len(), 40);
@@ -575,5 +606,39 @@ mod tests {
         };
         let t = train(&spec, &data, None, &mut hooks).unwrap();
         assert_eq!((t.outcome, hooks.events.len()), (Outcome::Cancelled, 2));
+    }
+
+    /// The default early stopping (validation accuracy, loss breaking ties) serves the best
+    /// epoch's weights: the final validation metrics are that epoch's, not the last one's.
+    #[test]
+    fn early_stopping_restores_the_best_epochs_weights() {
+        // A high learning rate so that the validation loss wanders after its best epoch.
+        let (t, events) = run(
+            serde_json::json!({"model": "iris", "dataset": "ds", "target": "species",
+            "training": {"optimizer": {"type": "adam", "learning_rate": 0.05}}}),
+        );
+        assert_eq!(t.outcome, Outcome::EarlyStopped);
+        let best = t.best_epoch.unwrap();
+        assert!((best as usize) < events.len(), "stopped at its best epoch");
+        let e = &events[best as usize - 1];
+        assert_eq!(e.epoch, best);
+        assert_eq!(Some(e.metrics["val_accuracy"]), t.final_metrics.accuracy);
+        assert_eq!(e.val_loss, t.final_metrics.loss);
+        // No later epoch beats it by accuracy, nor ties it with a lower loss.
+        for later in &events[best as usize..] {
+            let acc = later.metrics["val_accuracy"];
+            assert!(
+                acc < e.metrics["val_accuracy"]
+                    || (acc == e.metrics["val_accuracy"] && later.val_loss >= e.val_loss),
+                "epoch {} beats the restored epoch {best}",
+                later.epoch
+            );
+        }
+        let last = events.last().unwrap();
+        assert_ne!(
+            (Some(last.metrics["val_accuracy"]), last.val_loss),
+            (t.final_metrics.accuracy, t.final_metrics.loss),
+            "the test needs a last epoch that differs from the best"
+        );
     }
 }

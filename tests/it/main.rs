@@ -5,6 +5,7 @@ mod architecture;
 mod auth;
 mod batching;
 mod connections;
+mod defaults;
 mod deps;
 mod fuzz;
 mod import;

@@ -220,7 +220,8 @@ async fn a_job_trains_publishes_and_serves_with_named_features() {
         "layers": [{"type": "dense", "units": 16, "activation": "relu"},
                    {"type": "dense", "units": 3, "activation": "softmax"}],
         "training": {"optimizer": {"type": "adam", "learning_rate": 0.01}, "loss": "sparse_categorical_crossentropy",
-                     "metrics": ["accuracy"], "epochs": 30, "batch_size": 16, "validation_split": 0.2, "seed": 7}
+                     "metrics": ["accuracy"], "epochs": 30, "batch_size": 16, "validation_split": 0.2, "seed": 7,
+                     "early_stopping": null, "refit": false}
     });
     let r = s
         .client
@@ -389,7 +390,7 @@ async fn cancel_stops_a_running_job_and_serving_goes_on() {
     let s = Server::start(models.path(), "").await;
     let (_, ds, _) = upload(&s, "text/csv", iris_csv()).await;
     let spec = json!({"model": "long", "dataset": ds["id"], "target": "species",
-                      "training": {"epochs": 100000, "batch_size": 1}});
+                      "training": {"epochs": 100000, "batch_size": 1, "early_stopping": null}});
     let (code, job) = s.post("/v1/training-jobs", &spec).await;
     assert_eq!(code, 202);
     let id = job["id"].as_str().unwrap().to_owned();
