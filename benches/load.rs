@@ -53,7 +53,7 @@ use candle_nn::{VarBuilder, VarMap};
 use http_body_util::{BodyExt, Full};
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
-use kiln::config::{Config, LogFormat, Overrides};
+use kiln::config::{Config, LogFormat, Overrides, RegistryLayer};
 use kiln::model::format::ModelSpec;
 use kiln::model::Model;
 use serde::{Deserialize, Serialize};
@@ -233,7 +233,7 @@ fn bench_compute(
     client_rt: &tokio::runtime::Runtime,
 ) {
     let config = Config::from_toml(&s.config, &Overrides::default()).expect("valid config");
-    let workers = config.workers;
+    let workers = config.registry.workers;
     let sc = Scenario {
         clients: s.compute_clients,
         rows: 1,
@@ -827,13 +827,16 @@ fn bench_inprocess(s: &Settings, models: &Path, client_rt: &tokio::runtime::Runt
     // kiln, as the binary runs it (logs at info to stderr, like `kiln serve`).
     let kiln_rt = server_rt("kiln-rt");
     let overrides = Overrides {
-        models_dir: Some(models.to_owned()),
+        registry: RegistryLayer {
+            models_dir: Some(models.to_owned()),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let config = Config::from_toml(&s.config, &overrides).expect("KILN_BENCH_CONFIG is valid");
     println!(
         "\n== in-process: kiln (workers {}, threads {}, max_batch_size {}, max_queue_delay {:?}) vs bare axum ==",
-        config.workers, config.threads, config.batching.max_batch_size, config.batching.max_queue_delay
+        config.registry.workers, config.registry.threads, config.registry.batching.max_batch_size, config.registry.batching.max_queue_delay
     );
     kiln::telemetry::init(LogFormat::Text);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -987,6 +990,7 @@ fn main() {
     // anything touches candle.
     let threads = Config::from_toml(&s.config, &Overrides::default())
         .expect("KILN_BENCH_CONFIG is valid")
+        .registry
         .threads
         .to_string();
     std::env::set_var("RAYON_NUM_THREADS", &threads);

@@ -1,49 +1,66 @@
 //! Configuration: built-in defaults → `config/kiln.toml` (or `--config`) → `KILN_*`
-//! environment variables → command-line flags, validated into typed sub-configs.
+//! environment variables → command-line flags, validated into one typed piece per component.
 //!
-//! clap reads each flag together with its environment variable (flag wins), so this module
-//! merges two layers: the file, then those overrides. Every key and its default is
-//! documented in `config/kiln.toml`; a unit test keeps that file and these defaults equal.
+//! Each component declares its keys once, in a `layer!` block: the key's name in the file,
+//! its flag and environment variable, its help and its default. The block makes a *layer*,
+//! a struct of `Option`s that both the file and the flags produce (clap reads each flag
+//! together with its environment variable, flag wins). Layers merge key by key, the
+//! defaults fill in what is still unset, and the component's `validate` turns the result
+//! into the piece its constructor takes:
+//!
+//! | piece                | keys                                     | taken by                        |
+//! |----------------------|------------------------------------------|---------------------------------|
+//! | [`RegistryConfig`]   | top level, `[batching]`, `[models.NAME]` | `Registry::new`                 |
+//! | [`BatchConfig`]      | `[batching]`, and per model              | `batcher::spawn`                |
+//! | [`TrainingConfig`]   | top level                                | `JobManager::start`, datasets   |
+//! | [`ApiConfig`]        | top level                                | `api::router` and its extractors |
+//! | [`ConnectionConfig`] | top level                                | `server::Server::new`           |
+//!
+//! What the process itself needs (listen address, log format, drain times) stays on
+//! [`Config`]. Every key and its default is documented in `config/kiln.toml`; a unit test
+//! keeps that file and these defaults equal.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::device::DeviceSpec;
 
-/// The validated configuration of a server.
+/// The validated configuration of a server: one piece per component.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub drain_timeout: Duration,
+    /// After SIGTERM, how long readiness answers 503 while requests are still served.
+    pub drain_delay: Duration,
+    pub registry: RegistryConfig,
+    pub training: TrainingConfig,
+    pub api: ApiConfig,
+    /// The accept loop: connection limit, read timeouts, TLS.
+    pub connections: ConnectionConfig,
+}
+
+/// What the model registry needs: where models live, what computes them, and how each
+/// version's batcher is set up.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
     pub models_dir: PathBuf,
-    pub data_dir: PathBuf,
     pub device: DeviceSpec,
     /// Worker threads per loaded model version.
     pub workers: usize,
     /// candle's intra-op threads per forward (RAYON_NUM_THREADS / CANDLE_NUM_THREADS).
     pub threads: usize,
-    pub batching: BatchConfig,
     pub poll_interval: Duration,
-    pub body_limit: usize,
-    pub log_format: LogFormat,
-    pub drain_timeout: Duration,
-    /// After SIGTERM, how long readiness answers 503 while requests are still served.
-    pub drain_delay: Duration,
-    /// Largest dataset upload, in bytes.
-    pub max_upload_bytes: u64,
-    /// The API key file; `None`: every route is open.
-    pub api_keys: Option<PathBuf>,
-    /// Most instances in one prediction request (413 beyond).
-    pub max_rows_per_request: usize,
-    /// Origins allowed by CORS (`["*"]` for any); empty: no CORS headers.
-    pub cors_origins: Vec<String>,
-    /// Training jobs that run at the same time (each on one thread).
-    pub max_concurrent_jobs: usize,
-    /// The accept loop: connection limit, read timeouts, TLS.
-    pub connections: ConnectionConfig,
+    /// The server's batching; a model may override it (`models`).
+    pub batching: BatchConfig,
     /// Per-model overrides, by model name.
     pub models: BTreeMap<String, ModelConfig>,
 }
@@ -63,6 +80,29 @@ pub struct BatchConfig {
     /// other runnable thread) before it sleeps. Zero: it sleeps at once, and every request
     /// that finds all workers asleep pays for waking one.
     pub worker_spin: Duration,
+}
+
+/// What training needs: where datasets, the job database and checkpoints live, and how
+/// much of it may run or arrive at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainingConfig {
+    pub data_dir: PathBuf,
+    /// Largest dataset (or model) upload, in bytes.
+    pub max_upload_bytes: u64,
+    /// Training jobs that run at the same time (each on one thread).
+    pub max_concurrent_jobs: usize,
+}
+
+/// What the HTTP edge enforces on each request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    pub body_limit: usize,
+    /// Most instances in one prediction request (413 beyond).
+    pub max_rows_per_request: usize,
+    /// Origins allowed by CORS (`["*"]` for any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// The API key file; `None`: every route is open.
+    pub api_keys: Option<PathBuf>,
 }
 
 /// What the accept loop (`server`) needs: how many connections, how long a client may
@@ -114,173 +154,8 @@ pub enum LogFormat {
     Json,
 }
 
-// === the file layer ===
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    models_dir: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    device: Option<String>,
-    workers: Option<usize>,
-    threads: Option<usize>,
-    poll_interval_ms: Option<u64>,
-    body_limit_bytes: Option<usize>,
-    log_format: Option<LogFormat>,
-    drain_timeout_ms: Option<u64>,
-    drain_delay_seconds: Option<f64>,
-    api_keys: Option<PathBuf>,
-    max_rows_per_request: Option<usize>,
-    cors_origins: Option<Vec<String>>,
-    max_upload_bytes: Option<u64>,
-    max_concurrent_jobs: Option<usize>,
-    max_connections: Option<usize>,
-    header_read_timeout_ms: Option<u64>,
-    body_read_timeout_ms: Option<u64>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    #[serde(default)]
-    batching: FileBatching,
-    #[serde(default)]
-    models: BTreeMap<String, FileModel>,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileBatching {
-    max_batch_size: Option<usize>,
-    max_queue_delay_ms: Option<u64>,
-    queue_capacity: Option<usize>,
-    request_timeout_ms: Option<u64>,
-    worker_spin_us: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileModel {
-    version_policy: Option<FilePolicy>,
-    #[serde(flatten)]
-    batching: FileBatching,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum FilePolicy {
-    Named(String),
-    Versions(Vec<u64>),
-}
-
-/// Values from flags or environment variables (clap merges the two); `None` keeps the file's.
-#[derive(Debug, Default, Clone, clap::Args)]
-pub struct Overrides {
-    /// Address to listen on.
-    #[arg(long, env = "KILN_LISTEN")]
-    pub listen: Option<String>,
-    /// Directory of models: <name>/<version>/{model.json, model.safetensors}.
-    #[arg(long = "models", env = "KILN_MODELS")]
-    pub models_dir: Option<PathBuf>,
-    /// Directory for datasets and the job database.
-    #[arg(long = "data", env = "KILN_DATA")]
-    pub data_dir: Option<PathBuf>,
-    /// Compute device: cpu or cuda:N.
-    #[arg(long, env = "KILN_DEVICE")]
-    pub device: Option<String>,
-    /// Worker threads per model version.
-    #[arg(long, env = "KILN_WORKERS")]
-    pub workers: Option<usize>,
-    /// candle intra-op threads per forward pass.
-    #[arg(long, env = "KILN_THREADS")]
-    pub threads: Option<usize>,
-    /// Largest number of rows in one batch.
-    #[arg(long, env = "KILN_MAX_BATCH_SIZE")]
-    pub max_batch_size: Option<usize>,
-    /// Longest a partial batch waits to grow, in milliseconds (0: never waits).
-    #[arg(long, env = "KILN_MAX_QUEUE_DELAY_MS")]
-    pub max_queue_delay_ms: Option<u64>,
-    /// Requests that may wait per model version before 503.
-    #[arg(long, env = "KILN_QUEUE_CAPACITY")]
-    pub queue_capacity: Option<usize>,
-    /// Default request deadline in milliseconds.
-    #[arg(long, env = "KILN_REQUEST_TIMEOUT_MS")]
-    pub request_timeout_ms: Option<u64>,
-    /// Microseconds an idle worker stays awake before it sleeps (0: sleeps at once).
-    #[arg(long, env = "KILN_WORKER_SPIN_US")]
-    pub worker_spin_us: Option<u64>,
-    /// How often the models directory is scanned, in milliseconds.
-    #[arg(long, env = "KILN_POLL_INTERVAL_MS")]
-    pub poll_interval_ms: Option<u64>,
-    /// Largest request body in bytes.
-    #[arg(long, env = "KILN_BODY_LIMIT_BYTES")]
-    pub body_limit_bytes: Option<usize>,
-    /// Log format.
-    #[arg(long, env = "KILN_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Longest the shutdown waits for in-flight requests, in milliseconds.
-    #[arg(long, env = "KILN_DRAIN_TIMEOUT_MS")]
-    pub drain_timeout_ms: Option<u64>,
-    /// After SIGTERM, seconds to keep serving while readiness answers 503.
-    #[arg(long = "drain-delay", env = "KILN_DRAIN_DELAY")]
-    pub drain_delay_seconds: Option<f64>,
-    /// API key file (see `kiln keys new`); without one every route is open.
-    #[arg(long, env = "KILN_API_KEYS")]
-    pub api_keys: Option<PathBuf>,
-    /// Most instances in one prediction request.
-    #[arg(long, env = "KILN_MAX_ROWS_PER_REQUEST")]
-    pub max_rows_per_request: Option<usize>,
-    /// Origins allowed by CORS, comma-separated (`*` for any).
-    #[arg(long, env = "KILN_CORS_ORIGINS", value_delimiter = ',')]
-    pub cors_origins: Option<Vec<String>>,
-    /// Largest dataset upload in bytes.
-    #[arg(long, env = "KILN_MAX_UPLOAD_BYTES")]
-    pub max_upload_bytes: Option<u64>,
-    /// Training jobs that run at the same time.
-    #[arg(long, env = "KILN_MAX_CONCURRENT_JOBS")]
-    pub max_concurrent_jobs: Option<usize>,
-    /// Open connections at most; beyond it new ones wait until one closes.
-    #[arg(long, env = "KILN_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    /// Longest wait for a request's headers (and idle keep-alive time), in milliseconds.
-    #[arg(long, env = "KILN_HEADER_READ_TIMEOUT_MS")]
-    pub header_read_timeout_ms: Option<u64>,
-    /// Longest a request body may stall before 408, in milliseconds.
-    #[arg(long, env = "KILN_BODY_READ_TIMEOUT_MS")]
-    pub body_read_timeout_ms: Option<u64>,
-    /// TLS certificate chain (PEM); with --tls-key, kiln serves HTTPS.
-    #[arg(long, env = "KILN_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, env = "KILN_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-}
-
-/// The built-in defaults; `config/kiln.toml` states the same values.
-pub mod defaults {
-    pub const LISTEN: &str = "0.0.0.0:8080";
-    pub const MODELS_DIR: &str = "./models";
-    pub const DATA_DIR: &str = "./data";
-    pub const DEVICE: &str = "cpu";
-    pub const WORKERS: usize = 2;
-    pub const THREADS: usize = 1;
-    pub const MAX_BATCH_SIZE: usize = 64;
-    pub const MAX_QUEUE_DELAY_MS: u64 = 0;
-    pub const QUEUE_CAPACITY: usize = 1024;
-    pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
-    /// Measured on 2 cores (docs/benchmarks.md): 100 µs beat 0, 20, 50 and 250.
-    pub const WORKER_SPIN_US: u64 = 100;
-    /// The most `worker_spin_us` accepts.
-    pub const MAX_WORKER_SPIN_US: u64 = 10_000;
-    pub const POLL_INTERVAL_MS: u64 = 2_000;
-    pub const BODY_LIMIT_BYTES: usize = 16 * 1024 * 1024;
-    pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
-    pub const DRAIN_DELAY_SECONDS: f64 = 5.0;
-    pub const MAX_ROWS_PER_REQUEST: usize = 100_000;
-    pub const MAX_UPLOAD_BYTES: u64 = 100 * 1024 * 1024;
-    pub const MAX_CONCURRENT_JOBS: usize = 1;
-    pub const MAX_CONNECTIONS: usize = 4096;
-    pub const HEADER_READ_TIMEOUT_MS: u64 = 65_000;
-    pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;
-}
+/// The most `worker_spin_us` accepts.
+pub const MAX_WORKER_SPIN_US: u64 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -294,6 +169,356 @@ pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
+
+// === the keys, by component ===
+
+/// Declares one component's keys, each `name: Type = default` (without a default the key
+/// stays unset unless given) under its clap attribute and help. Makes `$Layer`, every key
+/// an `Option`, read from a TOML table and from flags and merged key by key; and `$Keys`,
+/// the same keys with the defaults filled in, which the component validates.
+macro_rules! layer {
+    (@type $ty:ty) => { Option<$ty> };
+    (@type $ty:ty, $default:expr) => { $ty };
+    (@value $set:expr) => { $set };
+    (@value $set:expr, $default:expr) => { $set.unwrap_or_else(|| $default) };
+    (
+        $(#[$meta:meta])*
+        pub struct $Layer:ident => $Keys:ident {
+            $(
+                $(#[$key_meta:meta])*
+                $key:ident: $ty:ty $(= $default:expr)?,
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Clone, PartialEq, clap::Args)]
+        pub struct $Layer {
+            $( $(#[$key_meta])* pub $key: Option<$ty>, )*
+        }
+
+        #[derive(Debug)]
+        struct $Keys {
+            $( $key: layer!(@type $ty $(, $default)?), )*
+        }
+
+        impl $Layer {
+            /// Key by key, `over`'s value where it has one.
+            fn merge(self, over: Self) -> Self {
+                $Layer { $( $key: over.$key.or(self.$key), )* }
+            }
+
+            /// Fills in each key's built-in default.
+            fn or_defaults(self) -> $Keys {
+                $Keys { $( $key: layer!(@value self.$key $(, $default)?), )* }
+            }
+        }
+
+        impl Table for $Layer {
+            fn keys() -> &'static [&'static str] {
+                &[$(stringify!($key)),*]
+            }
+
+            fn read<'de, A: MapAccess<'de>>(
+                &mut self,
+                key: &'static str,
+                map: &mut A,
+            ) -> Result<(), A::Error> {
+                match key {
+                    $( stringify!($key) => self.$key = Some(map.next_value()?), )*
+                    other => return Err(de::Error::unknown_field(other, Self::keys())),
+                }
+                Ok(())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $Layer {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                read_table(d)
+            }
+        }
+    };
+}
+
+layer! {
+    /// The process: where it listens, how it logs, how it stops (top level of the file).
+    pub struct ServerLayer => ServerKeys {
+        /// Address to listen on.
+        #[arg(long, env = "KILN_LISTEN")]
+        listen: String = "0.0.0.0:8080".into(),
+        /// Log format.
+        #[arg(long, env = "KILN_LOG_FORMAT", value_enum)]
+        log_format: LogFormat = LogFormat::Text,
+        /// Longest the shutdown waits for in-flight requests, in milliseconds.
+        #[arg(long, env = "KILN_DRAIN_TIMEOUT_MS")]
+        drain_timeout_ms: u64 = 30_000,
+        /// After SIGTERM, seconds to keep serving while readiness answers 503.
+        #[arg(long = "drain-delay", env = "KILN_DRAIN_DELAY")]
+        drain_delay_seconds: f64 = 5.0,
+    }
+}
+
+layer! {
+    /// The model registry (top level of the file).
+    pub struct RegistryLayer => RegistryKeys {
+        /// Directory of models: <name>/<version>/{model.json, model.safetensors}.
+        #[arg(long = "models", env = "KILN_MODELS")]
+        models_dir: PathBuf = "./models".into(),
+        /// Compute device: cpu or cuda:N.
+        #[arg(long, env = "KILN_DEVICE")]
+        device: String = "cpu".into(),
+        /// Worker threads per model version.
+        #[arg(long, env = "KILN_WORKERS")]
+        workers: usize = 2,
+        /// candle intra-op threads per forward pass.
+        #[arg(long, env = "KILN_THREADS")]
+        threads: usize = 1,
+        /// How often the models directory is scanned, in milliseconds.
+        #[arg(long, env = "KILN_POLL_INTERVAL_MS")]
+        poll_interval_ms: u64 = 2_000,
+    }
+}
+
+layer! {
+    /// Batching (`[batching]`, and any `[models.NAME]`).
+    pub struct BatchingLayer => BatchingKeys {
+        /// Largest number of rows in one batch.
+        #[arg(long, env = "KILN_MAX_BATCH_SIZE")]
+        max_batch_size: usize = 64,
+        /// Longest a partial batch waits to grow, in milliseconds (0: never waits).
+        #[arg(long, env = "KILN_MAX_QUEUE_DELAY_MS")]
+        max_queue_delay_ms: u64 = 0,
+        /// Requests that may wait per model version before 503.
+        #[arg(long, env = "KILN_QUEUE_CAPACITY")]
+        queue_capacity: usize = 1024,
+        /// Default request deadline in milliseconds.
+        #[arg(long, env = "KILN_REQUEST_TIMEOUT_MS")]
+        request_timeout_ms: u64 = 10_000,
+        // Measured on 2 cores (docs/benchmarks.md): 100 µs beat 0, 20, 50 and 250.
+        /// Microseconds an idle worker stays awake before it sleeps (0: sleeps at once).
+        #[arg(long, env = "KILN_WORKER_SPIN_US")]
+        worker_spin_us: u64 = 100,
+    }
+}
+
+layer! {
+    /// Training: datasets and jobs (top level of the file).
+    pub struct TrainingLayer => TrainingKeys {
+        /// Directory for datasets and the job database.
+        #[arg(long = "data", env = "KILN_DATA")]
+        data_dir: PathBuf = "./data".into(),
+        /// Largest dataset upload in bytes.
+        #[arg(long, env = "KILN_MAX_UPLOAD_BYTES")]
+        max_upload_bytes: u64 = 100 * 1024 * 1024,
+        /// Training jobs that run at the same time.
+        #[arg(long, env = "KILN_MAX_CONCURRENT_JOBS")]
+        max_concurrent_jobs: usize = 1,
+    }
+}
+
+layer! {
+    /// The HTTP API (top level of the file).
+    pub struct ApiLayer => ApiKeys {
+        /// Largest request body in bytes.
+        #[arg(long, env = "KILN_BODY_LIMIT_BYTES")]
+        body_limit_bytes: usize = 16 * 1024 * 1024,
+        /// Most instances in one prediction request.
+        #[arg(long, env = "KILN_MAX_ROWS_PER_REQUEST")]
+        max_rows_per_request: usize = 100_000,
+        /// Origins allowed by CORS, comma-separated (`*` for any).
+        #[arg(long, env = "KILN_CORS_ORIGINS", value_delimiter = ',')]
+        cors_origins: Vec<String> = Vec::new(),
+        /// API key file (see `kiln keys new`); without one every route is open.
+        #[arg(long, env = "KILN_API_KEYS")]
+        api_keys: PathBuf,
+    }
+}
+
+layer! {
+    /// The accept loop (top level of the file).
+    pub struct ConnectionsLayer => ConnectionsKeys {
+        /// Open connections at most; beyond it new ones wait until one closes.
+        #[arg(long, env = "KILN_MAX_CONNECTIONS")]
+        max_connections: usize = 4096,
+        /// Longest wait for a request's headers (and idle keep-alive time), in milliseconds.
+        #[arg(long, env = "KILN_HEADER_READ_TIMEOUT_MS")]
+        header_read_timeout_ms: u64 = 65_000,
+        /// Longest a request body may stall before 408, in milliseconds.
+        #[arg(long, env = "KILN_BODY_READ_TIMEOUT_MS")]
+        body_read_timeout_ms: u64 = 30_000,
+        /// TLS certificate chain (PEM); with --tls-key, kiln serves HTTPS.
+        #[arg(long, env = "KILN_TLS_CERT")]
+        tls_cert: PathBuf,
+        /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1).
+        #[arg(long, env = "KILN_TLS_KEY")]
+        tls_key: PathBuf,
+    }
+}
+
+/// Values from flags or environment variables (clap merges the two); `None` keeps the file's.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    #[command(flatten)]
+    pub server: ServerLayer,
+    #[command(flatten)]
+    pub registry: RegistryLayer,
+    #[command(flatten)]
+    pub batching: BatchingLayer,
+    #[command(flatten)]
+    pub training: TrainingLayer,
+    #[command(flatten)]
+    pub api: ApiLayer,
+    #[command(flatten)]
+    pub connections: ConnectionsLayer,
+}
+
+// === the file ===
+
+/// A TOML table read key by key, so that an unknown key or a bad value is reported by the
+/// parser at its line and with the key's name, as a derived `Deserialize` does.
+trait Table: Default {
+    /// Every key the table accepts.
+    fn keys() -> &'static [&'static str];
+    /// Reads the value of `key`, one of [`Table::keys`].
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        map: &mut A,
+    ) -> Result<(), A::Error>;
+}
+
+fn read_table<'de, T: Table, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+    struct TableVisitor<T>(PhantomData<T>);
+    impl<'de, T: Table> Visitor<'de> for TableVisitor<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a table")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+            let mut table = T::default();
+            while let Some(key) = map.next_key_seed(KnownKey(T::keys()))? {
+                table.read(key, &mut map)?;
+            }
+            Ok(table)
+        }
+    }
+    d.deserialize_map(TableVisitor(PhantomData))
+}
+
+/// A table's key, refused unless it is one of the table's keys.
+struct KnownKey(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for KnownKey {
+    type Value = &'static str;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<&'static str, D::Error> {
+        d.deserialize_identifier(self)
+    }
+}
+
+impl Visitor<'_> for KnownKey {
+    type Value = &'static str;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<&'static str, E> {
+        let known = self.0.iter().find(|k| **k == key);
+        known.copied().ok_or_else(|| E::unknown_field(key, self.0))
+    }
+}
+
+/// `config/kiln.toml`: the top level holds the keys of several components.
+#[derive(Debug, Default)]
+struct FileConfig {
+    server: ServerLayer,
+    registry: RegistryLayer,
+    training: TrainingLayer,
+    api: ApiLayer,
+    connections: ConnectionsLayer,
+    batching: BatchingLayer,
+    models: BTreeMap<String, FileModel>,
+}
+
+impl Table for FileConfig {
+    fn keys() -> &'static [&'static str] {
+        static KEYS: LazyLock<Vec<&str>> = LazyLock::new(|| {
+            [
+                ServerLayer::keys(),
+                RegistryLayer::keys(),
+                TrainingLayer::keys(),
+                ApiLayer::keys(),
+                ConnectionsLayer::keys(),
+                &["batching", "models"],
+            ]
+            .concat()
+        });
+        &KEYS
+    }
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        let is = |keys: &[&str]| keys.contains(&key);
+        match key {
+            "batching" => self.batching = map.next_value()?,
+            "models" => self.models = map.next_value()?,
+            _ if is(ServerLayer::keys()) => self.server.read(key, map)?,
+            _ if is(RegistryLayer::keys()) => self.registry.read(key, map)?,
+            _ if is(TrainingLayer::keys()) => self.training.read(key, map)?,
+            _ if is(ApiLayer::keys()) => self.api.read(key, map)?,
+            _ => self.connections.read(key, map)?,
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for FileConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        read_table(d)
+    }
+}
+
+/// `[models.NAME]`: a version policy and any batching key.
+#[derive(Debug, Default)]
+struct FileModel {
+    version_policy: Option<FilePolicy>,
+    batching: BatchingLayer,
+}
+
+impl Table for FileModel {
+    fn keys() -> &'static [&'static str] {
+        static KEYS: LazyLock<Vec<&str>> =
+            LazyLock::new(|| [&["version_policy"], BatchingLayer::keys()].concat());
+        &KEYS
+    }
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "version_policy" => self.version_policy = Some(map.next_value()?),
+            _ => self.batching.read(key, map)?,
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for FileModel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        read_table(d)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FilePolicy {
+    Named(String),
+    Versions(Vec<u64>),
+}
+
+// === resolution ===
 
 impl Default for Config {
     fn default() -> Self {
@@ -336,161 +561,60 @@ impl Config {
         Config::resolve(file_cfg, overrides)
     }
 
+    /// Each component: the file's layer, then the overrides', then the defaults, validated.
     fn resolve(f: FileConfig, o: &Overrides) -> Result<Config, ConfigError> {
-        use defaults as d;
-        let invalid = |m: String| ConfigError::Invalid(m);
-        let connections = resolve_connections(&f, o)?;
-        let listen_s = o
-            .listen
-            .clone()
-            .or(f.listen)
-            .unwrap_or_else(|| d::LISTEN.into());
-        let listen = listen_s
-            .parse()
-            .map_err(|_| invalid(format!("listen address '{listen_s}' is not HOST:PORT")))?;
-        let device_s = o
-            .device
-            .clone()
-            .or(f.device)
-            .unwrap_or_else(|| d::DEVICE.into());
-        let device = device_s.parse().map_err(invalid)?;
-        let base = resolve_batching(
-            BatchConfig {
-                max_batch_size: d::MAX_BATCH_SIZE,
-                max_queue_delay: Duration::from_millis(d::MAX_QUEUE_DELAY_MS),
-                queue_capacity: d::QUEUE_CAPACITY,
-                request_timeout: Duration::from_millis(d::REQUEST_TIMEOUT_MS),
-                worker_spin: Duration::from_micros(d::WORKER_SPIN_US),
-            },
-            &f.batching,
-        );
-        let batching = resolve_batching(
-            base,
-            &FileBatching {
-                max_batch_size: o.max_batch_size,
-                max_queue_delay_ms: o.max_queue_delay_ms,
-                queue_capacity: o.queue_capacity,
-                request_timeout_ms: o.request_timeout_ms,
-                worker_spin_us: o.worker_spin_us,
-            },
-        );
-        validate_batching("batching", &batching)?;
+        let o = o.clone();
+        let connections = f
+            .connections
+            .merge(o.connections)
+            .or_defaults()
+            .validate()?;
+        let server = f.server.merge(o.server).or_defaults();
+        let listen = server.listen.parse().map_err(|_| {
+            invalid(format!(
+                "listen address '{}' is not HOST:PORT",
+                server.listen
+            ))
+        })?;
+        let server_batching = f.batching.merge(o.batching);
+        let batching = server_batching.clone().or_defaults().validate("batching")?;
         let mut models = BTreeMap::new();
         for (name, m) in f.models {
-            let version_policy = match m.version_policy {
-                None => VersionPolicy::Latest,
-                Some(FilePolicy::Named(s)) if s == "latest" => VersionPolicy::Latest,
-                Some(FilePolicy::Named(s)) if s == "all" => VersionPolicy::All,
-                Some(FilePolicy::Named(s)) => {
-                    return Err(invalid(format!(
-                        "models.{name}.version_policy '{s}': expected \"latest\", \"all\" or a list of versions"
-                    )))
-                }
-                Some(FilePolicy::Versions(v)) if v.is_empty() || v.contains(&0) => {
-                    return Err(invalid(format!("models.{name}.version_policy: versions must be positive and listed")))
-                }
-                Some(FilePolicy::Versions(v)) => VersionPolicy::Specific(v),
-            };
-            let overridden = m.batching != FileBatching::default();
-            let batching = overridden.then(|| resolve_batching(batching, &m.batching));
-            if let Some(b) = &batching {
-                validate_batching(&format!("models.{name}"), b)?;
-            }
-            models.insert(
-                name,
-                ModelConfig {
-                    version_policy,
-                    batching,
-                },
-            );
+            // The model's own keys win over the server's, flags included.
+            let model = m.validate(&name, &server_batching)?;
+            models.insert(name, model);
         }
-        let workers = o.workers.or(f.workers).unwrap_or(d::WORKERS);
-        let threads = o.threads.or(f.threads).unwrap_or(d::THREADS);
-        if workers == 0 || threads == 0 {
-            return Err(invalid("workers and threads must be at least 1".into()));
-        }
-        let poll_ms = o
-            .poll_interval_ms
-            .or(f.poll_interval_ms)
-            .unwrap_or(d::POLL_INTERVAL_MS);
-        if poll_ms == 0 {
-            return Err(invalid("poll_interval_ms must be positive".into()));
-        }
-        let body_limit = o
-            .body_limit_bytes
-            .or(f.body_limit_bytes)
-            .unwrap_or(d::BODY_LIMIT_BYTES);
-        if body_limit == 0 {
-            return Err(invalid("body_limit_bytes must be positive".into()));
-        }
-        let max_upload_bytes = o
-            .max_upload_bytes
-            .or(f.max_upload_bytes)
-            .unwrap_or(d::MAX_UPLOAD_BYTES);
-        let max_concurrent_jobs = o
-            .max_concurrent_jobs
-            .or(f.max_concurrent_jobs)
-            .unwrap_or(d::MAX_CONCURRENT_JOBS);
-        if max_upload_bytes == 0 || max_concurrent_jobs == 0 {
-            return Err(invalid(
-                "max_upload_bytes and max_concurrent_jobs must be positive".into(),
-            ));
-        }
-        let drain_delay = o
-            .drain_delay_seconds
-            .or(f.drain_delay_seconds)
-            .unwrap_or(d::DRAIN_DELAY_SECONDS);
+        let registry = f
+            .registry
+            .merge(o.registry)
+            .or_defaults()
+            .validate(batching, models)?;
+        let training = f.training.merge(o.training).or_defaults().validate()?;
+        let drain_delay = server.drain_delay_seconds;
         if !(0.0..=3600.0).contains(&drain_delay) {
             return Err(invalid(format!(
                 "drain_delay_seconds {drain_delay} must be between 0 and 3600"
             )));
         }
-        let max_rows_per_request = o
-            .max_rows_per_request
-            .or(f.max_rows_per_request)
-            .unwrap_or(d::MAX_ROWS_PER_REQUEST);
-        if max_rows_per_request == 0 {
-            return Err(invalid("max_rows_per_request must be positive".into()));
-        }
+        let api = f.api.merge(o.api).or_defaults().validate()?;
         Ok(Config {
-            max_rows_per_request,
-            cors_origins: o
-                .cors_origins
-                .clone()
-                .or(f.cors_origins)
-                .unwrap_or_default(),
-            api_keys: o.api_keys.clone().or(f.api_keys),
-            drain_delay: Duration::from_secs_f64(drain_delay),
             listen,
-            max_upload_bytes,
-            max_concurrent_jobs,
+            log_format: server.log_format,
+            drain_timeout: Duration::from_millis(server.drain_timeout_ms),
+            drain_delay: Duration::from_secs_f64(drain_delay),
+            registry,
+            training,
+            api,
             connections,
-            models_dir: o
-                .models_dir
-                .clone()
-                .or(f.models_dir)
-                .unwrap_or_else(|| d::MODELS_DIR.into()),
-            data_dir: o
-                .data_dir
-                .clone()
-                .or(f.data_dir)
-                .unwrap_or_else(|| d::DATA_DIR.into()),
-            device,
-            workers,
-            threads,
-            batching,
-            poll_interval: Duration::from_millis(poll_ms),
-            body_limit,
-            log_format: o.log_format.or(f.log_format).unwrap_or_default(),
-            drain_timeout: Duration::from_millis(
-                o.drain_timeout_ms
-                    .or(f.drain_timeout_ms)
-                    .unwrap_or(d::DRAIN_TIMEOUT_MS),
-            ),
-            models,
         })
     }
+}
 
+fn invalid(message: String) -> ConfigError {
+    ConfigError::Invalid(message)
+}
+
+impl RegistryConfig {
     /// The batching settings of one model (its override, else the server's).
     pub fn batching_for(&self, model: &str) -> BatchConfig {
         self.models
@@ -508,81 +632,155 @@ impl Config {
     }
 }
 
-fn resolve_batching(base: BatchConfig, f: &FileBatching) -> BatchConfig {
-    BatchConfig {
-        max_batch_size: f.max_batch_size.unwrap_or(base.max_batch_size),
-        max_queue_delay: f
-            .max_queue_delay_ms
-            .map_or(base.max_queue_delay, Duration::from_millis),
-        queue_capacity: f.queue_capacity.unwrap_or(base.queue_capacity),
-        request_timeout: f
-            .request_timeout_ms
-            .map_or(base.request_timeout, Duration::from_millis),
-        worker_spin: f
-            .worker_spin_us
-            .map_or(base.worker_spin, Duration::from_micros),
-    }
-}
-
-fn resolve_connections(f: &FileConfig, o: &Overrides) -> Result<ConnectionConfig, ConfigError> {
-    use defaults as d;
-    let max_connections = o
-        .max_connections
-        .or(f.max_connections)
-        .unwrap_or(d::MAX_CONNECTIONS);
-    let header_ms = o
-        .header_read_timeout_ms
-        .or(f.header_read_timeout_ms)
-        .unwrap_or(d::HEADER_READ_TIMEOUT_MS);
-    let body_ms = o
-        .body_read_timeout_ms
-        .or(f.body_read_timeout_ms)
-        .unwrap_or(d::BODY_READ_TIMEOUT_MS);
-    if max_connections == 0 || header_ms == 0 || body_ms == 0 {
-        return Err(ConfigError::Invalid(
-            "max_connections, header_read_timeout_ms and body_read_timeout_ms must be positive"
-                .into(),
-        ));
-    }
-    let cert = o.tls_cert.clone().or_else(|| f.tls_cert.clone());
-    let key = o.tls_key.clone().or_else(|| f.tls_key.clone());
-    let tls = match (cert, key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-        (None, None) => None,
-        (Some(_), None) | (None, Some(_)) => {
-            return Err(ConfigError::Invalid(
-                "TLS needs both tls_cert and tls_key (--tls-cert and --tls-key, \
-                 KILN_TLS_CERT and KILN_TLS_KEY); only one is set"
-                    .into(),
-            ))
+impl RegistryKeys {
+    fn validate(
+        self,
+        batching: BatchConfig,
+        models: BTreeMap<String, ModelConfig>,
+    ) -> Result<RegistryConfig, ConfigError> {
+        let device = self.device.parse().map_err(invalid)?;
+        if self.workers == 0 || self.threads == 0 {
+            return Err(invalid("workers and threads must be at least 1".into()));
         }
-    };
-    Ok(ConnectionConfig {
-        max_connections,
-        header_read_timeout: Duration::from_millis(header_ms),
-        body_read_timeout: Duration::from_millis(body_ms),
-        tls,
-    })
+        if self.poll_interval_ms == 0 {
+            return Err(invalid("poll_interval_ms must be positive".into()));
+        }
+        Ok(RegistryConfig {
+            models_dir: self.models_dir,
+            device,
+            workers: self.workers,
+            threads: self.threads,
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            batching,
+            models,
+        })
+    }
 }
 
-fn validate_batching(at: &str, b: &BatchConfig) -> Result<(), ConfigError> {
-    if b.max_batch_size == 0 || b.queue_capacity == 0 || b.request_timeout.is_zero() {
-        return Err(ConfigError::Invalid(format!(
-            "{at}: max_batch_size, queue_capacity and request_timeout_ms must be positive"
-        )));
+impl BatchingKeys {
+    /// `at` names the table in messages: `batching` or `models.NAME`.
+    fn validate(self, at: &str) -> Result<BatchConfig, ConfigError> {
+        if self.max_batch_size == 0 || self.queue_capacity == 0 || self.request_timeout_ms == 0 {
+            return Err(invalid(format!(
+                "{at}: max_batch_size, queue_capacity and request_timeout_ms must be positive"
+            )));
+        }
+        if self.worker_spin_us > MAX_WORKER_SPIN_US {
+            return Err(invalid(format!(
+                "{at}: worker_spin_us {} is over the limit of {MAX_WORKER_SPIN_US} (10 ms)",
+                self.worker_spin_us,
+            )));
+        }
+        Ok(BatchConfig {
+            max_batch_size: self.max_batch_size,
+            max_queue_delay: Duration::from_millis(self.max_queue_delay_ms),
+            queue_capacity: self.queue_capacity,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            worker_spin: Duration::from_micros(self.worker_spin_us),
+        })
     }
-    if b.worker_spin > Duration::from_micros(defaults::MAX_WORKER_SPIN_US) {
-        return Err(ConfigError::Invalid(format!(
-            "{at}: worker_spin_us {} is over the limit of {} (10 ms)",
-            b.worker_spin.as_micros(),
-            defaults::MAX_WORKER_SPIN_US
-        )));
+}
+
+impl FileModel {
+    /// `server` is the server's batching layer (file and overrides), which this model's
+    /// keys override; a model that sets none follows the server's.
+    fn validate(self, name: &str, server: &BatchingLayer) -> Result<ModelConfig, ConfigError> {
+        let version_policy = match self.version_policy {
+            None => VersionPolicy::Latest,
+            Some(FilePolicy::Named(s)) if s == "latest" => VersionPolicy::Latest,
+            Some(FilePolicy::Named(s)) if s == "all" => VersionPolicy::All,
+            Some(FilePolicy::Named(s)) => {
+                return Err(invalid(format!(
+                    "models.{name}.version_policy '{s}': expected \"latest\", \"all\" or a list of versions"
+                )))
+            }
+            Some(FilePolicy::Versions(v)) if v.is_empty() || v.contains(&0) => {
+                return Err(invalid(format!(
+                    "models.{name}.version_policy: versions must be positive and listed"
+                )))
+            }
+            Some(FilePolicy::Versions(v)) => VersionPolicy::Specific(v),
+        };
+        let batching = if self.batching == BatchingLayer::default() {
+            None
+        } else {
+            let keys = server.clone().merge(self.batching).or_defaults();
+            Some(keys.validate(&format!("models.{name}"))?)
+        };
+        Ok(ModelConfig {
+            version_policy,
+            batching,
+        })
     }
-    Ok(())
+}
+
+impl TrainingKeys {
+    fn validate(self) -> Result<TrainingConfig, ConfigError> {
+        if self.max_upload_bytes == 0 || self.max_concurrent_jobs == 0 {
+            return Err(invalid(
+                "max_upload_bytes and max_concurrent_jobs must be positive".into(),
+            ));
+        }
+        Ok(TrainingConfig {
+            data_dir: self.data_dir,
+            max_upload_bytes: self.max_upload_bytes,
+            max_concurrent_jobs: self.max_concurrent_jobs,
+        })
+    }
+}
+
+impl ApiKeys {
+    fn validate(self) -> Result<ApiConfig, ConfigError> {
+        if self.body_limit_bytes == 0 {
+            return Err(invalid("body_limit_bytes must be positive".into()));
+        }
+        if self.max_rows_per_request == 0 {
+            return Err(invalid("max_rows_per_request must be positive".into()));
+        }
+        Ok(ApiConfig {
+            body_limit: self.body_limit_bytes,
+            max_rows_per_request: self.max_rows_per_request,
+            cors_origins: self.cors_origins,
+            api_keys: self.api_keys,
+        })
+    }
+}
+
+impl ConnectionsKeys {
+    fn validate(self) -> Result<ConnectionConfig, ConfigError> {
+        if self.max_connections == 0
+            || self.header_read_timeout_ms == 0
+            || self.body_read_timeout_ms == 0
+        {
+            return Err(invalid(
+                "max_connections, header_read_timeout_ms and body_read_timeout_ms must be positive"
+                    .into(),
+            ));
+        }
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(invalid(
+                    "TLS needs both tls_cert and tls_key (--tls-cert and --tls-key, \
+                     KILN_TLS_CERT and KILN_TLS_KEY); only one is set"
+                        .into(),
+                ))
+            }
+        };
+        Ok(ConnectionConfig {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+            tls,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
     #[test]
@@ -609,11 +807,17 @@ mod tests {
             version_policy = "all"
         "#;
         let o = Overrides {
-            workers: Some(4),
-            max_batch_size: Some(16),
+            registry: RegistryLayer {
+                workers: Some(4),
+                ..Default::default()
+            },
+            batching: BatchingLayer {
+                max_batch_size: Some(16),
+                ..Default::default()
+            },
             ..Default::default()
         };
-        let c = Config::from_toml(text, &o).unwrap();
+        let c = Config::from_toml(text, &o).unwrap().registry;
         assert_eq!(c.workers, 4);
         assert_eq!(c.batching.max_batch_size, 16);
         let iris = c.batching_for("iris");
@@ -648,7 +852,10 @@ mod tests {
             .to_string();
         assert!(err.contains("models.m: worker_spin_us 20000"), "{err}");
         let o = Overrides {
-            device: Some("gpu".into()),
+            registry: RegistryLayer {
+                device: Some("gpu".into()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert!(Config::from_toml("", &o)
@@ -656,12 +863,18 @@ mod tests {
             .to_string()
             .contains("gpu"));
         let o = Overrides {
-            listen: Some("nowhere".into()),
+            server: ServerLayer {
+                listen: Some("nowhere".into()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert!(Config::from_toml("", &o).is_err());
         let o = Overrides {
-            tls_cert: Some("cert.pem".into()),
+            connections: ConnectionsLayer {
+                tls_cert: Some("cert.pem".into()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let err = Config::from_toml("", &o).unwrap_err().to_string();
@@ -676,11 +889,130 @@ mod tests {
         assert!(err.contains("max_connections"), "{err}");
     }
 
+    /// The file is read key by key (no derived struct): the parser still points at the line
+    /// of a bad key or value, and an unknown key lists the keys that table accepts.
+    #[test]
+    fn file_errors_name_the_line_and_the_expected_keys() {
+        let parse = |text: &str| {
+            Config::from_toml(text, &Overrides::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let err = parse("workers = 2\nthreads = \"two\"");
+        assert!(
+            err.contains("line 2") && err.contains("threads = \"two\"") && err.contains("usize"),
+            "{err}"
+        );
+        let err = parse("listen = \"0.0.0.0:1\"\nmax_batch_size = 8");
+        assert!(
+            err.contains("line 2")
+                && err.contains("unknown field `max_batch_size`")
+                && err.contains("`listen`")
+                && err.contains("`tls_key`")
+                && err.contains("`batching`"),
+            "{err}"
+        );
+        let err = parse("[batching]\nworkers = 2");
+        assert!(
+            err.contains("unknown field `workers`") && err.contains("`worker_spin_us`"),
+            "{err}"
+        );
+        let err = parse("[models.m]\nversion_policy = \"all\"\nmax_batch = 2");
+        assert!(
+            err.contains("line 3")
+                && err.contains("unknown field `max_batch`")
+                && err.contains("`version_policy`")
+                && err.contains("`max_batch_size`"),
+            "{err}"
+        );
+        let err = parse("[models.m]\nqueue_capacity = -1");
+        assert!(
+            err.contains("line 2") && err.contains("queue_capacity"),
+            "{err}"
+        );
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        overrides: Overrides,
+    }
+
+    /// Every key is documented where operators look for it: `config/kiln.toml` states it with
+    /// its default (commented out when it has none), and the README's table names the key,
+    /// its flag and its environment variable.
+    #[test]
+    fn every_key_is_documented() {
+        let read = |file: &str| {
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap()
+        };
+        let (shipped, readme) = (read("config/kiln.toml"), read("README.md"));
+        let tables = ["batching", "models"];
+        let keys = FileConfig::keys().iter().filter(|k| !tables.contains(k));
+        for key in keys.chain(BatchingLayer::keys()) {
+            let stated = shipped.lines().any(|l| {
+                let l = l.strip_prefix("# ").unwrap_or(l);
+                l.strip_prefix(key)
+                    .is_some_and(|rest| rest.starts_with(" = "))
+            });
+            assert!(stated, "config/kiln.toml does not state `{key}`");
+            let listed = readme.contains(&format!("`{key}`"))
+                || readme.contains(&format!("`batching.{key}`"));
+            assert!(listed, "README.md's table does not list `{key}`");
+        }
+        let cli = <Cli as clap::CommandFactory>::command();
+        for arg in cli.get_arguments() {
+            let flag = format!("`--{}`", arg.get_long().unwrap());
+            let env = arg.get_env().unwrap().to_str().unwrap();
+            assert!(readme.contains(&flag), "README.md does not list {flag}");
+            assert!(
+                readme.contains(&format!("`{env}`")),
+                "README.md does not list {env}"
+            );
+        }
+    }
+
+    #[test]
+    fn flags_keep_their_names() {
+        let o = Cli::try_parse_from([
+            "kiln",
+            "--models",
+            "/m",
+            "--data",
+            "/d",
+            "--drain-delay",
+            "0.5",
+            "--cors-origins",
+            "a,b",
+            "--max-batch-size",
+            "3",
+            "--log-format",
+            "json",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .unwrap()
+        .overrides;
+        let c = Config::from_toml("", &o).unwrap();
+        assert_eq!(c.registry.models_dir, Path::new("/m"));
+        assert_eq!(c.training.data_dir, Path::new("/d"));
+        assert_eq!(c.drain_delay, Duration::from_millis(500));
+        assert_eq!(c.api.cors_origins, ["a", "b"]);
+        assert_eq!(c.registry.batching.max_batch_size, 3);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.connections.tls.is_some());
+    }
+
     #[test]
     fn connection_settings_layer_and_tls_needs_both_files() {
         let o = Overrides {
-            max_connections: Some(8),
-            tls_key: Some("k.pem".into()),
+            connections: ConnectionsLayer {
+                max_connections: Some(8),
+                tls_key: Some("k.pem".into()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let c = Config::from_toml(
@@ -693,7 +1025,7 @@ mod tests {
         assert_eq!(c.body_read_timeout, Duration::from_millis(300));
         assert_eq!(
             c.header_read_timeout,
-            Duration::from_millis(defaults::HEADER_READ_TIMEOUT_MS)
+            Config::default().connections.header_read_timeout
         );
         assert_eq!(
             c.tls,

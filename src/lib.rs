@@ -99,9 +99,13 @@ pub async fn serve_with_routes(
     extra: axum::Router<state::AppState>,
     shutdown: impl Future<Output = shutdown::Drain> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let device = config.device.open().context("opening the compute device")?;
+    let device = config
+        .registry
+        .device
+        .open()
+        .context("opening the compute device")?;
     let config = Arc::new(config);
-    let keys = match &config.api_keys {
+    let keys = match &config.api.api_keys {
         Some(path) => {
             let keys = auth::Keys::load(path)?;
             tracing::info!(file = %path.display(), "API keys required on every route but the health checks");
@@ -120,31 +124,34 @@ pub async fn serve_with_routes(
         .map(server::tls::acceptor)
         .transpose()?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let models: Arc<dyn store::ModelStore> = Arc::new(store::LocalDir::open(&config.models_dir));
+    let models: Arc<dyn store::ModelStore> =
+        Arc::new(store::LocalDir::open(&config.registry.models_dir));
     let registry = Arc::new(registry::Registry::new(
-        config.clone(),
+        config.registry.clone(),
         models.clone(),
         device,
         metrics.clone(),
     ));
     let health = Arc::new(state::Health::default());
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let data_dir = &config.training.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let datasets = Arc::new(
-        dataset::DatasetStore::open(&config.data_dir)
+        dataset::DatasetStore::open(data_dir)
             .context("opening the dataset store")?
-            .with_max_upload_bytes(config.max_upload_bytes),
+            .with_max_upload_bytes(config.training.max_upload_bytes),
     );
-    let job_store = jobs::SqliteJobStore::open(&config.data_dir.join("kiln.db"))
+    let job_store = jobs::SqliteJobStore::open(&data_dir.join("kiln.db"))
         .context("opening the job database")?;
     let jobs = jobs::JobManager::start(
-        Arc::new(job_store),
-        datasets.clone(),
-        registry.clone(),
-        models.clone(),
-        &config.data_dir,
-        config.max_concurrent_jobs,
-        metrics.clone(),
+        &config.training,
+        jobs::JobParts {
+            store: Arc::new(job_store),
+            datasets: datasets.clone(),
+            registry: registry.clone(),
+            models: models.clone(),
+            metrics: metrics.clone(),
+        },
     )
     .context("starting the job manager")?;
     let state = state::AppState::new(state::Shared {
@@ -162,7 +169,7 @@ pub async fn serve_with_routes(
         .local_addr()
         .context("reading the listening address")?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%addr, scheme, max_connections = config.connections.max_connections, models = %config.models_dir.display(), device = %config.device, workers = config.workers, threads = config.threads, "kiln listening");
+    tracing::info!(%addr, scheme, max_connections = config.connections.max_connections, models = %config.registry.models_dir.display(), device = %config.registry.device, workers = config.registry.workers, threads = config.registry.threads, "kiln listening");
 
     let drain_jobs = jobs.clone();
     let stop = async move {

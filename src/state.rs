@@ -45,7 +45,7 @@ impl Shared {
     /// The serving core over this server's registry and request limits (two pointers:
     /// made per request, nothing to keep in step).
     pub fn serving(&self) -> crate::serving::Serving<'_> {
-        crate::serving::Serving::new(&self.registry, self.config.max_rows_per_request)
+        crate::serving::Serving::new(&self.registry, self.config.api.max_rows_per_request)
     }
 }
 

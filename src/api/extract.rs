@@ -35,7 +35,7 @@ impl FromRequest<AppState> for JsonBody {
                 return Err(ApiError::UnsupportedMediaType(essence.to_ascii_lowercase()));
             }
         }
-        let limit = state.config.body_limit;
+        let limit = state.config.api.body_limit;
         let body: Body = req.into_body();
         let bytes = axum::body::to_bytes(body, limit)
             .await

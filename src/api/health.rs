@@ -79,21 +79,26 @@ mod tests {
         let models: Arc<dyn crate::store::ModelStore> =
             Arc::new(crate::store::LocalDir::new(dir.join("models")));
         let registry = Arc::new(Registry::new(
-            config.clone(),
+            config.registry.clone(),
             models.clone(),
             candle_core::Device::Cpu,
             metrics.clone(),
         ));
         let datasets = Arc::new(crate::dataset::DatasetStore::open(dir).unwrap());
         let store = crate::jobs::SqliteJobStore::open(&dir.join("kiln.db")).unwrap();
+        let training = crate::config::TrainingConfig {
+            data_dir: dir.to_owned(),
+            ..config.training.clone()
+        };
         let jobs = crate::jobs::JobManager::start(
-            Arc::new(store),
-            datasets.clone(),
-            registry.clone(),
-            models.clone(),
-            dir,
-            1,
-            metrics.clone(),
+            &training,
+            crate::jobs::JobParts {
+                store: Arc::new(store),
+                datasets: datasets.clone(),
+                registry: registry.clone(),
+                models: models.clone(),
+                metrics: metrics.clone(),
+            },
         )
         .unwrap();
         AppState::new(Shared {

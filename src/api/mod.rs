@@ -132,7 +132,8 @@ pub fn router(state: AppState) -> Router {
 /// group). kiln itself adds none; tests add routes that cannot exist in the product, such
 /// as one that panics.
 pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
-    let upload_limit = usize::try_from(state.config.max_upload_bytes).unwrap_or(usize::MAX);
+    let upload_limit =
+        usize::try_from(state.config.training.max_upload_bytes).unwrap_or(usize::MAX);
     let keys = state.keys.as_ref();
     let mut app = Router::new();
     for group in groups(upload_limit) {
@@ -149,7 +150,9 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         // and metrics. Costs a boxed response body per request.
         .layer(CatchPanicLayer::custom(panic_answer))
         .layer(middleware::from_fn_with_state(state.clone(), edge))
-        .layer(tower::util::option_layer(cors(&state.config.cors_origins)))
+        .layer(tower::util::option_layer(cors(
+            &state.config.api.cors_origins,
+        )))
         .with_state(state)
 }
 

@@ -304,20 +304,35 @@ impl Drop for Inner {
     }
 }
 
-/// Starts `workers` workers for one model version, each on a rayon pool of its own with
-/// `threads` threads (candle's intra-op threads; see [`crate::device::spawn_compute`]).
-/// Each pulls batches off the version's queue itself: no hand-off task between the request
-/// and the worker.
+/// What one version's batcher is started with.
+pub struct Spec<'a> {
+    /// The model's name, for thread names and logs.
+    pub name: &'a str,
+    pub version: u64,
+    pub batching: BatchConfig,
+    /// Worker threads, each on a rayon pool of its own.
+    pub workers: usize,
+    /// Threads in each worker's pool (candle's intra-op threads).
+    pub threads: usize,
+}
+
+/// Starts `spec.workers` workers for one model version, each on a rayon pool of its own
+/// with `spec.threads` threads (see [`crate::device::spawn_compute`]). Each pulls
+/// batches off the version's queue itself: no hand-off task between the request and the
+/// worker.
 pub fn spawn(
     model: Arc<Model>,
-    name: &str,
-    version: u64,
-    cfg: BatchConfig,
-    workers: usize,
-    threads: usize,
+    spec: Spec<'_>,
     prom: crate::metrics::BatchMetrics,
 ) -> BatcherHandle {
-    let queue = Arc::new(Queue::new(cfg, workers));
+    let Spec {
+        name,
+        version,
+        batching,
+        workers,
+        threads,
+    } = spec;
+    let queue = Arc::new(Queue::new(batching, workers));
     let stats = Arc::new(Stats::new(prom));
     for i in 0..workers {
         let (model, queue, stats) = (model.clone(), queue.clone(), stats.clone());

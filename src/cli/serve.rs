@@ -18,7 +18,7 @@ pub struct Args {
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
     let config = Config::load(a.config.as_deref(), &a.overrides)?;
-    super::set_compute_threads(config.threads);
+    super::set_compute_threads(config.registry.threads);
     kiln::telemetry::init(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -23,6 +23,7 @@ use tokio::sync::{broadcast, Notify, Semaphore};
 use super::checkpoint;
 use super::error::JobError;
 use super::store::{CancelOutcome, JobEnd, JobFilter, JobRecord, JobState, JobStore};
+use crate::config::TrainingConfig;
 use crate::dataset::DatasetStore;
 use crate::registry::{Registry, VersionState};
 use crate::store::{validate_and_publish, ModelFiles, ModelStore};
@@ -110,19 +111,29 @@ async fn blocking<T: Send + 'static>(
 
 // === impl JobManager ===
 
+/// What a `JobManager` works with, besides its configuration.
+pub struct JobParts {
+    pub store: Arc<dyn JobStore>,
+    pub datasets: Arc<DatasetStore>,
+    /// Loads the version a finished job publishes.
+    pub registry: Arc<Registry>,
+    /// Where finished jobs publish their models.
+    pub models: Arc<dyn ModelStore>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 impl JobManager {
     /// Opens the manager over its store, requeues jobs a crash left running, and starts the
     /// scheduler. Must be called inside a tokio runtime.
-    pub fn start(
-        store: Arc<dyn JobStore>,
-        datasets: Arc<DatasetStore>,
-        registry: Arc<Registry>,
-        models: Arc<dyn ModelStore>,
-        data_dir: &Path,
-        max_concurrent_jobs: usize,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Result<JobManager, JobError> {
-        let checkpoints = data_dir.join("checkpoints");
+    pub fn start(config: &TrainingConfig, parts: JobParts) -> Result<JobManager, JobError> {
+        let JobParts {
+            store,
+            datasets,
+            registry,
+            models,
+            metrics,
+        } = parts;
+        let checkpoints = config.data_dir.join("checkpoints");
         recover_interrupted(store.as_ref(), &checkpoints)?;
         let inner = Arc::new(Inner {
             store,
@@ -136,7 +147,7 @@ impl JobManager {
             shutting_down: AtomicBool::new(false),
             metrics,
         });
-        tokio::spawn(scheduler(inner.clone(), max_concurrent_jobs.max(1)));
+        tokio::spawn(scheduler(inner.clone(), config.max_concurrent_jobs.max(1)));
         Ok(JobManager { inner })
     }
 
@@ -542,12 +553,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cancel_written_to_the_store_stops_the_running_job() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Arc::new(crate::config::Config::default());
+        let config = crate::config::Config::default();
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let models: Arc<dyn ModelStore> =
             Arc::new(crate::store::LocalDir::open(dir.path().join("models")));
         let registry = Arc::new(Registry::new(
-            config,
+            config.registry,
             models.clone(),
             candle_core::Device::Cpu,
             metrics.clone(),
@@ -562,16 +573,18 @@ mod tests {
         upload.write_chunk(&csv).unwrap();
         let dataset = upload.finish().unwrap().id;
         let store = Arc::new(SqliteJobStore::open(&dir.path().join("kiln.db")).unwrap());
-        let jobs = JobManager::start(
-            store.clone(),
+        let training = crate::config::TrainingConfig {
+            data_dir: dir.path().to_owned(),
+            ..config.training
+        };
+        let parts = JobParts {
+            store: store.clone(),
             datasets,
             registry,
             models,
-            dir.path(),
-            1,
             metrics,
-        )
-        .unwrap();
+        };
+        let jobs = JobManager::start(&training, parts).unwrap();
         let spec = format!(
             r#"{{"model": "long", "dataset": "{dataset}", "target": "species",
                 "training": {{"epochs": 100000, "batch_size": 1}}}}"#

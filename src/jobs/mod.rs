@@ -18,6 +18,6 @@ pub mod sqlite;
 pub mod store;
 
 pub use error::JobError;
-pub use manager::{JobDetails, JobEvent, JobManager};
+pub use manager::{JobDetails, JobEvent, JobManager, JobParts};
 pub use sqlite::SqliteJobStore;
 pub use store::{JobEnd, JobFilter, JobRecord, JobState, JobStore};

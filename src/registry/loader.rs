@@ -53,11 +53,13 @@ impl Registry {
                 let model = Arc::new(model);
                 let handle = batcher::spawn(
                     model.clone(),
-                    name,
-                    version,
-                    self.config.batching_for(name),
-                    self.config.workers,
-                    self.config.threads,
+                    batcher::Spec {
+                        name,
+                        version,
+                        batching: self.config.batching_for(name),
+                        workers: self.config.workers,
+                        threads: self.config.threads,
+                    },
                     self.metrics.for_version(name, version),
                 );
                 tracing::info!(model = name, version, path = %dir.display(), ms = started.elapsed().as_millis() as u64, "version available");

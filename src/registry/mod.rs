@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use crate::batcher::BatcherHandle;
-use crate::config::Config;
+use crate::config::RegistryConfig;
 use crate::error::Error;
 use crate::model::Model;
 use crate::store::{ModelStore, Revision};
@@ -89,7 +89,7 @@ pub(crate) struct Slot {
 /// The shared registry. Cheap to read; written by the watcher's syncs and by
 /// [`Registry::load_version`], one at a time.
 pub struct Registry {
-    config: Arc<Config>,
+    config: RegistryConfig,
     store: Arc<dyn ModelStore>,
     metrics: Arc<crate::metrics::Metrics>,
     device: candle_core::Device,
@@ -112,7 +112,7 @@ pub struct ModelView {
 
 impl Registry {
     pub fn new(
-        config: Arc<Config>,
+        config: RegistryConfig,
         store: Arc<dyn ModelStore>,
         device: candle_core::Device,
         metrics: Arc<crate::metrics::Metrics>,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use kiln::config::{Config, Overrides};
+use kiln::config::{Config, Overrides, RegistryLayer, TrainingLayer};
 use kiln::model::format::ModelSpec;
 use kiln::model::Model;
 use serde_json::Value;
@@ -38,8 +38,14 @@ impl Server {
     ) -> Server {
         let data = tempfile::tempdir().unwrap();
         let overrides = Overrides {
-            models_dir: Some(models_dir.to_owned()),
-            data_dir: Some(data.path().to_owned()),
+            registry: RegistryLayer {
+                models_dir: Some(models_dir.to_owned()),
+                ..Default::default()
+            },
+            training: TrainingLayer {
+                data_dir: Some(data.path().to_owned()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let config = Config::from_toml(toml, &overrides).expect("test config is valid");

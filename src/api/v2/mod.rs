@@ -326,7 +326,7 @@ impl FromRequest<AppState> for InferBody {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let json_len = req.headers().get(HEADER_LENGTH).cloned();
-        let limit = state.config.body_limit;
+        let limit = state.config.api.body_limit;
         let bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
             .map_err(|e| super::extract::body_error(&e, limit))?;
