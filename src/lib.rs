@@ -64,6 +64,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = shutdown::Drain> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with_routes(config, listener, axum::Router::new(), shutdown).await
+}
+
+/// [`serve`] with `extra` routes beside kiln's own (see [`api::router_with`]): for tests that
+/// need a route the product must not have.
+pub async fn serve_with_routes(
+    config: Config,
+    listener: TcpListener,
+    extra: axum::Router<state::AppState>,
+    shutdown: impl Future<Output = shutdown::Drain> + Send + 'static,
+) -> anyhow::Result<()> {
     let device = config.device.open().context("opening the compute device")?;
     let config = Arc::new(config);
     let keys = match &config.api_keys {
@@ -140,7 +151,12 @@ pub async fn serve(
         // Running jobs stop at their next step and go back to the queue (checkpoint kept).
         drain_jobs.shutdown();
     };
-    let server = server::Server::new(&config.connections, tls, api::router(state), &metrics);
+    let server = server::Server::new(
+        &config.connections,
+        tls,
+        api::router_with(state, extra),
+        &metrics,
+    );
     // The accept loop runs on a runtime worker, as `axum::serve` did when spawned.
     let open = tokio::spawn(server.serve_until(listener, stop))
         .await

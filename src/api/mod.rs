@@ -16,9 +16,10 @@ pub mod repository;
 pub mod types;
 pub mod v2;
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 
 use crate::metrics::{HttpLabels, RouteLabels};
 use axum::http::{HeaderName, HeaderValue, Method, Uri};
@@ -26,6 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
 use crate::state::AppState;
@@ -33,6 +35,14 @@ use error::ApiError;
 
 /// Every route kiln serves. `tests` enumerate this router; keep routes here only.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] plus `extra` routes, which get everything kiln's own routes get (the edge
+/// middleware, panic catching; with API keys, they need an admin key: they have no access
+/// rule). kiln itself adds none; tests add routes that cannot exist in the product, such as
+/// one that panics.
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let upload_limit = usize::try_from(state.config.max_upload_bytes).unwrap_or(usize::MAX);
     Router::new()
         .route("/v1/models", get(models::list))
@@ -93,11 +103,29 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/openapi.json", get(openapi::openapi_json))
+        .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Inside `edge`, so that a panic's 500 still gets its request id, timing headers
+        // and metrics. Costs a boxed response body per request.
+        .layer(CatchPanicLayer::custom(panic_answer))
         .layer(middleware::from_fn_with_state(state.clone(), edge))
         .layer(tower::util::option_layer(cors(&state.config.cors_origins)))
         .with_state(state)
+}
+
+/// A handler or extractor panicked: the client gets the generic 500 of an internal error
+/// (`{"error": …, "code": "internal"}`), the log gets the panic's message.
+fn panic_answer(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    ApiError::from(crate::error::Error::Internal(format!(
+        "a request handler panicked: {message}"
+    )))
+    .into_response()
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -138,9 +166,16 @@ async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Respon
         .unwrap_or_else(new_request_id);
     // One span per request (debug level: per-request logging costs throughput; enable it
     // with RUST_LOG=kiln=debug). Handlers record the model, version and batch size on it.
+    // The peer is the accept loop's `ConnectInfo` (absent when a test calls the router
+    // directly); it is formatted only when the span is enabled.
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| tracing::field::display(c.0));
     let span = tracing::debug_span!(
         "request",
         request_id = request_id.to_str().unwrap_or(""),
+        peer,
         method,
         route,
         model = tracing::field::Empty,

@@ -12,9 +12,11 @@ pub mod body;
 pub mod tls;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -95,8 +97,8 @@ impl Server {
                 () = &mut stop => break,
                 accepted = listener.accept() => accepted,
             };
-            let stream = match accepted {
-                Ok((stream, _peer)) => stream,
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     if accept_error_is_fatal_for_a_while(&e) {
                         tokio::select! {
@@ -113,7 +115,11 @@ impl Server {
                 tracing::debug!(error = %e, "TCP_NODELAY not set");
             }
             let slot = server.slots.open(permit);
-            tokio::spawn(server.clone().connection(stream, graceful.watcher(), slot));
+            tokio::spawn(
+                server
+                    .clone()
+                    .connection(stream, peer, graceful.watcher(), slot),
+            );
         }
         drop(listener);
         graceful
@@ -121,18 +127,27 @@ impl Server {
 
     /// One connection, from the TLS handshake (if any) to its close. `_slot` is released
     /// when the task ends.
-    async fn connection(self: Arc<Self>, stream: TcpStream, watcher: Watcher, _slot: Slot) {
+    async fn connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        watcher: Watcher,
+        _slot: Slot,
+    ) {
         let Some(acceptor) = &self.tls else {
-            return self.http(stream, watcher).await;
+            return self.http(stream, peer, watcher).await;
         };
         match tokio::time::timeout(self.header_read_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => self.http(tls, watcher).await,
-            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!("TLS handshake timed out"),
+            Ok(Ok(tls)) => self.http(tls, peer, watcher).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }
     }
 
-    async fn http<IO>(&self, io: IO, watcher: Watcher)
+    /// Each request carries the peer's address as axum's `ConnectInfo` (what
+    /// `into_make_service_with_connect_info` gives handlers): the edge middleware records it
+    /// on the request's span.
+    async fn http<IO>(&self, io: IO, peer: SocketAddr, watcher: Watcher)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -142,15 +157,14 @@ impl Server {
             // The router is an `Arc` inside and always ready: cloning it per request is what
             // `axum::serve` does too.
             let mut app = app.clone();
-            tower::Service::call(
-                &mut app,
-                req.map(|b| body::IdleTimeout::new(b, body_read_timeout)),
-            )
+            let mut req = req.map(|b| body::IdleTimeout::new(b, body_read_timeout));
+            req.extensions_mut().insert(ConnectInfo(peer));
+            tower::Service::call(&mut app, req)
         });
         let conn = self.http.serve_connection(TokioIo::new(io), service);
         if let Err(e) = watcher.watch(conn).await {
             // A header read timeout, a client gone mid-request, a malformed request.
-            tracing::debug!(error = %e, "connection closed with an error");
+            tracing::debug!(error = %e, %peer, "connection closed with an error");
         }
     }
 }

@@ -8,6 +8,7 @@ mod fuzz;
 mod import;
 mod openapi;
 mod ops;
+mod panics;
 mod process;
 mod reload;
 mod repository;

@@ -18,6 +18,18 @@ fn spawn_server(models: &Path, extra: &[&str]) -> (Child, String) {
 }
 
 fn spawn_server_with_data(models: &Path, data: &Path, extra: &[&str]) -> (Child, String) {
+    let (child, base, _logs) = spawn_server_logged(models, data, extra, &[]);
+    (child, base)
+}
+
+/// [`spawn_server_with_data`] with `env` set, also returning every JSON log line the server
+/// writes after "kiln listening".
+fn spawn_server_logged(
+    models: &Path,
+    data: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, String, std::sync::mpsc::Receiver<Value>) {
     let mut child = Command::new(KILN)
         .args([
             "serve",
@@ -37,6 +49,7 @@ fn spawn_server_with_data(models: &Path, data: &Path, extra: &[&str]) -> (Child,
         })
         .args(extra)
         .env_remove("KILN_CONFIG")
+        .envs(env.iter().copied())
         .current_dir(models)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -44,6 +57,7 @@ fn spawn_server_with_data(models: &Path, data: &Path, extra: &[&str]) -> (Child,
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let (log_tx, log_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -51,13 +65,18 @@ fn spawn_server_with_data(models: &Path, data: &Path, extra: &[&str]) -> (Child,
                 let v: Value = serde_json::from_str(&line).unwrap();
                 let _ = tx.send(v["addr"].as_str().unwrap().to_owned());
                 sent = true;
+            } else if sent {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    // Nobody listening is fine: the lines still have to be read.
+                    let _ = log_tx.send(v);
+                }
             }
         }
     });
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("kiln printed its address");
-    (child, format!("http://{addr}"))
+    (child, format!("http://{addr}"), log_rx)
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -478,4 +497,36 @@ async fn sigterm_turns_readiness_503_and_serves_through_the_drain_delay() {
         .unwrap()
         .unwrap();
     assert!(status.success());
+}
+
+/// The request span records the client's address: the access log line of a request names
+/// the peer that sent it.
+#[test]
+fn the_request_span_records_the_peer_address() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base, logs) =
+        spawn_server_logged(dir.path(), dir.path(), &[], &[("RUST_LOG", "kiln=debug")]);
+    let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    let peer = stream.local_addr().unwrap().to_string();
+    stream
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let answered = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = logs
+            .recv_timeout(left)
+            .expect("an 'answered' debug line for GET /health/live");
+        if line["message"] == "answered" && line["span"]["route"] == "/health/live" {
+            break line;
+        }
+    };
+    assert_eq!(answered["span"]["peer"], peer.as_str(), "{answered}");
+    assert_eq!(answered["span"]["name"], "request");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

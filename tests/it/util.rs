@@ -27,6 +27,15 @@ impl Server {
     /// Starts kiln with `toml` as its config file and waits until `/health/ready` says 200
     /// (over plain HTTP: a TLS server is not waited for).
     pub async fn start(models_dir: &Path, toml: &str) -> Server {
+        Server::start_with_routes(models_dir, toml, axum::Router::new()).await
+    }
+
+    /// [`Server::start`] with `extra` routes beside kiln's own (`kiln::serve_with_routes`).
+    pub async fn start_with_routes(
+        models_dir: &Path,
+        toml: &str,
+        extra: axum::Router<kiln::state::AppState>,
+    ) -> Server {
         let data = tempfile::tempdir().unwrap();
         let overrides = Overrides {
             models_dir: Some(models_dir.to_owned()),
@@ -45,10 +54,15 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(kiln::serve(config, listener, async move {
-            let _ = rx.await;
-            kiln::shutdown::Drain::immediate()
-        }));
+        let handle = tokio::spawn(kiln::serve_with_routes(
+            config,
+            listener,
+            extra,
+            async move {
+                let _ = rx.await;
+                kiln::shutdown::Drain::immediate()
+            },
+        ));
         let server = Server {
             data,
             addr,

@@ -69,7 +69,7 @@ impl Hooks for Progress {
 }
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
-    crate::set_compute_threads(a.threads);
+    super::set_compute_threads(a.threads);
     let mut spec: serde_json::Value = match &a.spec {
         Some(p) => serde_json::from_slice(
             &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
@@ -161,7 +161,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     }
     let files = kiln::store::ModelFiles::trained(&result.model_spec, &result.weights)?;
     let store = kiln::store::LocalDir::new(&a.models);
-    let version = crate::publish(&store, &resolved.spec.model, files)?.version;
+    let version = super::publish(&store, &resolved.spec.model, files)?.version;
     let dir = kiln::store::ModelStore::location(&store, &resolved.spec.model, version);
     eprintln!("wrote {dir}");
     println!(
