@@ -29,3 +29,17 @@ pub(crate) fn set_compute_threads(threads: usize) {
     std::env::set_var("RAYON_NUM_THREADS", &n);
     std::env::set_var("CANDLE_NUM_THREADS", &n);
 }
+
+/// `kiln::store::validate_and_publish` from a command: the store is async (object-storage
+/// backends are), so a one-thread runtime runs it.
+pub(crate) fn publish(
+    store: &kiln::store::LocalDir,
+    name: &str,
+    files: kiln::store::ModelFiles,
+) -> anyhow::Result<kiln::store::Published> {
+    use anyhow::Context;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(runtime.block_on(kiln::store::validate_and_publish(store, name, files))?)
+}
