@@ -8,21 +8,6 @@ pub mod keys;
 pub mod serve;
 pub mod train;
 
-use anyhow::Context;
-
-/// `kiln::store::validate_and_publish` from a command: the store is async (object-storage
-/// backends are), so a one-thread runtime runs it.
-pub(crate) fn publish(
-    store: &kiln::store::LocalDir,
-    name: &str,
-    files: kiln::store::ModelFiles,
-) -> anyhow::Result<kiln::store::Published> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .context("starting the async runtime")?;
-    Ok(runtime.block_on(kiln::store::validate_and_publish(store, name, files))?)
-}
-
 /// candle reads its thread counts from the environment once: set them before any thread.
 pub(crate) fn set_compute_threads(threads: usize) {
     let n = threads.to_string();
