@@ -4,8 +4,12 @@
     python3 benches/quality.py                    # all five data sets, seeds 1 2 3
     python3 benches/quality.py --datasets iris wine --seeds 1 --epochs 100
 
-For each data set in ../shared/datasets (iris, wine, breast_cancer, digits: classification;
-diabetes: regression) this script
+For each data set (iris, wine, breast_cancer, digits: classification; diabetes: regression)
+this script reads DATA_DIR/<name>_train.csv, where DATA_DIR is --data-dir, else $KILN_DATASETS,
+else tests/data in this repository, which holds these five files: scikit-learn's data sets
+(scikit-learn 1.9.1 `load_iris()`, `load_wine()`, `load_breast_cancer()`, `load_digits()`,
+`load_diabetes(scaled=False)`; see tests/data/README.md), each the train part of a fixed
+seeded split, written as CSV with the target column `label` or `target`. Then it
 
 1. makes ONE held-out split of the file: 80 % train / 20 % test, seed 0, stratified on `label`
    for classification (diabetes: plain random split). The split is the same for every model
@@ -50,7 +54,7 @@ import time
 import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets"))
+DEFAULT_DATA = os.environ.get("KILN_DATASETS") or os.path.join(REPO, "tests", "data")
 
 # name -> (task, target column)
 DATASETS = {
@@ -318,7 +322,8 @@ def main():
     ap.add_argument("--epochs", type=int, help="override every comparison's epoch count")
     ap.add_argument("--select-epochs", metavar="DATASET", choices=list(DATASETS),
                     help="instead of the comparison: cross-validate epoch counts on the train part of DATASET")
-    ap.add_argument("--data-dir", default=DEFAULT_DATA)
+    ap.add_argument("--data-dir", default=DEFAULT_DATA,
+                    help="folder of <name>_train.csv files (default: $KILN_DATASETS, else tests/data)")
     ap.add_argument("--out", default=os.path.join(REPO, "benches", "quality_results.json"))
     ap.add_argument("--keep-tmp", action="store_true", help="keep the split CSVs, specs and models")
     a = ap.parse_args()

@@ -44,6 +44,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln::dataset::{Column, ColumnType, ColumnValues, Table};
+use kiln::jobs::JobStore;
 use kiln::training::run::prepare_data;
 use kiln::training::spec::JobSpec;
 use kiln::training::trainer::{train, Checkpoint, EpochEvent, Hooks};
@@ -242,7 +243,7 @@ fn run_case(case: &Case) -> Value {
         .expect("bench spec parses")
         .resolve(&t)
         .expect("bench spec resolves");
-    let (data, _) = prepare_data(&t, &spec, None).expect("bench data prepares");
+    let data = prepare_data(&t, &spec, None).expect("bench data prepares");
     drop(t);
     assert_eq!(data.n_train(), rows, "every row trains");
     let mut hooks = Collect(Vec::new());
@@ -592,12 +593,12 @@ fn http_vs_cli() {
 }
 
 /// What a server job does after each epoch, timed piece by piece (the same calls as the job
-/// hooks in src/training/jobs.rs: the history row, the checkpoint files, the mark).
+/// hooks in src/jobs/manager.rs: the history row, then the checkpoint files).
 struct JobLikeHooks {
-    store: kiln::training::store::JobStore,
+    store: kiln::jobs::SqliteJobStore,
     ckdir: std::path::PathBuf,
-    /// Per epoch: (record_epoch, checkpoint::save, mark_checkpoint) seconds.
-    times: Vec<(f64, f64, f64)>,
+    /// Per epoch: (record_epoch, checkpoint::save) seconds.
+    times: Vec<(f64, f64)>,
     loop_seconds: Vec<f64>,
 }
 
@@ -606,23 +607,15 @@ impl Hooks for JobLikeHooks {
         false
     }
     fn epoch_done(&mut self, event: &EpochEvent, ck: &Checkpoint) -> Result<(), String> {
-        let value = serde_json::to_value(event).unwrap();
         let t0 = Instant::now();
         self.store
-            .record_epoch("job_0000000000000000", event.epoch, &value, false)
+            .record_epoch("job_0000000000000000", event)
             .map_err(|e| e.to_string())?;
         let t1 = Instant::now();
-        kiln::training::checkpoint::save(&self.ckdir, ck)?;
+        kiln::jobs::checkpoint::save(&self.ckdir, ck, event)?;
         let t2 = Instant::now();
-        self.store
-            .mark_checkpoint("job_0000000000000000", event.epoch)
-            .map_err(|e| e.to_string())?;
-        let t3 = Instant::now();
-        self.times.push((
-            (t1 - t0).as_secs_f64(),
-            (t2 - t1).as_secs_f64(),
-            (t3 - t2).as_secs_f64(),
-        ));
+        self.times
+            .push(((t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64()));
         self.loop_seconds.push(event.epoch_seconds);
         Ok(())
     }
@@ -634,21 +627,15 @@ fn job_hooks() {
     let rows = env_or("KILN_BENCH_HTTP_SMALL_ROWS", 1_000usize);
     let epochs = env_or("KILN_BENCH_HTTP_SMALL_EPOCHS", 50u32);
     let dir = tempfile::tempdir().unwrap();
-    let store = kiln::training::store::JobStore::open(&dir.path().join("kiln.db")).unwrap();
-    store
-        .insert(
-            "job_0000000000000000",
-            "bench",
-            &case.spec(epochs, "synthetic"),
-        )
-        .unwrap();
+    let store = kiln::jobs::SqliteJobStore::open(&dir.path().join("kiln.db")).unwrap();
     let (x, y) = synthetic(rows, case.width, 7);
     let t = table(&x, &y, case.width);
     let spec = JobSpec::from_json(case.spec(epochs, "synthetic").to_string().as_bytes())
         .unwrap()
         .resolve(&t)
         .unwrap();
-    let (data, _) = prepare_data(&t, &spec, None).unwrap();
+    store.insert("job_0000000000000000", &spec).unwrap();
+    let data = prepare_data(&t, &spec, None).unwrap();
     let mut hooks = JobLikeHooks {
         store,
         ckdir: dir.path().join("checkpoints").join("job_0000000000000000"),
@@ -656,7 +643,7 @@ fn job_hooks() {
         loop_seconds: Vec::new(),
     };
     train(&spec, &data, None, &mut hooks).unwrap();
-    let ms = |f: &dyn Fn(&(f64, f64, f64)) -> f64| {
+    let ms = |f: &dyn Fn(&(f64, f64)) -> f64| {
         median(&hooks.times.iter().map(|t| f(t) * 1e3).collect::<Vec<_>>())
     };
     let line = json!({
@@ -666,14 +653,12 @@ fn job_hooks() {
         "loop_ms": median(&hooks.loop_seconds.iter().map(|s| s * 1e3).collect::<Vec<_>>()),
         "record_epoch_ms": ms(&|t| t.0),
         "checkpoint_save_ms": ms(&|t| t.1),
-        "mark_checkpoint_ms": ms(&|t| t.2),
     });
     eprintln!(
-        "per epoch (medians): training loop {:.2} ms; job hooks: history row {:.2} ms, checkpoint files {:.2} ms, checkpoint mark {:.2} ms",
+        "per epoch (medians): training loop {:.2} ms; job hooks: history row {:.2} ms, checkpoint files (fsynced) {:.2} ms",
         line["loop_ms"].as_f64().unwrap(),
         line["record_epoch_ms"].as_f64().unwrap(),
         line["checkpoint_save_ms"].as_f64().unwrap(),
-        line["mark_checkpoint_ms"].as_f64().unwrap(),
     );
     println!("{line}");
 }

@@ -1,8 +1,8 @@
 //! API keys: a key file lists each key's name, SHA-256 and scopes (never the key itself).
 //! With keys configured, every route but the health checks and `/openapi.json` needs
 //! `Authorization: Bearer <key>`: 401 for a missing or unknown key, 403 for a key without
-//! the route's scope. The rule of every route is in [`rule_for`]; a route it does not know is
-//! refused (fail closed).
+//! the route's scope. Each route's [`Rule`] is declared with the route itself, in
+//! `api::router`'s groups (`api::access`).
 
 use std::path::Path;
 
@@ -47,48 +47,6 @@ pub enum Rule {
     /// No key needed (health checks, the OpenAPI document).
     Open,
     Scope(Scope),
-}
-
-/// The access rule of a route (axum's matched path) and method; `None` for a route this
-/// table does not know, which is refused when keys are configured.
-pub fn rule_for(method: &str, route: &str) -> Option<Rule> {
-    use Rule::{Open, Scope as S};
-    use Scope::{Admin, Predict, Train};
-    Some(match (method, route) {
-        (_, "/health/live" | "/health/ready" | "/v2/health/live" | "/v2/health/ready") => Open,
-        // A static description of the API: nothing to protect.
-        ("GET", "/openapi.json") => Open,
-        ("GET", "/v1/models" | "/v1/models/{name}" | "/v1/models/{name}/metadata")
-        | (
-            "GET",
-            "/v1/models/{name}/versions/{version}"
-            | "/v1/models/{name}/versions/{version}/metadata",
-        )
-        | ("POST", "/v1/models/{name}" | "/v1/models/{name}/versions/{version}")
-        | ("GET", "/v2" | "/v2/models/{name}" | "/v2/models/{name}/ready")
-        | (
-            "GET",
-            "/v2/models/{name}/versions/{version}" | "/v2/models/{name}/versions/{version}/ready",
-        )
-        | ("POST", "/v2/models/{name}/infer" | "/v2/models/{name}/versions/{version}/infer") => {
-            S(Predict)
-        }
-        ("GET" | "POST", "/v1/datasets")
-        | ("GET" | "DELETE", "/v1/datasets/{id}")
-        | ("GET" | "POST", "/v1/training-jobs")
-        | ("GET" | "POST", "/v1/training-jobs/{id}")
-        | ("GET", "/v1/training-jobs/{id}/events") => S(Train),
-        ("POST", "/v1/models/{name}/versions")
-        | ("DELETE", "/v1/models/{name}" | "/v1/models/{name}/versions/{version}")
-        | (
-            "POST",
-            "/v2/repository/index"
-            | "/v2/repository/models/{name}/load"
-            | "/v2/repository/models/{name}/unload",
-        )
-        | ("GET", "/metrics") => S(Admin),
-        _ => return None,
-    })
 }
 
 /// One entry of the key file.
@@ -233,24 +191,5 @@ mod tests {
         assert_eq!(keys.find(&b).unwrap().scopes, vec![Scope::Admin]);
         assert!(keys.find("kiln_nope").is_none());
         assert!(keys.find("").is_none());
-    }
-
-    #[test]
-    fn rules() {
-        assert_eq!(rule_for("GET", "/health/ready"), Some(Rule::Open));
-        assert_eq!(
-            rule_for("POST", "/v1/models/{name}"),
-            Some(Rule::Scope(Scope::Predict))
-        );
-        assert_eq!(
-            rule_for("DELETE", "/v1/models/{name}"),
-            Some(Rule::Scope(Scope::Admin))
-        );
-        assert_eq!(
-            rule_for("POST", "/v1/datasets"),
-            Some(Rule::Scope(Scope::Train))
-        );
-        assert_eq!(rule_for("PUT", "/v1/datasets"), None);
-        assert_eq!(rule_for("GET", "/v9/unknown"), None);
     }
 }

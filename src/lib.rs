@@ -8,6 +8,10 @@
 //!   publish (validated first) and delete; the registry reads it, nothing else touches it.
 //! - [`registry`]: name → version → state; the loader (the only way in) and the watcher.
 //! - [`batcher`]: per-version queue, batching policy and worker threads.
+//! - [`dataset`]: uploaded data sets: files, parsing, profiles.
+//! - [`training`]: one training run (spec, preparation, the loop, the math); `kiln train`.
+//! - [`jobs`]: training runs as server jobs: queue, job threads, checkpoints, and the
+//!   [`jobs::JobStore`] that holds every job's state.
 //! - [`api`]: the HTTP edge (TF Serving's REST API, health).
 //! - [`server`]: the accept loop: connection limit, read timeouts, TLS.
 //!
@@ -21,6 +25,18 @@
 //!   api: {"predictions": …} with x-queue-time / x-inference-time / x-total-time
 //! ```
 //!
+//! # The training-job flow
+//! ```text
+//! POST /v1/training-jobs
+//!   api → jobs::JobManager::submit: the spec resolved against its dataset (400 if it cannot
+//!         train) → JobStore::insert (queued) → 202 + Location
+//!   scheduler task: JobStore::claim_next (queued → running, once) → a job thread
+//!   job thread: training::run: prepare → train; per epoch JobStore::record_epoch, the
+//!               checkpoint, an event for GET …/events → training::publish → the registry
+//!               loads the version → JobStore::finish (or requeue, on shutdown)
+//! ```
+//! `kiln train` runs the same `training::run` without the job system.
+//!
 //! The two doors tests use: [`serve`] (a real socket) and [`api::router`].
 
 pub mod api;
@@ -30,6 +46,7 @@ pub mod config;
 pub mod dataset;
 pub mod device;
 pub mod error;
+pub mod jobs;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
@@ -53,7 +70,7 @@ pub use config::Config;
 /// tests, the benches). Serving allocates on one thread and frees on another (request rows
 /// on the runtime, freed by a worker; outputs the other way), which glibc's arenas handle
 /// with locks and slow paths; training reuses large blocks that glibc hands back to the OS
-/// and faults in again (../shared/CANDLE-NOTES.md). See docs/benchmarks.md for the figures.
+/// and faults in again (docs/candle.md). See docs/benchmarks.md for the figures.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -111,10 +128,10 @@ pub async fn serve_with_routes(
             .context("opening the dataset store")?
             .with_max_upload_bytes(config.max_upload_bytes),
     );
-    let job_store = training::store::JobStore::open(&config.data_dir.join("kiln.db"))
+    let job_store = jobs::SqliteJobStore::open(&config.data_dir.join("kiln.db"))
         .context("opening the job database")?;
-    let jobs = training::jobs::JobManager::start(
-        job_store,
+    let jobs = jobs::JobManager::start(
+        Arc::new(job_store),
         datasets.clone(),
         registry.clone(),
         models.clone(),

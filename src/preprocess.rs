@@ -448,7 +448,7 @@ impl ColumnRef<'_> {
 }
 
 /// What each preprocessing step did, per column (the job's report).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ColumnReport {
     pub name: String,
     pub kind: String,
@@ -468,6 +468,39 @@ pub struct ColumnReport {
     pub rows_dropped_outliers: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub categories: Option<Vec<String>>,
+}
+
+/// What preparing a job's data did: rows kept and dropped, the split, and each column's
+/// cleaning. Stored with the job and in the trained model's training information.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataReport {
+    pub rows: usize,
+    pub duplicates_dropped: usize,
+    pub missing_target_dropped: usize,
+    pub train_rows: usize,
+    pub validation_rows: usize,
+    /// Training rows dropped by the missing-value and outlier steps (in `columns`).
+    pub train_rows_dropped: usize,
+    /// Validation rows that could not be encoded (missing in a `drop` column).
+    pub validation_rows_dropped: usize,
+    /// Validation cells holding a category unseen in training (encoded as unknown).
+    pub validation_unknown_categories: usize,
+    pub columns: Vec<ColumnReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetReport>,
+}
+
+/// The target column in a [`DataReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetReport {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_counts: Vec<usize>,
+    /// `[shift, scale]` of a standardized regression target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standardized: Option<[f64; 2]>,
 }
 
 /// The fitted preprocessing, its report and the training rows that survive it.

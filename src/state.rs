@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::dataset::DatasetStore;
+use crate::jobs::JobManager;
 use crate::registry::Registry;
 use crate::store::ModelStore;
-use crate::training::jobs::JobManager;
 
 /// Cheap to clone (one reference count): every handler and middleware extracts it.
 #[derive(Clone)]

@@ -57,7 +57,7 @@ fuzz_target!(|body: &[u8]| {
         .as_ref()
         .map(|_| validation);
     // From here a failure fails the job (it is not the request's answer); it must not panic.
-    let Ok((data, _report)) = run::prepare_data(table, &resolved, valid) else {
+    let Ok(data) = run::prepare_data(table, &resolved, valid) else {
         return;
     };
     let model_spec = trainer::model_spec_for(&resolved, &data);

@@ -223,7 +223,6 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let shown = id.clone();
     state.datasets.run_blocking(move |s| s.delete(&id)).await?;
-    state.jobs.forget_table(&shown);
     tracing::info!(dataset = %shown, "dataset deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::dataset::DatasetError;
 use crate::error::Error;
-use crate::training::jobs::JobError;
+use crate::jobs::JobError;
 
 /// An error on its way to the client.
 #[derive(Debug, thiserror::Error)]

@@ -85,9 +85,9 @@ mod tests {
             metrics.clone(),
         ));
         let datasets = Arc::new(crate::dataset::DatasetStore::open(dir).unwrap());
-        let store = crate::training::store::JobStore::open(&dir.join("kiln.db")).unwrap();
-        let jobs = crate::training::jobs::JobManager::start(
-            store,
+        let store = crate::jobs::SqliteJobStore::open(&dir.join("kiln.db")).unwrap();
+        let jobs = crate::jobs::JobManager::start(
+            Arc::new(store),
             datasets.clone(),
             registry.clone(),
             models.clone(),

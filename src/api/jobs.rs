@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::Stream;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
 
@@ -22,10 +21,12 @@ use super::error::ApiError;
 use super::extract::JsonBody;
 use super::openapi::{CancelErrors, JobErrors, JobListErrors, JobPath, SubmitErrors};
 use crate::error::Error;
+use crate::jobs::store::rfc3339;
+use crate::jobs::{JobDetails, JobEvent, JobFilter, JobManager, JobRecord, JobState};
+use crate::model::format::Metrics;
+use crate::preprocess::DataReport;
 use crate::state::AppState;
-use crate::training::jobs::{JobDetails, JobEvent, JobManager};
 use crate::training::spec::{JobSpec, ResolvedSpec};
-use crate::training::store::{rfc3339, JobFilter, JobRecord, JobState};
 use crate::training::trainer::EpochEvent;
 
 /// A job as the API shows it.
@@ -34,8 +35,8 @@ pub struct JobView<'a> {
     pub id: &'a str,
     pub state: JobState,
     pub model: &'a str,
-    pub dataset: Option<&'a str>,
-    pub target: Option<&'a str>,
+    pub dataset: &'a str,
+    pub target: &'a str,
     /// The published model version (succeeded jobs).
     pub version: Option<u64>,
     pub created_at: String,
@@ -45,58 +46,52 @@ pub struct JobView<'a> {
     /// Every epoch so far (`GET /v1/training-jobs/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<EpochEvent>>)]
-    pub history: Option<&'a [Value]>,
+    pub history: Option<&'a [EpochEvent]>,
     /// What preparation did: rows, splits, per-column cleaning (once the job has run).
-    pub report: Option<&'a Value>,
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub report: Option<&'a DataReport>,
     /// The final metrics (succeeded jobs).
-    pub metrics: Option<&'a Value>,
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub metrics: Option<&'a Metrics>,
     pub error: Option<&'a str>,
     /// The spec with every default filled in.
     #[schema(value_type = ResolvedSpec)]
-    pub spec: &'a Value,
+    pub spec: &'a ResolvedSpec,
 }
 
 /// How far a job has come.
 #[derive(Serialize, ToSchema)]
 pub struct ProgressView<'a> {
     /// Epochs completed.
-    pub epoch: u64,
+    pub epoch: u32,
     /// Epochs the spec asks for.
-    pub epochs: u64,
+    pub epochs: u32,
     /// `epoch / epochs`.
     pub fraction: f64,
     /// The last epoch's numbers (`null` before the first epoch ends).
     #[schema(value_type = Option<EpochEvent>)]
-    pub last: Option<&'a Value>,
+    pub last: Option<&'a EpochEvent>,
 }
 
-fn view<'a>(r: &'a JobRecord, history: Option<&'a [Value]>) -> JobView<'a> {
-    let epochs = r
-        .spec
-        .pointer("/training/epochs")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let epoch = r
-        .progress
-        .as_ref()
-        .and_then(|p| p["epoch"].as_u64())
-        .unwrap_or(0);
+fn view<'a>(r: &'a JobRecord, history: Option<&'a [EpochEvent]>) -> JobView<'a> {
+    let epochs = r.spec.spec.training.epochs;
+    let epoch = r.progress.as_ref().map_or(0, |p| p.epoch);
     let progress = ProgressView {
         epoch,
         epochs,
         fraction: if epochs == 0 {
             0.0
         } else {
-            epoch as f64 / epochs as f64
+            f64::from(epoch) / f64::from(epochs)
         },
         last: r.progress.as_ref(),
     };
     JobView {
         id: &r.id,
         state: r.state,
-        model: &r.model,
-        dataset: r.spec["dataset"].as_str(),
-        target: r.spec["target"].as_str(),
+        model: r.model(),
+        dataset: &r.spec.spec.dataset,
+        target: &r.spec.spec.target,
         version: r.version,
         created_at: rfc3339(r.created_ms),
         started_at: r.started_ms.map(rfc3339),
@@ -264,7 +259,8 @@ pub struct JobEndView<'a> {
     pub model: &'a str,
     /// The published model version (succeeded jobs).
     pub version: Option<u64>,
-    pub metrics: Option<&'a Value>,
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub metrics: Option<&'a Metrics>,
     pub error: Option<&'a str>,
 }
 
@@ -282,7 +278,7 @@ fn json_event(kind: &'static str, data: &impl Serialize) -> Event {
 fn end_event(r: &JobRecord) -> Event {
     let end = JobEndView {
         state: r.state,
-        model: &r.model,
+        model: r.model(),
         version: r.version,
         metrics: r.metrics.as_ref(),
         error: r.error.as_deref(),
@@ -296,7 +292,7 @@ struct Follow {
     rx: Option<broadcast::Receiver<JobEvent>>,
     pending: VecDeque<Event>,
     /// Last epoch sent (live events repeat what the history replay already sent).
-    last_epoch: u64,
+    last_epoch: u32,
     polls: u32,
     done: bool,
 }
@@ -307,11 +303,9 @@ impl Follow {
         match self.jobs.get(&self.id).await {
             Ok(d) => {
                 for e in &d.history {
-                    let n = e["epoch"].as_u64().unwrap_or(0);
-                    if n > self.last_epoch {
-                        self.last_epoch = n;
-                        self.pending
-                            .push_back(Event::default().event("epoch").data(e.to_string()));
+                    if e.epoch > self.last_epoch {
+                        self.last_epoch = e.epoch;
+                        self.pending.push_back(json_event("epoch", e));
                     }
                 }
                 if d.record.state.is_final() {
@@ -348,17 +342,13 @@ impl Follow {
                 continue;
             };
             match rx.recv().await {
-                Ok(ev) if ev.kind == "epoch" => {
-                    let n = serde_json::from_str::<Value>(&ev.data)
-                        .ok()
-                        .and_then(|v| v["epoch"].as_u64())
-                        .unwrap_or(0);
-                    if n > self.last_epoch {
-                        self.last_epoch = n;
-                        return Some((Ok(Event::default().event("epoch").data(&*ev.data)), self));
+                Ok(JobEvent::Epoch(e)) => {
+                    if e.epoch > self.last_epoch {
+                        self.last_epoch = e.epoch;
+                        return Some((Ok(json_event("epoch", &*e)), self));
                     }
                 }
-                Ok(_) | Err(broadcast::error::RecvError::Closed) => {
+                Ok(JobEvent::Ended) | Err(broadcast::error::RecvError::Closed) => {
                     // The job ended (or was requeued by a shutdown): report from the store.
                     self.rx = None;
                     self.catch_up().await;

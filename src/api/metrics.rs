@@ -4,9 +4,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
+use crate::jobs::JobState;
 use crate::metrics::{ModelLabels, StateLabels};
 use crate::state::AppState;
-use crate::training::store::JobState;
 
 const VERSION_STATES: [&str; 4] = ["AVAILABLE", "LOADING", "FAILED", "END"];
 const JOB_STATES: [JobState; 5] = [

@@ -1,6 +1,7 @@
 //! The HTTP edge: routes, extractors, wire types and the error mapping. Handlers only
 //! validate and convert; model math runs on worker threads behind the registry.
 
+pub mod access;
 pub mod datasets;
 pub mod decode;
 pub mod error;
@@ -22,88 +23,125 @@ use std::time::Instant;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 
 use crate::metrics::{HttpLabels, RouteLabels};
-use axum::http::{HeaderName, HeaderValue, Method, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
+use crate::auth::Scope;
+use crate::error::Error;
 use crate::state::AppState;
+pub use access::DeclaredRoute;
+use access::Group;
 use error::ApiError;
 
-/// Every route kiln serves. `tests` enumerate this router; keep routes here only.
+/// Every route kiln serves, each declared once with the access it needs (see [`access`]):
+/// the router, the route table ([`routes`]) and the OpenAPI document's security all come
+/// from here. Add routes only inside a group, never with a bare `.route()`: a route outside
+/// the groups would have no access check.
+fn groups(upload_limit: usize) -> [Group; 4] {
+    use crate::auth::Scope::{Admin, Predict, Train};
+    [
+        // Health checks and a static description of the API: nothing to protect.
+        Group::open()
+            .get("/health/live", health::live)
+            .get("/health/ready", health::ready)
+            .get("/v2/health/live", v2::live)
+            .get("/v2/health/ready", v2::ready)
+            .get("/openapi.json", openapi::openapi_json),
+        // Inference and model metadata.
+        Group::scope(Predict)
+            .get("/v1/models", models::list)
+            .get("/v1/models/{name}", models::status)
+            .post("/v1/models/{name}", predict::verb)
+            .get("/v1/models/{name}/metadata", models::metadata)
+            .get(
+                "/v1/models/{name}/versions/{version}",
+                models::version_status,
+            )
+            .post(
+                "/v1/models/{name}/versions/{version}",
+                predict::version_verb,
+            )
+            .get(
+                "/v1/models/{name}/versions/{version}/metadata",
+                models::version_metadata,
+            )
+            .get("/v2", v2::server_metadata)
+            .get("/v2/models/{name}", v2::metadata)
+            .get("/v2/models/{name}/ready", v2::model_ready)
+            .post("/v2/models/{name}/infer", v2::infer)
+            .get("/v2/models/{name}/versions/{version}", v2::version_metadata)
+            .get(
+                "/v2/models/{name}/versions/{version}/ready",
+                v2::version_ready,
+            )
+            .post(
+                "/v2/models/{name}/versions/{version}/infer",
+                v2::version_infer,
+            ),
+        // Datasets and training jobs.
+        Group::scope(Train)
+            .get("/v1/datasets", datasets::list)
+            .post("/v1/datasets", datasets::upload)
+            .get("/v1/datasets/{id}", datasets::get)
+            .delete("/v1/datasets/{id}", datasets::delete)
+            .get("/v1/training-jobs", jobs::list)
+            .post("/v1/training-jobs", jobs::submit)
+            .get("/v1/training-jobs/{id}", jobs::get)
+            .post("/v1/training-jobs/{id}", jobs::verb)
+            .get("/v1/training-jobs/{id}/events", jobs::events),
+        // Model management and metrics.
+        Group::scope(Admin)
+            .post_with("/v1/models/{name}/versions", repository::upload, |r| {
+                r.layer(DefaultBodyLimit::max(upload_limit))
+            })
+            .delete("/v1/models/{name}", repository::delete_model)
+            .delete(
+                "/v1/models/{name}/versions/{version}",
+                repository::delete_version,
+            )
+            .post("/v2/repository/index", repository::index)
+            .post("/v2/repository/models/{name}/load", repository::load)
+            .post("/v2/repository/models/{name}/unload", repository::unload)
+            .get("/metrics", metrics::metrics),
+    ]
+}
+
+/// Every route the router declares, with its access rule, sorted by path and method: what
+/// the auth tests walk and the OpenAPI document takes each operation's security from.
+pub fn routes() -> Vec<DeclaredRoute> {
+    let mut all: Vec<DeclaredRoute> = groups(0)
+        .into_iter()
+        .flat_map(|g| g.finish(None).1)
+        .collect();
+    all.sort_by_key(|r| (r.path, r.method));
+    all
+}
+
+/// Every route kiln serves (see [`groups`]), behind the edge middleware.
 pub fn router(state: AppState) -> Router {
     router_with(state, Router::new())
 }
 
 /// [`router`] plus `extra` routes, which get everything kiln's own routes get (the edge
-/// middleware, panic catching; with API keys, they need an admin key: they have no access
-/// rule). kiln itself adds none; tests add routes that cannot exist in the product, such as
-/// one that panics.
+/// middleware, panic catching; with API keys, they need an admin key: they are in no
+/// group). kiln itself adds none; tests add routes that cannot exist in the product, such
+/// as one that panics.
 pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let upload_limit = usize::try_from(state.config.max_upload_bytes).unwrap_or(usize::MAX);
-    Router::new()
-        .route("/v1/models", get(models::list))
-        .route(
-            "/v1/models/{name}",
-            get(models::status)
-                .post(predict::verb)
-                .delete(repository::delete_model),
-        )
-        .route(
-            "/v1/models/{name}/versions",
-            post(repository::upload).layer(DefaultBodyLimit::max(upload_limit)),
-        )
-        .route("/v1/models/{name}/metadata", get(models::metadata))
-        .route(
-            "/v1/models/{name}/versions/{version}",
-            get(models::version_status)
-                .post(predict::version_verb)
-                .delete(repository::delete_version),
-        )
-        .route(
-            "/v1/models/{name}/versions/{version}/metadata",
-            get(models::version_metadata),
-        )
-        .route("/v1/datasets", get(datasets::list).post(datasets::upload))
-        .route(
-            "/v1/datasets/{id}",
-            get(datasets::get).delete(datasets::delete),
-        )
-        .route("/v1/training-jobs", get(jobs::list).post(jobs::submit))
-        .route("/v1/training-jobs/{id}", get(jobs::get).post(jobs::verb))
-        .route("/v1/training-jobs/{id}/events", get(jobs::events))
-        .route("/v2/repository/index", post(repository::index))
-        .route("/v2/repository/models/{name}/load", post(repository::load))
-        .route(
-            "/v2/repository/models/{name}/unload",
-            post(repository::unload),
-        )
-        .route("/v2", get(v2::server_metadata))
-        .route("/v2/health/live", get(v2::live))
-        .route("/v2/health/ready", get(v2::ready))
-        .route("/v2/models/{name}", get(v2::metadata))
-        .route("/v2/models/{name}/ready", get(v2::model_ready))
-        .route("/v2/models/{name}/infer", post(v2::infer))
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            get(v2::version_metadata),
-        )
-        .route(
-            "/v2/models/{name}/versions/{version}/ready",
-            get(v2::version_ready),
-        )
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(v2::version_infer),
-        )
-        .route("/metrics", get(metrics::metrics))
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .merge(extra)
+    let keys = state.keys.as_ref();
+    let mut app = Router::new();
+    for group in groups(upload_limit) {
+        app = app.merge(group.finish(keys).0);
+    }
+    let extra = match keys {
+        Some(keys) if extra.has_routes() => extra.route_layer(access::guard(keys, Scope::Admin)),
+        Some(_) | None => extra,
+    };
+    app.merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside `edge`, so that a panic's 500 still gets its request id, timing headers
@@ -122,7 +160,7 @@ fn panic_answer(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .map(String::as_str)
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("a panic without a message");
-    ApiError::from(crate::error::Error::Internal(format!(
+    ApiError::Serving(Error::Internal(format!(
         "a request handler panicked: {message}"
     )))
     .into_response()
@@ -135,15 +173,27 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
     }
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+/// A known path with a method it does not serve. With API keys, only an admin key learns
+/// that (as a route without a rule would need): others get 401/403.
+async fn method_not_allowed(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiError {
+    if let Some(keys) = &state.keys {
+        if let Err(refused) = access::check(keys, Scope::Admin, &headers) {
+            return refused;
+        }
+    }
     ApiError::MethodNotAllowed {
         method: method.to_string(),
         path: uri.path().to_owned(),
     }
 }
 
-/// The one middleware every request passes: request id, span, access check, timing
-/// headers and HTTP metrics. Written to allocate nothing per request but the request id's
+/// The one middleware every request passes: request id, span, timing headers and HTTP
+/// metrics (the access check is each group's route layer, inside it). Written to allocate nothing per request but the request id's
 /// and the total time's header values (routes and methods are interned labels).
 ///
 /// Every answer carries `x-total-time`, `x-queue-time` and `x-inference-time` (ms); the
@@ -182,10 +232,7 @@ async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Respon
         version = tracing::field::Empty,
         batch = tracing::field::Empty,
     );
-    let mut res = match authorize(&state, method, route, &req) {
-        Ok(()) => next.run(req).instrument(span.clone()).await,
-        Err(refused) => refused.into_response(),
-    };
+    let mut res = next.run(req).instrument(span.clone()).await;
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
     tracing::debug!(parent: &span, status, total_ms = elapsed.as_secs_f64() * 1e3, "answered");
@@ -247,49 +294,6 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// With API keys configured: the route's rule (`auth::rule_for`) decides; a route without
-/// a rule needs an admin key (fail closed). No matched route: the fallback answers 404 and
-/// reveals nothing.
-fn authorize(state: &AppState, method: &str, route: &str, req: &Request) -> Result<(), ApiError> {
-    use crate::auth::{rule_for, Rule, Scope};
-    let Some(keys) = &state.keys else {
-        return Ok(());
-    };
-    if route == "unmatched" {
-        return Ok(());
-    }
-    let scope = match rule_for(method, route) {
-        Some(Rule::Open) => return Ok(()),
-        Some(Rule::Scope(s)) => s,
-        None => Scope::Admin,
-    };
-    let presented = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    let Some(presented) = presented else {
-        return Err(ApiError::Unauthorized(
-            "this route needs an API key: Authorization: Bearer <key>".into(),
-        ));
-    };
-    let Some(entry) = keys.find(presented) else {
-        return Err(ApiError::Unauthorized("unknown API key".into()));
-    };
-    if !entry.scopes.contains(&scope) {
-        return Err(ApiError::Forbidden(format!(
-            "API key '{}' lacks the '{}' scope this route needs",
-            entry.name,
-            scope.as_str()
-        )));
-    }
-    Ok(())
-}
-
 /// CORS for browser clients: none unless origins are configured.
 fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -326,58 +330,37 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
 }
 
-/// Every `(method, route)` the router declares, read from this file's source: the auth
-/// tests walk it, so a route added here without an access rule fails them.
-pub fn declared_routes(source: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut rest = source;
-    while let Some(i) = rest.find(".route(") {
-        rest = &rest[i + ".route(".len()..];
-        let Some(open) = rest.find('"') else { break };
-        let Some(len) = rest[open + 1..].find('"') else {
-            break;
-        };
-        let path = rest[open + 1..open + 1 + len].to_owned();
-        let end = rest
-            .find(".route(")
-            .or_else(|| rest.find(".fallback("))
-            .unwrap_or(rest.len());
-        let body = &rest[..end];
-        for (token, method) in [
-            ("get(", "GET"),
-            ("post(", "POST"),
-            ("delete(", "DELETE"),
-            ("put(", "PUT"),
-            ("patch(", "PATCH"),
-        ] {
-            let mut from = 0;
-            while let Some(j) = body[from..].find(token) {
-                let at = from + j;
-                let prev = body[..at].chars().last().unwrap_or(' ');
-                if !(prev.is_alphanumeric() || prev == '_' || prev == ':') {
-                    out.push((method.to_owned(), path.clone()));
-                }
-                from = at + token.len();
-            }
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::auth::Rule;
+
     #[test]
-    fn every_declared_route_has_an_access_rule() {
-        let routes = super::declared_routes(include_str!("mod.rs"));
+    fn the_route_table_is_the_declaration() {
+        let routes = routes();
         assert!(routes.len() > 30, "{routes:?}");
-        assert!(routes.contains(&("DELETE".into(), "/v1/models/{name}".into())));
-        for (method, path) in &routes {
-            assert!(
-                crate::auth::rule_for(method, path).is_some(),
-                "{method} {path} has no rule in auth::rule_for"
-            );
-        }
+        let rule = |method: &str, path: &str| {
+            routes
+                .iter()
+                .find(|r| r.method == method && r.path == path)
+                .map(|r| r.rule)
+        };
+        assert_eq!(rule("GET", "/health/ready"), Some(Rule::Open));
+        assert_eq!(
+            rule("POST", "/v1/models/{name}"),
+            Some(Rule::Scope(Scope::Predict))
+        );
+        assert_eq!(
+            rule("DELETE", "/v1/models/{name}"),
+            Some(Rule::Scope(Scope::Admin))
+        );
+        assert_eq!(
+            rule("POST", "/v1/datasets"),
+            Some(Rule::Scope(Scope::Train))
+        );
+        assert_eq!(rule("PUT", "/v1/datasets"), None);
+        // Each (method, path) once: two groups declaring one would panic when merged.
+        let mut seen = std::collections::HashSet::new();
+        assert!(routes.iter().all(|r| seen.insert((r.method, r.path))));
     }
 }

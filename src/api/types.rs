@@ -83,9 +83,11 @@ pub struct ModelSpecView {
 #[derive(Serialize, ToSchema)]
 pub struct MetadataView<'a> {
     pub signature_def: SignatureView<'a>,
-    /// Free-form training information (metrics, dataset, date) from `model.json`.
+    /// Training information (metrics, dataset, date) from `model.json`: kiln's own, or any
+    /// JSON a model from elsewhere carries.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub training: Option<&'a Value>,
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub training: Option<&'a crate::model::format::TrainingBlock>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::training::run;
-use kiln::training::spec::JobSpec;
+use kiln::training::spec::{JobSpec, SpecOverrides};
 use kiln::training::trainer::{Checkpoint, EpochEvent, Hooks, Outcome};
 
 /// `kiln train`'s flags.
@@ -70,44 +70,33 @@ impl Hooks for Progress {
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
     super::set_compute_threads(a.threads);
-    let mut spec: serde_json::Value = match &a.spec {
-        Some(p) => serde_json::from_slice(
-            &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-        )
-        .with_context(|| format!("{} is not JSON", p.display()))?,
-        None => serde_json::json!({}),
-    };
-    let obj = spec
-        .as_object_mut()
-        .context("the spec must be a JSON object")?;
-    obj.insert("dataset".into(), a.data.display().to_string().into());
-    if let Some(t) = &a.target {
-        obj.insert("target".into(), t.clone().into());
-    }
     let stem = a
         .data
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    if let Some(m) = &a.model {
-        obj.insert("model".into(), m.clone().into());
-    } else if !obj.contains_key("model") {
-        obj.insert("model".into(), stem.into());
-    }
-    if let Some(n) = a.epochs {
-        let t = obj
-            .entry("training")
-            .or_insert_with(|| serde_json::json!({}));
-        t.as_object_mut()
-            .context("training must be an object")?
-            .insert("epochs".into(), n.into());
-    }
-    if !obj.contains_key("target") {
+    // The flags replace the spec's values; the data file is always the dataset.
+    let overrides = SpecOverrides {
+        model: a.model.clone(),
+        model_default: Some(stem),
+        dataset: Some(a.data.display().to_string()),
+        target: a.target.clone(),
+        epochs: a.epochs,
+    };
+    let job_spec = match &a.spec {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            JobSpec::from_json_with(&bytes, &overrides)
+                .with_context(|| format!("the spec {}", p.display()))?
+        }
+        None => JobSpec::from_json_with(b"{}", &overrides)?,
+    };
+    if job_spec.target.is_empty() {
         anyhow::bail!("no target column: pass --target or give one in the spec");
     }
+    job_spec.check_names()?;
     let table = kiln::dataset::read_table(&a.data, None, None)
         .with_context(|| format!("reading {}", a.data.display()))?;
-    let job_spec = JobSpec::from_json(spec.to_string().as_bytes())?;
     let validation = match &a.validation_data {
         Some(p) => {
             let vt = kiln::dataset::read_table(p, None, None)
@@ -118,7 +107,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         None => None,
     };
     let resolved = job_spec.resolve(&table)?;
-    let (data, report) =
+    let data =
         run::prepare_data(&table, &resolved, validation.as_ref()).map_err(anyhow::Error::msg)?;
     drop((table, validation));
     eprintln!(
@@ -148,7 +137,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         .build()
         .context("starting the training thread")?;
     let result = pool
-        .install(|| run::train_and_package(&resolved, &data, report, None, &mut hooks, None))
+        .install(|| run::train_and_package(&resolved, &data, None, &mut hooks, None))
         .map_err(anyhow::Error::msg)?;
     if let Some(bar) = &hooks.bar {
         bar.finish();
@@ -166,7 +155,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     eprintln!("wrote {dir}");
     println!(
         "{}",
-        serde_json::json!({"model": resolved.spec.model, "version": version, "path": dir, "evaluated_on": result.trained.evaluated_on, "metrics": result.metrics})
+        serde_json::json!({"model": resolved.spec.model, "version": version, "path": dir, "evaluated_on": result.trained.evaluated_on, "metrics": result.metrics()})
     );
     Ok(())
 }

@@ -2,15 +2,20 @@
 //! `data.json`) and `meta.json` ([`DatasetInfo`]: id, name, format, created, size, profile).
 //!
 //! Every method blocks on the file system; from async code call them through
-//! [`DatasetStore::run_blocking`] (or `spawn_blocking`). The store holds no lock and no
-//! cache: a dataset is immutable once its `meta.json` exists, uploads write under a temporary
-//! name (`<id>.tmp`) and only the final rename of `meta.json` makes a dataset visible, so
-//! concurrent readers see a dataset whole or not at all. One process owns a data directory:
-//! [`DatasetStore::open`] removes what an interrupted upload left behind.
+//! [`DatasetStore::run_blocking`] (or `spawn_blocking`). A dataset is immutable once its
+//! `meta.json` exists, uploads write under a temporary name (`<id>.tmp`) and only the final
+//! rename of `meta.json` makes a dataset visible, so concurrent readers see a dataset whole
+//! or not at all. One process owns a data directory: [`DatasetStore::open`] removes what an
+//! interrupted upload left behind.
+//!
+//! The only state in memory is one parsed table kept between a job's submit, which parses
+//! its dataset to check the spec, and the job's start ([`DatasetStore::load_and_keep`],
+//! [`DatasetStore::take_table`]); deleting the dataset drops it.
 
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use rand::Rng;
@@ -32,7 +37,15 @@ pub struct DatasetStore {
     /// `<data_dir>/datasets`.
     dir: PathBuf,
     max_upload_bytes: u64,
+    /// The last table [`DatasetStore::load_and_keep`] parsed, and its dataset: parsing a
+    /// large upload takes seconds, and a job usually starts right after its submit parsed
+    /// the same file. One slot, emptied by the job that takes it. Shared by the clones; a
+    /// `std` mutex, held only to swap the slot.
+    kept: Arc<Mutex<Option<KeptTable>>>,
 }
+
+/// A dataset id and its parsed table.
+type KeptTable = (String, Arc<Table>);
 
 /// What `meta.json` holds about a stored dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +95,7 @@ impl DatasetStore {
         Ok(DatasetStore {
             dir,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            kept: Arc::default(),
         })
     }
 
@@ -147,6 +161,8 @@ impl DatasetStore {
     /// Removes the dataset's directory and files.
     pub fn delete(&self, id: &str) -> Result<(), DatasetError> {
         check_id(id)?;
+        // The data is the user's: no parsed copy outlives it.
+        self.forget_kept(id);
         let dir = self.dir.join(id);
         match fs::remove_dir_all(&dir) {
             Ok(()) => {
@@ -172,6 +188,43 @@ impl DatasetStore {
         let info = self.get(id)?;
         let path = self.dir.join(id).join(info.format.file_name());
         Source::open(&path, Some(info.format), info.delimiter)?.read_table()
+    }
+
+    /// Parses the dataset like [`Self::load_table`] and keeps the table for the next
+    /// [`Self::take_table`] of this dataset (replacing the one kept before).
+    pub fn load_and_keep(&self, id: &str) -> Result<Arc<Table>, DatasetError> {
+        let table = Arc::new(self.load_table(id)?);
+        *self.kept.lock().expect("the slot is only swapped") = Some((id.to_owned(), table.clone()));
+        Ok(table)
+    }
+
+    /// The dataset's table: the kept one when it is this dataset's (emptying the slot), else
+    /// parsed now. A kept table is used only while the dataset still exists.
+    pub fn take_table(&self, id: &str) -> Result<Arc<Table>, DatasetError> {
+        let kept = {
+            let mut slot = self.kept.lock().expect("the slot is only swapped");
+            match slot.take() {
+                Some((kept_id, t)) if kept_id == id => Some(t),
+                other => {
+                    *slot = other;
+                    None
+                }
+            }
+        };
+        match kept {
+            Some(t) => {
+                self.get(id)?;
+                Ok(t)
+            }
+            None => self.load_table(id).map(Arc::new),
+        }
+    }
+
+    fn forget_kept(&self, id: &str) {
+        let mut slot = self.kept.lock().expect("the slot is only swapped");
+        if slot.as_ref().is_some_and(|(kept, _)| kept == id) {
+            *slot = None;
+        }
     }
 
     fn read_meta(&self, id: &str) -> Result<DatasetInfo, DatasetError> {
@@ -357,6 +410,42 @@ mod tests {
             store.get("nope").unwrap_err().to_string(),
             "invalid dataset id \"nope\": expected ds_ followed by 16 lowercase hex digits"
         );
+    }
+
+    /// The table a submit parsed goes to the next job on that dataset, once; a delete drops
+    /// it, and a job never gets the table of a dataset deleted meanwhile.
+    #[test]
+    fn a_kept_table_is_taken_once_and_dies_with_its_dataset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DatasetStore::open(tmp.path()).unwrap();
+        let bytes = fs::read(shared_dataset("iris_train.csv")).unwrap();
+        let upload = |store: &DatasetStore| {
+            let mut upload = store.begin_upload(UploadOptions::default()).unwrap();
+            upload.write_chunk(&bytes[..]).unwrap();
+            upload.finish().unwrap().id
+        };
+        let (a, b) = (upload(&store), upload(&store));
+        let kept = store.load_and_keep(&a).unwrap();
+        // Another dataset parses anew and leaves the slot alone.
+        assert!(!Arc::ptr_eq(&store.take_table(&b).unwrap(), &kept));
+        let clone = store.clone();
+        assert!(Arc::ptr_eq(&clone.take_table(&a).unwrap(), &kept));
+        assert!(!Arc::ptr_eq(&store.take_table(&a).unwrap(), &kept));
+
+        let kept = store.load_and_keep(&a).unwrap();
+        store.delete(&a).unwrap();
+        assert_eq!(
+            Arc::strong_count(&kept),
+            1,
+            "the deleted dataset's table is still held"
+        );
+        // Gone under a kept table (a delete racing with the submit that kept it).
+        store.load_and_keep(&b).unwrap();
+        fs::remove_dir_all(store.dir().join(&b)).unwrap();
+        assert!(matches!(
+            store.take_table(&b),
+            Err(DatasetError::NotFound(_))
+        ));
     }
 
     #[test]

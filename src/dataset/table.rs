@@ -876,7 +876,7 @@ pub(crate) mod tests {
         assert_eq!(dtypes(&t), [Float, Float, Float, Float, Integer]);
     }
 
-    /// Every number here is from `iris_dirty.csv`'s README (`../shared/datasets/README.md`).
+    /// Every number here is from `iris_dirty.csv`'s notes (`tests/data/README.md`).
     #[test]
     fn iris_dirty_counts_match_its_readme() {
         let path = shared_dataset("iris_dirty.csv");

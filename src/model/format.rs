@@ -26,9 +26,81 @@ pub struct ModelSpec {
     /// Fitted preprocessing, applied to instances that arrive as named features.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preprocessing: Option<Preprocessing>,
-    /// Free-form training information (metrics, dataset, date), shown in the metadata.
+    /// Training information (metrics, dataset, date), shown in the metadata: what kiln's
+    /// training wrote, or any JSON a model from elsewhere carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub training: Option<serde_json::Value>,
+    pub training: Option<TrainingBlock>,
+}
+
+/// The `training` block of `model.json`. The format documents it as free-form, so a block
+/// that is not kiln's own is kept as it was written rather than refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TrainingBlock {
+    Kiln(Box<TrainingInfo>),
+    Other(serde_json::Value),
+}
+
+/// What a kiln training run records about the version it published. Unknown keys make a
+/// block [`TrainingBlock::Other`], so nothing a block holds is dropped when it is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingInfo {
+    /// The training job (`None` for `kiln train`).
+    pub job: Option<String>,
+    pub dataset: String,
+    pub target: String,
+    /// RFC 3339, UTC, milliseconds.
+    pub trained_at: String,
+    pub epochs_run: u32,
+    pub best_epoch: Option<u32>,
+    pub outcome: Outcome,
+    /// `validation` or `training`: the split [`metrics`](Self::metrics) were computed on.
+    pub evaluated_on: String,
+    pub metrics: Metrics,
+    /// The loss trained with (`sparse_categorical_crossentropy`, `mse`, ...).
+    pub loss: String,
+    /// The optimizer settings as the job spec gave them. Kept as JSON: their type belongs to
+    /// the training module, which builds on this one.
+    pub optimizer: serde_json::Value,
+    /// What preparing the data did.
+    pub report: crate::preprocess::DataReport,
+}
+
+/// How a training run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Completed,
+    EarlyStopped,
+    Cancelled,
+}
+
+/// Metrics of one evaluation; only the ones that apply are present (and serialized).
+/// Computed by `training::metrics`; defined here because a model's training information
+/// stores them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Mean loss, when the trainer has one to report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision_macro: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall_macro: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1_macro: Option<f64>,
+    /// `confusion_matrix[actual][predicted]`, as scikit-learn lays it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confusion_matrix: Option<Vec<Vec<u64>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mae: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rmse: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r2: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -332,6 +404,47 @@ impl ModelSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// kiln's own block reads typed and writes back the same keys; any other JSON (the
+    /// format calls the block free-form) is kept as written, including a kiln-like block
+    /// with a key of its own.
+    #[test]
+    fn the_training_block_is_typed_when_it_is_kilns_and_kept_otherwise() {
+        let kiln = serde_json::json!({
+            "job": "job_0123456789abcdef", "dataset": "ds_0123456789abcdef", "target": "species",
+            "trained_at": "2026-12-03T07:30:00.000Z", "epochs_run": 12, "best_epoch": 9,
+            "outcome": "early_stopped", "evaluated_on": "validation",
+            "metrics": {"accuracy": 0.95, "confusion_matrix": [[3, 0], [1, 4]]},
+            "loss": "sparse_categorical_crossentropy",
+            "optimizer": {"type": "adam", "learning_rate": 0.01},
+            "report": {"rows": 10, "duplicates_dropped": 0, "missing_target_dropped": 0,
+                       "train_rows": 8, "validation_rows": 2, "train_rows_dropped": 0,
+                       "validation_rows_dropped": 0, "validation_unknown_categories": 0,
+                       "columns": [], "target": {"name": "species", "classes": ["a", "b"],
+                                                 "class_counts": [4, 4]}}
+        });
+        let block: TrainingBlock = serde_json::from_value(kiln.clone()).unwrap();
+        let TrainingBlock::Kiln(info) = &block else {
+            panic!("kiln's block read as foreign: {block:?}");
+        };
+        assert_eq!(
+            (info.outcome, info.metrics.accuracy, info.best_epoch),
+            (Outcome::EarlyStopped, Some(0.95), Some(9))
+        );
+        assert_eq!(serde_json::to_value(&block).unwrap(), kiln);
+
+        let mut with_notes = kiln.clone();
+        with_notes["notes"] = "from a notebook".into();
+        for other in [
+            with_notes,
+            serde_json::json!({"any": "free-form information"}),
+            serde_json::json!("v2 of the churn model"),
+        ] {
+            let block: TrainingBlock = serde_json::from_value(other.clone()).unwrap();
+            assert!(matches!(block, TrainingBlock::Other(_)), "{other}");
+            assert_eq!(serde_json::to_value(&block).unwrap(), other);
+        }
+    }
 
     #[test]
     fn parses_a_layer_list_with_defaults() {

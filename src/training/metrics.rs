@@ -7,34 +7,11 @@
 //! Definitions follow scikit-learn's defaults, noted on each item. Runs on the training
 //! thread.
 
-use serde::{Deserialize, Serialize};
-
 use super::error::{Result, TrainingError};
 
-/// Metrics of one evaluation; only the ones that apply are present (and serialized).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Metrics {
-    /// Mean loss, when the trainer has one to report.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accuracy: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub precision_macro: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recall_macro: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub f1_macro: Option<f64>,
-    /// `confusion_matrix[actual][predicted]`, as scikit-learn lays it out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub confusion_matrix: Option<Vec<Vec<u64>>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mae: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rmse: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub r2: Option<f64>,
-}
+/// Metrics of one evaluation (defined with the model's training information, which stores
+/// them).
+pub use crate::model::format::Metrics;
 
 /// Precision, recall and F1 of one class.
 #[derive(Debug, Clone, Copy, PartialEq)]

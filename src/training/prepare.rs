@@ -2,13 +2,11 @@
 //! preprocessing fitted on the training split only, and the encoded matrices — plus the
 //! report of what each step did. Runs on the job's thread.
 
-use serde::Serialize;
-
 use super::rng::{streams, Rng};
 use super::spec::{number_label, ResolvedSpec};
 use crate::dataset::{ColumnValues, Table};
 use crate::model::format::Task;
-use crate::preprocess::{ColumnRef, ColumnReport, FeatureTransform, Preprocessing, MISSING_CODE};
+use crate::preprocess::{ColumnRef, FeatureTransform, Preprocessing, MISSING_CODE};
 
 /// Matrices ready for the trainer.
 pub struct Prepared {
@@ -32,35 +30,8 @@ impl Prepared {
     }
 }
 
-/// What preparation did, for the job's report.
-#[derive(Debug, Clone, Serialize)]
-pub struct DataReport {
-    pub rows: usize,
-    pub duplicates_dropped: usize,
-    pub missing_target_dropped: usize,
-    pub train_rows: usize,
-    pub validation_rows: usize,
-    /// Training rows dropped by the missing-value and outlier steps (in `columns`).
-    pub train_rows_dropped: usize,
-    /// Validation rows that could not be encoded (missing in a `drop` column).
-    pub validation_rows_dropped: usize,
-    /// Validation cells holding a category unseen in training (encoded as unknown).
-    pub validation_unknown_categories: usize,
-    pub columns: Vec<ColumnReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target: Option<TargetReport>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TargetReport {
-    pub name: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub classes: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub class_counts: Vec<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub standardized: Option<[f64; 2]>,
-}
+/// What preparation did (defined beside the per-column reports it holds).
+pub use crate::preprocess::{DataReport, TargetReport};
 
 /// Why preparation failed (the job fails with this message).
 #[derive(Debug, thiserror::Error)]
@@ -383,7 +354,7 @@ mod tests {
         crate::dataset::read_table(std::path::Path::new(path), None, None).unwrap()
     }
 
-    /// tests/data/iris_dirty.csv (from ../shared/datasets, see its manifest): 7 missing
+    /// tests/data/iris_dirty.csv (see tests/data/README.md and the manifest): 7 missing
     /// cells, 4 typos in numeric columns, 1 outlier (57.0 for 5.7), 4 redundant rows.
     #[test]
     fn the_dirty_data_report_counts_exactly_what_was_dirtied() {
@@ -399,7 +370,9 @@ mod tests {
         let r = &p.report;
         assert_eq!(r.rows, 123);
         assert_eq!(r.duplicates_dropped, 4);
-        let sum = |f: fn(&ColumnReport) -> usize| r.columns.iter().map(f).sum::<usize>();
+        let sum = |f: fn(&crate::preprocess::ColumnReport) -> usize| {
+            r.columns.iter().map(f).sum::<usize>()
+        };
         assert_eq!(sum(|c| c.missing), 7);
         assert_eq!(sum(|c| c.invalid), 4);
         assert_eq!(sum(|c| c.filled), 11);

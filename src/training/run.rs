@@ -4,33 +4,35 @@
 use std::collections::HashMap;
 
 use candle_core::Tensor;
-use serde_json::{json, Value};
 
-use super::prepare::{prepare, Prepared};
+use super::metrics::Metrics;
+use super::prepare::{prepare, DataReport, Prepared};
 use super::spec::ResolvedSpec;
-use super::store::{now_ms, rfc3339};
 use super::trainer::{self, Checkpoint, Hooks, Trained};
 use crate::dataset::Table;
-use crate::model::format::ModelSpec;
+use crate::model::format::{ModelSpec, TrainingBlock, TrainingInfo};
 
 /// A finished run, ready to publish.
 pub struct RunResult {
     pub trained: Trained,
     pub model_spec: ModelSpec,
     pub weights: HashMap<String, Tensor>,
-    pub metrics: Value,
-    pub report: Value,
 }
 
-/// Prepares the data (the report is handed to `on_report` before training starts).
+impl RunResult {
+    /// The final metrics (also in the model's training information).
+    pub fn metrics(&self) -> &Metrics {
+        &self.trained.final_metrics
+    }
+}
+
+/// Prepares the data; the report is in the result.
 pub fn prepare_data(
     table: &Table,
     spec: &ResolvedSpec,
     validation: Option<&Table>,
-) -> Result<(Prepared, Value), String> {
-    let data = prepare(table, spec, validation).map_err(|e| e.0)?;
-    let report = serde_json::to_value(&data.report).expect("reports serialize");
-    Ok((data, report))
+) -> Result<Prepared, String> {
+    prepare(table, spec, validation).map_err(|e| e.0)
 }
 
 /// Trains on prepared data and packages the served model's spec (with its preprocessing,
@@ -38,7 +40,6 @@ pub fn prepare_data(
 pub fn train_and_package(
     spec: &ResolvedSpec,
     data: &Prepared,
-    report: Value,
     resume: Option<Checkpoint>,
     hooks: &mut dyn Hooks,
     job: Option<&str>,
@@ -48,28 +49,40 @@ pub fn train_and_package(
         "training runs on a rayon pool of its own (see `device::spawn_compute`)"
     );
     let trained = trainer::train(spec, data, resume, hooks).map_err(|e| e.to_string())?;
-    let metrics = serde_json::to_value(&trained.final_metrics).expect("metrics serialize");
     let mut model_spec = trainer::model_spec_for(spec, data);
-    model_spec.training = Some(json!({
-        "job": job,
-        "dataset": spec.spec.dataset,
-        "target": spec.spec.target,
-        "trained_at": rfc3339(now_ms()),
-        "epochs_run": trained.epochs_run,
-        "best_epoch": trained.best_epoch,
-        "outcome": trained.outcome,
-        "evaluated_on": trained.evaluated_on,
-        "metrics": metrics,
-        "loss": spec.loss().as_str(),
-        "optimizer": spec.spec.training.optimizer,
-        "report": report,
-    }));
+    model_spec.training = Some(TrainingBlock::Kiln(Box::new(training_info(
+        spec,
+        &trained,
+        &data.report,
+        job,
+    ))));
     let weights = trained.weights.clone();
     Ok(RunResult {
         trained,
         model_spec,
         weights,
-        metrics,
-        report,
     })
+}
+
+fn training_info(
+    spec: &ResolvedSpec,
+    trained: &Trained,
+    report: &DataReport,
+    job: Option<&str>,
+) -> TrainingInfo {
+    TrainingInfo {
+        job: job.map(str::to_owned),
+        dataset: spec.spec.dataset.clone(),
+        target: spec.spec.target.clone(),
+        trained_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        epochs_run: trained.epochs_run,
+        best_epoch: trained.best_epoch,
+        outcome: trained.outcome,
+        evaluated_on: trained.evaluated_on.to_owned(),
+        metrics: trained.final_metrics.clone(),
+        loss: spec.loss().as_str().to_owned(),
+        optimizer: serde_json::to_value(&spec.spec.training.optimizer)
+            .expect("optimizer settings serialize"),
+        report: report.clone(),
+    }
 }

@@ -21,10 +21,18 @@ use crate::store::valid_model_name;
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Name of the model to produce (a new version is published under it).
+    // The three names may be left out while parsing so that `kiln train` can fill them in
+    // from its flags ([`SpecOverrides`]); `from_json` and `check_names` require them.
+    #[serde(default)]
+    #[schema(required = true)]
     pub model: String,
     /// Dataset id (`ds_…`) to train on.
+    #[serde(default)]
+    #[schema(required = true)]
     pub dataset: String,
     /// Target column.
+    #[serde(default)]
+    #[schema(required = true)]
     pub target: String,
     /// A second dataset (`ds_…`, same columns) to validate on instead of a split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,10 +216,68 @@ pub fn number_label(x: f64) -> String {
     }
 }
 
+/// Values that replace a spec's own: `kiln train`'s flags, applied to the typed spec.
+#[derive(Debug, Clone, Default)]
+pub struct SpecOverrides {
+    pub model: Option<String>,
+    /// The model name when neither the spec nor `model` gives one (the data file's stem).
+    pub model_default: Option<String>,
+    pub dataset: Option<String>,
+    pub target: Option<String>,
+    pub epochs: Option<u32>,
+}
+
 impl JobSpec {
     /// Parses a spec; the error says which field is wrong (serde's message, with position).
     pub fn from_json(bytes: &[u8]) -> Result<JobSpec, SpecError> {
+        let spec = Self::parse(bytes)?;
+        spec.check_names()?;
+        Ok(spec)
+    }
+
+    /// Parses a spec that may leave out what `overrides` supplies, then applies them. The
+    /// caller checks the result with [`JobSpec::check_names`] (after saying, in its own
+    /// terms, what is missing).
+    pub fn from_json_with(bytes: &[u8], overrides: &SpecOverrides) -> Result<JobSpec, SpecError> {
+        Ok(Self::parse(bytes)?.apply(overrides))
+    }
+
+    /// Replaces this spec's values by the overrides'.
+    pub fn apply(mut self, o: &SpecOverrides) -> JobSpec {
+        match (&o.model, &o.model_default) {
+            (Some(m), _) => self.model.clone_from(m),
+            (None, Some(d)) if self.model.is_empty() => self.model.clone_from(d),
+            _ => {}
+        }
+        if let Some(d) = &o.dataset {
+            self.dataset.clone_from(d);
+        }
+        if let Some(t) = &o.target {
+            self.target.clone_from(t);
+        }
+        if let Some(n) = o.epochs {
+            self.training.epochs = n;
+        }
+        self
+    }
+
+    fn parse(bytes: &[u8]) -> Result<JobSpec, SpecError> {
         serde_json::from_slice(bytes).map_err(|e| SpecError(format!("invalid job spec: {e}")))
+    }
+
+    /// `model`, `dataset` and `target` are required (serde lets them be absent: see the
+    /// struct).
+    pub fn check_names(&self) -> Result<(), SpecError> {
+        for (name, value) in [
+            ("model", &self.model),
+            ("dataset", &self.dataset),
+            ("target", &self.target),
+        ] {
+            if value.is_empty() {
+                return bad(format!("invalid job spec: `{name}` is missing or empty"));
+            }
+        }
+        Ok(())
     }
 
     /// Checks that a validation dataset has the target and every feature column.

@@ -35,12 +35,22 @@ pub struct EpochEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f64>,
     /// `accuracy`, `val_accuracy`, `mae`, … as requested in the spec.
+    #[serde(deserialize_with = "null_as_nan")]
     pub metrics: BTreeMap<String, f64>,
     pub learning_rate: f64,
     pub samples_per_sec: f64,
     pub epoch_seconds: f64,
     /// Estimated seconds left (at this epoch's speed).
     pub eta_seconds: f64,
+}
+
+/// Reads back what JSON wrote for a metric that was not a number (`null`) as NaN, so a
+/// stored epoch always reads back.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+    let m = BTreeMap::<String, Option<f64>>::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 /// Everything needed to continue a run exactly: written after every epoch.
@@ -63,14 +73,8 @@ pub struct CheckpointMeta {
     pub wait: u32,
 }
 
-/// How the run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Completed,
-    EarlyStopped,
-    Cancelled,
-}
+/// How the run ended (defined with the model's training information, which records it).
+pub use crate::model::format::Outcome;
 
 /// The trained weights and how they did.
 pub struct Trained {

@@ -4,6 +4,7 @@ mod api;
 mod auth;
 mod batching;
 mod connections;
+mod deps;
 mod fuzz;
 mod import;
 mod openapi;

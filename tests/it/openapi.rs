@@ -42,10 +42,10 @@ async fn the_document_describes_every_route_and_only_those() {
     );
     assert_eq!(doc["info"]["title"], "kiln");
 
-    let declared: BTreeSet<(String, String)> =
-        kiln::api::declared_routes(include_str!("../../src/api/mod.rs"))
-            .into_iter()
-            .collect();
+    let declared: BTreeSet<(String, String)> = kiln::api::routes()
+        .into_iter()
+        .map(|r| (r.method.to_owned(), r.path.to_owned()))
+        .collect();
     assert!(declared.contains(&("GET".into(), "/openapi.json".into())));
     // TF Serving's verbs (`/v1/models/{name}:predict`) are one path segment to the router.
     let ops = operations(&doc);
@@ -195,7 +195,22 @@ async fn schemas_come_from_the_wire_types_and_their_refs_resolve() {
         .as_str()
         .unwrap()
         .contains("queue_full"));
-    // Security from the access rules: keyed routes say 401/403, health checks do not.
+    // Security from the declared rules: every operation names its route's scope, keyed
+    // routes say 401/403, health checks do not.
+    for (method, path, op) in operations(&doc) {
+        let route = kiln::api::routes()
+            .into_iter()
+            .find(|r| r.method == method && r.path == route_of(&path))
+            .unwrap_or_else(|| panic!("{method} {path} is not routed"));
+        match route.rule {
+            kiln::auth::Rule::Open => assert!(op["security"].is_null(), "{method} {path}"),
+            kiln::auth::Rule::Scope(scope) => assert_eq!(
+                op["security"],
+                json!([{"api_key": [scope.as_str()]}]),
+                "{method} {path}"
+            ),
+        }
+    }
     assert_eq!(predict["security"], json!([{"api_key": ["predict"]}]));
     assert!(predict["responses"]["401"].is_object());
     let live = &doc["paths"]["/health/live"]["get"];

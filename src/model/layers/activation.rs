@@ -26,7 +26,7 @@ impl Act {
             Activation::Gelu => xs.gelu_erf(),
             Activation::Sigmoid => candle_nn::ops::sigmoid(xs),
             Activation::Tanh => xs.tanh(),
-            // The fused kernel has no backward (CANDLE-NOTES): training takes the composite op.
+            // The fused kernel has no backward (docs/candle.md): training takes the composite op.
             Activation::Softmax if train => candle_nn::ops::softmax(xs, D::Minus1),
             Activation::Softmax => candle_nn::ops::softmax_last_dim(xs),
         }

@@ -30,7 +30,7 @@ pub(super) fn build_layer_norm(ctx: &mut Ctx, eps: f64) -> Result<(Layer, Vec<us
     Ok((Layer::LayerNorm { weight, bias, eps }, ctx.shape.to_vec()))
 }
 
-/// Composite ops, not the fused `ops::layer_norm`, which drops gradients (CANDLE-NOTES).
+/// Composite ops, not the fused `ops::layer_norm`, which drops gradients (docs/candle.md).
 pub(super) fn layer_norm(
     xs: &Tensor,
     weight: &Tensor,

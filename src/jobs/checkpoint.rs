@@ -1,19 +1,24 @@
-//! Checkpoints on disk: `<data>/checkpoints/<job>/ckpt/{tensors.safetensors, meta.json}`,
+//! Checkpoints on disk: `<data>/checkpoints/<job>/ckpt/{tensors.safetensors, meta.json,
+//! epoch.json}` (`epoch.json`: the epoch's history entry, so that a crash between the
+//! checkpoint and the history row loses neither),
 //! replaced after every epoch by writing `ckpt.tmp` and renaming, so a crash at any moment
-//! leaves one complete checkpoint (`ckpt`, or `ckpt.old` mid-swap).
+//! leaves one complete checkpoint (`ckpt`, or `ckpt.old` mid-swap). The files are fsynced
+//! before the rename, as a published version's are: after a power loss a renamed
+//! checkpoint holds its data, not empty files. Runs on the job's thread.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::trainer::{Checkpoint, CheckpointMeta};
+use crate::training::trainer::{Checkpoint, CheckpointMeta, EpochEvent};
 
 const TENSORS: &str = "tensors.safetensors";
 const META: &str = "meta.json";
+const EVENT: &str = "epoch.json";
 
-/// Writes `ck` as the job's checkpoint.
-pub fn save(dir: &Path, ck: &Checkpoint) -> Result<(), String> {
+/// Writes `ck` as the job's checkpoint, with `event`, its epoch's history entry.
+pub fn save(dir: &Path, ck: &Checkpoint, event: &EpochEvent) -> Result<(), String> {
     let tmp = dir.join("ckpt.tmp");
     let cur = dir.join("ckpt");
     let old = dir.join("ckpt.old");
@@ -33,12 +38,32 @@ pub fn save(dir: &Path, ck: &Checkpoint) -> Result<(), String> {
         .map_err(|e| format!("saving the checkpoint: {e}"))?;
     let meta = serde_json::to_vec(&ck.meta).expect("checkpoint meta serializes");
     std::fs::write(tmp.join(META), meta).map_err(|e| format!("saving the checkpoint: {e}"))?;
+    let event = serde_json::to_vec(event).expect("epoch events serialize");
+    std::fs::write(tmp.join(EVENT), event).map_err(|e| format!("saving the checkpoint: {e}"))?;
+    for file in [tmp.join(TENSORS), tmp.join(META), tmp.join(EVENT)] {
+        std::fs::File::open(&file)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("syncing the checkpoint {}: {e}", file.display()))?;
+    }
+    sync_dir(&tmp).map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
     let _ = std::fs::remove_dir_all(&old);
     if cur.exists() {
         std::fs::rename(&cur, &old).map_err(|e| format!("rotating the checkpoint: {e}"))?;
     }
     std::fs::rename(&tmp, &cur).map_err(|e| format!("installing the checkpoint: {e}"))?;
+    // The renames themselves: without this a power loss may bring back the previous one.
+    sync_dir(dir).map_err(|e| format!("syncing {}: {e}", dir.display()))?;
     let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Flushes a directory's entries (names created, renamed) to the disk. Only Unix opens a
+/// directory as a file; elsewhere the rename is as durable as the platform makes it.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(path)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = path;
     Ok(())
 }
 
@@ -73,6 +98,17 @@ pub fn load(dir: &Path) -> Result<Option<Checkpoint>, String> {
         }));
     }
     Ok(None)
+}
+
+/// The history entry of the epoch the latest complete checkpoint holds (the one [`load`]
+/// reads), if it has one.
+pub fn load_event(dir: &Path) -> Option<EpochEvent> {
+    ["ckpt", "ckpt.old"]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|d| d.join(META).is_file() && d.join(TENSORS).is_file())
+        .and_then(|d| std::fs::read(d.join(EVENT)).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
 }
 
 /// Removes a job's checkpoints (after it finished).

@@ -1,0 +1,613 @@
+//! `JobManager`: accepts training jobs, runs them on a bounded pool of job threads, and
+//! makes every state change through the [`JobStore`], so nothing is lost across restarts.
+//!
+//! - `submit` (async, on the request's task) resolves the spec against its dataset — a bad
+//!   spec is refused before anything is stored — then inserts a `queued` job.
+//! - The scheduler task claims up to `max_concurrent_jobs` jobs from the store and runs each
+//!   on its own OS thread (never the async runtime): prepare → train (checkpoint every
+//!   epoch) → publish.
+//! - Progress goes to the store (the history) and to a broadcast channel per running job,
+//!   which `GET …/events` turns into server-sent events.
+//! - After a crash, jobs left `running` are queued again and resume from their checkpoint.
+//!
+//! The store decides every transition; the map of running jobs holds only what a job thread
+//! needs from outside (its stop signals and event sender) while it runs here.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{broadcast, Notify, Semaphore};
+
+use super::checkpoint;
+use super::error::JobError;
+use super::store::{CancelOutcome, JobEnd, JobFilter, JobRecord, JobState, JobStore};
+use crate::dataset::DatasetStore;
+use crate::registry::{Registry, VersionState};
+use crate::store::{validate_and_publish, ModelFiles, ModelStore};
+use crate::training::run;
+use crate::training::spec::JobSpec;
+use crate::training::trainer::{Checkpoint, EpochEvent, Hooks, Outcome};
+
+/// A message on a running job's event stream.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    /// An epoch ended (and is in the history).
+    Epoch(Arc<EpochEvent>),
+    /// The job thread ended; the store has the job's new state.
+    Ended,
+}
+
+/// How a running job is told to stop; read before every step.
+struct StopFlags {
+    /// A cancel was requested (here, or in the store: see `JobHooks::epoch_done`).
+    cancel: AtomicBool,
+    /// The server is shutting down: stop and go back to the queue.
+    shutdown: AtomicBool,
+}
+
+/// What outside code reaches of a job this process runs.
+struct Running {
+    flags: Arc<StopFlags>,
+    events: broadcast::Sender<JobEvent>,
+}
+
+struct Inner {
+    store: Arc<dyn JobStore>,
+    datasets: Arc<DatasetStore>,
+    models: Arc<dyn ModelStore>,
+    checkpoints: PathBuf,
+    registry: Arc<Registry>,
+    runtime: tokio::runtime::Handle,
+    /// Jobs running in this process. A `std` mutex: held only to insert, remove or look up.
+    running: Mutex<HashMap<String, Running>>,
+    /// Wakes the scheduler when a job is queued or a slot frees up.
+    wake: Notify,
+    shutting_down: AtomicBool,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Cheap to clone; lives in `AppState`.
+#[derive(Clone)]
+pub struct JobManager {
+    inner: Arc<Inner>,
+}
+
+/// What the API shows of a job.
+pub struct JobDetails {
+    pub record: JobRecord,
+    pub history: Vec<EpochEvent>,
+}
+
+fn new_job_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 8];
+    rand::rng().fill_bytes(&mut b);
+    format!(
+        "job_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+/// Job ids are `job_` + 16 lowercase hex digits.
+pub fn valid_job_id(id: &str) -> bool {
+    id.strip_prefix("job_").is_some_and(|h| {
+        h.len() == 16
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Runs blocking store work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, JobError> + Send + 'static,
+) -> Result<T, JobError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| JobError::Internal(e.to_string()))?
+}
+
+// === impl JobManager ===
+
+impl JobManager {
+    /// Opens the manager over its store, requeues jobs a crash left running, and starts the
+    /// scheduler. Must be called inside a tokio runtime.
+    pub fn start(
+        store: Arc<dyn JobStore>,
+        datasets: Arc<DatasetStore>,
+        registry: Arc<Registry>,
+        models: Arc<dyn ModelStore>,
+        data_dir: &Path,
+        max_concurrent_jobs: usize,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<JobManager, JobError> {
+        let checkpoints = data_dir.join("checkpoints");
+        recover_interrupted(store.as_ref(), &checkpoints)?;
+        let inner = Arc::new(Inner {
+            store,
+            datasets,
+            models,
+            checkpoints,
+            registry,
+            runtime: tokio::runtime::Handle::current(),
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            shutting_down: AtomicBool::new(false),
+            metrics,
+        });
+        tokio::spawn(scheduler(inner.clone(), max_concurrent_jobs.max(1)));
+        Ok(JobManager { inner })
+    }
+
+    /// Validates and queues a job spec.
+    pub async fn submit(&self, body: &[u8]) -> Result<JobRecord, JobError> {
+        let spec = JobSpec::from_json(body).map_err(|e| JobError::InvalidSpec(e.0))?;
+        let inner = self.inner.clone();
+        let record = blocking(move || {
+            let dataset = spec.dataset.clone();
+            // Kept for the job's start: parsing a large upload twice would double it.
+            let table = inner
+                .datasets
+                .load_and_keep(&dataset)
+                .map_err(|e| JobError::from_dataset(e, || JobError::DatasetNotFound(dataset)))?;
+            if let Some(v) = &spec.validation_dataset {
+                let vt = inner.datasets.load_table(v).map_err(|e| {
+                    JobError::from_dataset(e, || {
+                        JobError::InvalidSpec(format!("validation_dataset '{v}' not found"))
+                    })
+                })?;
+                spec.check_validation_columns(&table, &vt)
+                    .map_err(|e| JobError::InvalidSpec(e.0))?;
+            }
+            let resolved = spec
+                .resolve(&table)
+                .map_err(|e| JobError::InvalidSpec(e.0))?;
+            Ok(inner.store.insert(&new_job_id(), &resolved)?)
+        })
+        .await?;
+        tracing::info!(job = %record.id, model = %record.model(), "training job queued");
+        self.inner.wake.notify_one();
+        Ok(record)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<JobDetails, JobError> {
+        if !valid_job_id(id) {
+            return Err(JobError::NotFound(id.to_owned()));
+        }
+        let inner = self.inner.clone();
+        let id = id.to_owned();
+        blocking(move || {
+            let record = inner
+                .store
+                .get(&id)?
+                .ok_or(JobError::NotFound(id.clone()))?;
+            let history = inner.store.history(&id)?;
+            Ok(JobDetails { record, history })
+        })
+        .await
+    }
+
+    pub async fn list(&self, filter: JobFilter) -> Result<Vec<JobRecord>, JobError> {
+        let inner = self.inner.clone();
+        blocking(move || Ok(inner.store.list(&filter)?)).await
+    }
+
+    /// Cancels a queued job at once, or asks a running one to stop (within one step when it
+    /// runs here, else at its next epoch).
+    pub async fn cancel(&self, id: &str) -> Result<JobRecord, JobError> {
+        if !valid_job_id(id) {
+            return Err(JobError::NotFound(id.to_owned()));
+        }
+        let inner = self.inner.clone();
+        let id = id.to_owned();
+        blocking(move || {
+            match inner.store.request_cancel(&id)? {
+                CancelOutcome::NotFound => return Err(JobError::NotFound(id)),
+                CancelOutcome::AlreadyFinal(state) => {
+                    return Err(JobError::Conflict(format!(
+                        "training job '{id}' is already {}",
+                        state.as_str()
+                    )))
+                }
+                CancelOutcome::Cancelled => {
+                    tracing::info!(job = %id, "queued training job cancelled");
+                }
+                CancelOutcome::Requested => {
+                    if let Some(r) = inner.running.lock().expect("job map lock").get(&id) {
+                        r.flags.cancel.store(true, Ordering::Release);
+                    }
+                }
+            }
+            inner.store.get(&id)?.ok_or(JobError::NotFound(id))
+        })
+        .await
+    }
+
+    /// A live event stream of a job running here (`None` when it is not running here).
+    pub fn subscribe(&self, id: &str) -> Option<broadcast::Receiver<JobEvent>> {
+        self.inner
+            .running
+            .lock()
+            .expect("job map lock")
+            .get(id)
+            .map(|r| r.events.subscribe())
+    }
+
+    /// Asks running jobs to stop at the next step and return to the queue (their last
+    /// checkpoint is kept), and starts no new ones.
+    pub fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
+        for r in self.inner.running.lock().expect("job map lock").values() {
+            r.flags.shutdown.store(true, Ordering::Release);
+        }
+    }
+
+    /// Jobs per state, for `/metrics`.
+    pub async fn count_by_state(&self) -> Vec<(JobState, i64)> {
+        let inner = self.inner.clone();
+        blocking(move || Ok(inner.store.count_by_state()?))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// True while any job thread is still running.
+    pub fn busy(&self) -> bool {
+        !self.inner.running.lock().expect("job map lock").is_empty()
+    }
+}
+
+/// Queues again the jobs a crash or kill left running, to resume from their checkpoint (or
+/// from the start when none was written yet); fails those whose checkpoint is unreadable.
+fn recover_interrupted(store: &dyn JobStore, checkpoints: &Path) -> Result<(), JobError> {
+    for job in store.interrupted()? {
+        match checkpoint::load(&checkpoints.join(&job.id)) {
+            Ok(c) => {
+                let epoch = c.as_ref().map_or(0, |c| c.epoch);
+                rewind_history(store, &job.id, &checkpoints.join(&job.id), epoch)?;
+                store.requeue(&job.id)?;
+                if c.is_some() {
+                    tracing::info!(job = %job.id, epoch, "job interrupted by a restart: resuming from its checkpoint");
+                } else {
+                    tracing::info!(job = %job.id, "job interrupted before its first checkpoint: starting it again");
+                }
+            }
+            Err(e) => {
+                store.finish(
+                    &job.id,
+                    &JobEnd::Failed(format!(
+                        "interrupted by a restart, and its checkpoint cannot be read: {e}"
+                    )),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The history as the checkpoint left it: epochs after the checkpoint's are dropped (they
+/// are computed again), and the checkpoint's own epoch is there even when a crash came
+/// between writing the checkpoint and recording the epoch.
+fn rewind_history(
+    store: &dyn JobStore,
+    id: &str,
+    ckdir: &Path,
+    epoch: u32,
+) -> Result<(), JobError> {
+    store.truncate_history(id, epoch)?;
+    if let Some(event) = checkpoint::load_event(ckdir).filter(|e| e.epoch == epoch) {
+        store.record_epoch(id, &event)?;
+    }
+    Ok(())
+}
+
+async fn scheduler(inner: Arc<Inner>, slots: usize) {
+    let slots = Arc::new(Semaphore::new(slots));
+    loop {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the job semaphore is never closed");
+        if inner.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
+        let store = inner.store.clone();
+        let claimed = tokio::task::spawn_blocking(move || store.claim_next())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let job = match claimed {
+            Ok(Some(job)) => Some(job),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot claim a queued job");
+                None
+            }
+        };
+        let Some(job) = job else {
+            drop(permit);
+            // Woken by a submit or a finished job; the timeout is a safety net.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), inner.wake.notified())
+                .await;
+            continue;
+        };
+        let flags = Arc::new(StopFlags {
+            cancel: AtomicBool::new(job.cancel_requested),
+            shutdown: AtomicBool::new(false),
+        });
+        let (tx, _) = broadcast::channel(256);
+        inner.running.lock().expect("job map lock").insert(
+            job.id.clone(),
+            Running {
+                flags: flags.clone(),
+                events: tx.clone(),
+            },
+        );
+        // A shutdown that went through the map just before this job entered it.
+        if inner.shutting_down.load(Ordering::Acquire) {
+            flags.shutdown.store(true, Ordering::Release);
+        }
+        let id = job.id.clone();
+        let inner2 = inner.clone();
+        // One compute thread per job, on a rayon pool of its own so candle's rayon-split ops
+        // (conv, for one) stay on it instead of going through the global pool and back.
+        let spawned = crate::device::spawn_compute(format!("kiln-{}", job.id), 1, move || {
+            run_job(&inner2, job, &flags, &tx);
+            drop(permit);
+            inner2.wake.notify_one();
+        });
+        if let Err(e) = spawned {
+            tracing::error!(job = %id, error = %e, "cannot start a job thread; the job goes back to the queue");
+            inner.running.lock().expect("job map lock").remove(&id);
+            let store = inner.store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.requeue(&id)).await;
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+    }
+}
+
+struct JobHooks<'a> {
+    inner: &'a Inner,
+    id: &'a str,
+    flags: &'a StopFlags,
+    events: &'a broadcast::Sender<JobEvent>,
+    ckdir: PathBuf,
+}
+
+impl Hooks for JobHooks<'_> {
+    fn should_stop(&self) -> bool {
+        self.flags.cancel.load(Ordering::Relaxed) || self.flags.shutdown.load(Ordering::Relaxed)
+    }
+
+    fn epoch_done(&mut self, event: &EpochEvent, ck: &Checkpoint) -> Result<(), String> {
+        // The checkpoint (with this epoch's entry) first, then the history row: an epoch a
+        // client has seen in the history is always in a checkpoint, so a crash never takes
+        // it back; a crash between the two is repaired from the checkpoint's entry.
+        self.inner
+            .metrics
+            .epoch_seconds
+            .observe(event.epoch_seconds);
+        checkpoint::save(&self.ckdir, ck, event)?;
+        let cancel = self
+            .inner
+            .store
+            .record_epoch(self.id, event)
+            .map_err(|e| e.to_string())?;
+        if cancel {
+            self.flags.cancel.store(true, Ordering::Release);
+        }
+        let _ = self.events.send(JobEvent::Epoch(Arc::new(event.clone())));
+        Ok(())
+    }
+}
+
+/// How a job thread ended.
+enum Ending {
+    Done(JobEnd),
+    /// Stopped by a shutdown: back to the queue, to resume from its checkpoint.
+    Requeued,
+}
+
+fn run_job(inner: &Inner, job: JobRecord, flags: &StopFlags, events: &broadcast::Sender<JobEvent>) {
+    let id = job.id.clone();
+    let ckdir = inner.checkpoints.join(&id);
+    let ending = execute(inner, &job, flags, events, &ckdir);
+    let stored = match &ending {
+        Ending::Done(end) => inner.store.finish(&id, end),
+        Ending::Requeued => inner.store.requeue(&id),
+    };
+    match stored {
+        Ok(true) => {}
+        Ok(false) => tracing::error!(job = %id, "the job was no longer running in the store"),
+        Err(e) => tracing::error!(job = %id, error = %e, "cannot record the job's end"),
+    }
+    match &ending {
+        Ending::Done(JobEnd::Succeeded { version, .. }) => {
+            tracing::info!(job = %id, model = %job.model(), version, "training job succeeded");
+        }
+        Ending::Done(JobEnd::Cancelled) => tracing::info!(job = %id, "training job cancelled"),
+        Ending::Done(JobEnd::Failed(e)) => {
+            tracing::warn!(job = %id, error = %e, "training job failed");
+        }
+        Ending::Requeued => {
+            tracing::info!(job = %id, "training job stopped by shutdown; it resumes at the next start");
+        }
+    }
+    if let Ending::Done(_) = ending {
+        checkpoint::remove(&ckdir);
+    }
+    let _ = events.send(JobEvent::Ended);
+    inner.running.lock().expect("job map lock").remove(&id);
+}
+
+fn execute(
+    inner: &Inner,
+    job: &JobRecord,
+    flags: &StopFlags,
+    events: &broadcast::Sender<JobEvent>,
+    ckdir: &Path,
+) -> Ending {
+    let fail = |m: String| Ending::Done(JobEnd::Failed(m));
+    let spec = &job.spec;
+    let dataset = &spec.spec.dataset;
+    let table = match inner.datasets.take_table(dataset) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("dataset '{dataset}': {e}")),
+    };
+    let validation = match &spec.spec.validation_dataset {
+        None => None,
+        Some(v) => match inner.datasets.load_table(v) {
+            Ok(t) => Some(t),
+            Err(e) => return fail(format!("validation dataset '{v}': {e}")),
+        },
+    };
+    let data = match run::prepare_data(&table, spec, validation.as_ref()) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    drop((table, validation));
+    if let Err(e) = inner.store.set_report(&job.id, &data.report) {
+        return fail(e.to_string());
+    }
+    let resume = match checkpoint::load(ckdir) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot resume: {e}")),
+    };
+    if let Some(c) = &resume {
+        if let Err(e) = rewind_history(inner.store.as_ref(), &job.id, ckdir, c.epoch) {
+            return fail(e.to_string());
+        }
+    }
+    let mut hooks = JobHooks {
+        inner,
+        id: &job.id,
+        flags,
+        events,
+        ckdir: ckdir.to_owned(),
+    };
+    let result = match run::train_and_package(spec, &data, resume, &mut hooks, Some(&job.id)) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    if result.trained.outcome == Outcome::Cancelled {
+        return if flags.shutdown.load(Ordering::Acquire) && !flags.cancel.load(Ordering::Acquire) {
+            Ending::Requeued
+        } else {
+            Ending::Done(JobEnd::Cancelled)
+        };
+    }
+    // Published, then loaded into the registry (this version only) before the job counts
+    // as succeeded: a client that sees `succeeded` can predict at once.
+    let name = &spec.spec.model;
+    let files = match ModelFiles::trained(&result.model_spec, &result.weights) {
+        Ok(f) => f,
+        Err(e) => return fail(e.to_string()),
+    };
+    let published = inner.runtime.block_on(async {
+        let published = validate_and_publish(&*inner.models, name, files).await?;
+        let loaded = inner.registry.load_version(name, published.version).await;
+        Ok::<_, crate::store::StoreError>((published.version, loaded))
+    });
+    let version = match published {
+        Ok((version, loaded)) => {
+            match loaded {
+                Ok(VersionState::Failed(e)) => {
+                    tracing::error!(job = %job.id, model = %name, version, error = %e, "the published version failed to load")
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.id, model = %name, version, error = %e, "the published version cannot be loaded")
+                }
+                Ok(_) => {}
+            }
+            version
+        }
+        Err(e) => return fail(format!("publishing the model: {e}")),
+    };
+    Ending::Done(JobEnd::Succeeded {
+        version,
+        metrics: result.metrics().clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::jobs::SqliteJobStore;
+
+    /// A cancel that reaches only the store (as one made through another replica would)
+    /// stops the running job at its next epoch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancel_written_to_the_store_stops_the_running_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Arc::new(crate::config::Config::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let models: Arc<dyn ModelStore> =
+            Arc::new(crate::store::LocalDir::open(&dir.path().join("models")));
+        let registry = Arc::new(Registry::new(
+            config,
+            models.clone(),
+            candle_core::Device::Cpu,
+            metrics.clone(),
+        ));
+        let datasets = Arc::new(DatasetStore::open(dir.path()).unwrap());
+        let csv = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/data/iris.csv"
+        ))
+        .unwrap();
+        let mut upload = datasets.begin_upload(Default::default()).unwrap();
+        upload.write_chunk(&csv).unwrap();
+        let dataset = upload.finish().unwrap().id;
+        let store = Arc::new(SqliteJobStore::open(&dir.path().join("kiln.db")).unwrap());
+        let jobs = JobManager::start(
+            store.clone(),
+            datasets,
+            registry,
+            models,
+            dir.path(),
+            1,
+            metrics,
+        )
+        .unwrap();
+        let spec = format!(
+            r#"{{"model": "long", "dataset": "{dataset}", "target": "species",
+                "training": {{"epochs": 100000, "batch_size": 1}}}}"#
+        );
+        let id = jobs.submit(spec.as_bytes()).await.unwrap().id;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let state = |want: fn(&JobRecord) -> bool| {
+            let jobs = jobs.clone();
+            let id = id.clone();
+            async move {
+                loop {
+                    let r = jobs.get(&id).await.unwrap().record;
+                    if want(&r) {
+                        return r;
+                    }
+                    assert!(Instant::now() < deadline, "{:?}", r.state);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        state(|r| r.progress.is_some()).await;
+        let s = store.clone();
+        let i = id.clone();
+        let asked = tokio::task::spawn_blocking(move || s.request_cancel(&i))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(asked, CancelOutcome::Requested);
+        let done = state(|r| r.state.is_final()).await;
+        assert_eq!(done.state, JobState::Cancelled);
+        // The thread is gone and its checkpoints with it.
+        let ended = Instant::now() + Duration::from_secs(10);
+        while jobs.busy() {
+            assert!(Instant::now() < ended, "the job thread did not end");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!dir.path().join("checkpoints").join(&id).exists());
+    }
+}
