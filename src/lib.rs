@@ -32,8 +32,9 @@
 //!         train) → JobStore::insert (queued) → 202 + Location
 //!   scheduler task: JobStore::claim_next (queued → running, once) → a job thread
 //!   job thread: training::run: prepare → train; per epoch JobStore::record_epoch, the
-//!               checkpoint, an event for GET …/events → training::publish → the registry
-//!               loads the version → JobStore::finish (or requeue, on shutdown)
+//!               checkpoint, an event for GET …/events → store::validate_and_publish →
+//!               Registry::load_version (that version only) → JobStore::finish (or
+//!               requeue, on shutdown)
 //! ```
 //! `kiln train` runs the same `training::run` without the job system.
 //!

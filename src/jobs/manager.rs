@@ -545,7 +545,7 @@ mod tests {
         let config = Arc::new(crate::config::Config::default());
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let models: Arc<dyn ModelStore> =
-            Arc::new(crate::store::LocalDir::open(&dir.path().join("models")));
+            Arc::new(crate::store::LocalDir::open(dir.path().join("models")));
         let registry = Arc::new(Registry::new(
             config,
             models.clone(),
