@@ -31,10 +31,10 @@
 //!   api → jobs::JobManager::submit: the spec resolved against its dataset (400 if it cannot
 //!         train) → JobStore::insert (queued) → 202 + Location
 //!   scheduler task: JobStore::claim_next (queued → running, once) → a job thread
-//!   job thread: training::run: prepare → train; per epoch JobStore::record_epoch, the
-//!               checkpoint, an event for GET …/events → store::validate_and_publish →
-//!               Registry::load_version (that version only) → JobStore::finish (or
-//!               requeue, on shutdown)
+//!   job thread: training::run: prepare → train; per epoch the checkpoint (with the
+//!               epoch's history entry), JobStore::record_epoch, an event for GET …/events
+//!               → store::validate_and_publish → the registry loads that version
+//!               → JobStore::finish (or requeue, on shutdown)
 //! ```
 //! `kiln train` runs the same `training::run` without the job system.
 //!

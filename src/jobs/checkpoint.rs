@@ -115,3 +115,66 @@ pub fn load_event(dir: &Path) -> Option<EpochEvent> {
 pub fn remove(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::training::rng::{streams, Rng};
+
+    fn checkpoint(epoch: u32) -> Checkpoint {
+        let t = |v: f32| Tensor::from_vec(vec![v; 4], (2, 2), &Device::Cpu).unwrap();
+        let rng = Rng::with_stream(7, streams::SHUFFLE).state();
+        Checkpoint {
+            epoch,
+            weights: HashMap::from([("0.weight".to_owned(), t(epoch as f32))]),
+            optimizer: vec![("optim.m.0.weight".to_owned(), t(0.5))],
+            best_weights: None,
+            meta: CheckpointMeta {
+                epoch,
+                shuffle_rng: rng,
+                dropout_rng: rng,
+                best: Some((0.25, epoch)),
+                wait: 0,
+            },
+        }
+    }
+
+    fn event(epoch: u32) -> EpochEvent {
+        EpochEvent {
+            epoch,
+            epochs: 5,
+            loss: 0.5,
+            val_loss: None,
+            metrics: Default::default(),
+            learning_rate: 0.01,
+            samples_per_sec: 100.0,
+            epoch_seconds: 0.1,
+            eta_seconds: 0.3,
+        }
+    }
+
+    /// Each save replaces the last one whole (tensors, state and the epoch's history entry)
+    /// and leaves no temporary directory; removing them after the job leaves nothing.
+    #[test]
+    fn the_latest_save_is_what_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("job_a");
+        assert!(load(&ck).unwrap().is_none());
+        assert!(load_event(&ck).is_none());
+        save(&ck, &checkpoint(1), &event(1)).unwrap();
+        save(&ck, &checkpoint(2), &event(2)).unwrap();
+        assert_eq!(load_event(&ck).map(|e| e.epoch), Some(2));
+        let back = load(&ck).unwrap().unwrap();
+        assert_eq!((back.epoch, back.meta.best), (2, Some((0.25, 2))));
+        let w = back.weights["0.weight"].flatten_all().unwrap();
+        assert_eq!(w.to_vec1::<f32>().unwrap(), [2.0; 4]);
+        assert_eq!(back.optimizer.len(), 1);
+        let names: Vec<String> = std::fs::read_dir(&ck)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["ckpt"]);
+        remove(&ck);
+        assert!(!ck.exists());
+    }
+}

@@ -1,6 +1,7 @@
 //! kiln's integration tests: one binary, real servers on 127.0.0.1:0, real model files.
 
 mod api;
+mod architecture;
 mod auth;
 mod batching;
 mod connections;
