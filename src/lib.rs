@@ -8,6 +8,8 @@
 //!   publish (validated first) and delete; the registry reads it, nothing else touches it.
 //! - [`registry`]: name → version → state; the loader (the only way in) and the watcher.
 //! - [`batcher`]: per-version queue, batching policy and worker threads.
+//! - [`serving`]: the one call every protocol makes: decoded rows → batcher → a
+//!   `Prediction` in model terms (labels, scores, original units).
 //! - [`dataset`]: uploaded data sets: files, parsing, profiles.
 //! - [`training`]: one training run (spec, preparation, the loop, the math); `kiln train`.
 //! - [`jobs`]: training runs as server jobs: queue, job threads, checkpoints, and the
@@ -18,10 +20,13 @@
 //! # The prediction flow
 //! ```text
 //! POST /v1/models/iris:predict
-//!   api: name:verb → registry.get (clone an Arc) → decode + preprocess → batcher.run
+//!   api: name:verb → serving.version (registry: clone an Arc) → decode + preprocess,
+//!        refusing more rows than the core's limit as it reads
+//!   serving: span fields, the default deadline → batcher.run
 //!   batcher queue: the entry waits (a push wakes a worker only if one is idle)
 //!   worker thread: take what is queued (≤ max_batch_size rows) → one tensor → forward →
 //!                  one copy back → rows scattered to the replies
+//!   serving: a Prediction (regression un-scaled; labels and scores read lazily)
 //!   api: {"predictions": …} with x-queue-time / x-inference-time / x-total-time
 //! ```
 //!
@@ -53,6 +58,7 @@ pub mod model;
 pub mod preprocess;
 pub mod registry;
 pub mod server;
+pub mod serving;
 pub mod shutdown;
 pub mod state;
 pub mod store;

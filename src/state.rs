@@ -41,6 +41,14 @@ pub struct Shared {
     pub keys: Option<Arc<crate::auth::Keys>>,
 }
 
+impl Shared {
+    /// The serving core over this server's registry and request limits (two pointers:
+    /// made per request, nothing to keep in step).
+    pub fn serving(&self) -> crate::serving::Serving<'_> {
+        crate::serving::Serving::new(&self.registry, self.config.max_rows_per_request)
+    }
+}
+
 /// Readiness: the registry's startup latch plus the draining flag set on shutdown.
 #[derive(Default)]
 pub struct Health {

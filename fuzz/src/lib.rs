@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use kiln::api::decode::Decoded;
-use kiln::error::Error;
+use kiln::api::error::ApiError;
 use kiln::model::format::ModelSpec;
 use kiln::model::Model;
 
@@ -75,7 +75,7 @@ pub fn models() -> Vec<Model> {
 }
 
 /// The error would be answered with a 4xx status; anything else is a failure.
-pub fn assert_client_error(err: &Error) {
+pub fn assert_client_error(err: &ApiError) {
     let (status, code) = kiln::api::error::status_and_code(err);
     assert!(
         status.is_client_error(),
@@ -102,7 +102,7 @@ pub fn assert_rows(decoded: &Decoded, model: &Model) {
 }
 
 /// Checks one decoder's answer.
-pub fn check(result: Result<Decoded, Error>, model: &Model) {
+pub fn check(result: Result<Decoded, ApiError>, model: &Model) {
     match result {
         Ok(d) => assert_rows(&d, model),
         Err(e) => assert_client_error(&e),
@@ -136,6 +136,6 @@ pub fn check_dataset(bytes: &[u8], format: kiln::dataset::Format) {
             let json = serde_json::to_vec_pretty(&profile).expect("profiles serialize");
             serde_json::from_slice::<Profile>(&json).expect("a stored profile reads back");
         }
-        Err(e) => assert_client_error(&Error::from(e)),
+        Err(e) => assert_client_error(&ApiError::from(e)),
     }
 }

@@ -11,39 +11,26 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use crate::error::Error;
-use crate::model::format::{InputDType, LayerSpec};
-use crate::model::Model;
-use crate::preprocess::{Preprocessing, RawValue};
+use crate::model::format::InputDType;
+use crate::model::{Model, Signature};
+use crate::preprocess::RawValue;
 
-/// What a request must look like for one model.
+/// What a request must look like for one model: its signature, and the most instances
+/// one request may carry.
 pub struct InputSpec<'a> {
-    shape: &'a [usize],
-    dtype: InputDType,
-    features: Option<&'a [String]>,
-    prep: Option<&'a Preprocessing>,
-    /// Exclusive upper bound of ids for an embedding input.
-    vocab: Option<usize>,
-    row_len: usize,
-    /// Most instances a request may carry (`max_rows_per_request`). Rows past it are counted
-    /// but not kept, so a body of many tiny instances (`{}` filled to 64 values each) cannot
-    /// make the decoder allocate far more than the body's size before it is refused.
+    sig: Signature<'a>,
+    /// Most instances a request may carry (the serving core's `max_rows`). Rows past it are
+    /// counted but not kept, so a body of many tiny instances (`{}` filled to 64 values
+    /// each) cannot make the decoder allocate far more than the body's size before it is
+    /// refused. Every decoding path checks it, the fast one included: it is the only check.
     max_rows: usize,
 }
 
 impl<'a> InputSpec<'a> {
+    /// The model's signature, with no row limit (see [`Self::with_max_rows`]).
     pub fn of(model: &'a Model) -> Self {
-        let spec = model.spec();
-        let vocab = match spec.layers.first() {
-            Some(LayerSpec::Embedding { input_dim, .. }) => Some(*input_dim),
-            _ => None,
-        };
         InputSpec {
-            shape: &spec.input.shape,
-            dtype: spec.input.dtype,
-            features: spec.input.features.as_deref(),
-            prep: spec.preprocessing.as_ref(),
-            vocab,
-            row_len: spec.row_len(),
+            sig: model.signature(),
             max_rows: usize::MAX,
         }
     }
@@ -57,13 +44,11 @@ impl<'a> InputSpec<'a> {
 
     /// [`Error::TooManyRows`] when `n` instances are more than the limit.
     fn check_rows(&self, n: usize) -> Result<(), Error> {
-        if n > self.max_rows {
-            return Err(Error::TooManyRows {
-                rows: n,
-                limit: self.max_rows,
-            });
-        }
-        Ok(())
+        crate::serving::check_rows(n, self.max_rows)
+    }
+
+    pub fn signature(&self) -> &Signature<'a> {
+        &self.sig
     }
 }
 
@@ -119,7 +104,7 @@ impl Ctx<'_> {
     }
 
     fn shape_str(&self) -> String {
-        format!("{:?}", self.spec.shape)
+        format!("{:?}", self.spec.sig.shape)
     }
 
     /// Ends an instance whose values are in `rows`. Past the row limit the request will be
@@ -127,13 +112,14 @@ impl Ctx<'_> {
     fn end_row(&mut self) {
         self.n_rows += 1;
         if self.n_rows > self.spec.max_rows {
-            self.rows.truncate(self.spec.max_rows * self.spec.row_len);
+            self.rows
+                .truncate(self.spec.max_rows * self.spec.sig.row_len);
         }
     }
 
     /// Encodes one named instance: `values` are (name, value) pairs as sent.
     fn push_named<E: de::Error>(&mut self, values: &[(String, RawValue)]) -> Result<(), E> {
-        let Some(features) = self.spec.features else {
+        let Some(features) = self.spec.sig.features else {
             return Err(self.err(format!(
                 "this model has no feature names; send each instance as an array of shape {}",
                 self.shape_str()
@@ -157,8 +143,8 @@ impl Ctx<'_> {
         &mut self,
         lookup: impl Fn(&str) -> Option<&'v RawValue>,
     ) -> Result<(), E> {
-        let features = self.spec.features.expect("checked by callers");
-        match self.spec.prep {
+        let features = self.spec.sig.features.expect("checked by callers");
+        match self.spec.sig.preprocessing {
             Some(prep) => {
                 let mut warnings = Vec::new();
                 prep.apply(lookup, &mut self.rows, &mut warnings)
@@ -203,11 +189,11 @@ impl Ctx<'_> {
         if !v.is_finite() {
             return Err(format!("value {x} is not a finite 32-bit float"));
         }
-        if self.spec.dtype == InputDType::Int64 {
+        if self.spec.sig.dtype == InputDType::Int64 {
             if x.fract() != 0.0 || x < 0.0 {
                 return Err(format!("expected a non-negative integer id, got {x}"));
             }
-            if let Some(n) = self.spec.vocab {
+            if let Some(n) = self.spec.sig.vocab {
                 if x >= n as f64 {
                     return Err(format!(
                         "id {x} is out of range: the embedding has {n} entries"
@@ -226,8 +212,10 @@ impl Ctx<'_> {
 pub fn decode_predict(body: &[u8], spec: &InputSpec) -> Result<Decoded, ApiError> {
     // Plain tensors of plain numbers: one pass, no serde (see `fast_rows`); anything else,
     // errors included, through the full decoder.
-    if spec.prep.is_none() && spec.dtype == InputDType::Float32 {
-        if let Some((rows, n_rows)) = super::fast_rows::instances(body, spec.shape) {
+    if spec.sig.preprocessing.is_none() && spec.sig.dtype == InputDType::Float32 {
+        if let Some((rows, n_rows)) =
+            super::fast_rows::instances(body, spec.sig.shape, spec.max_rows)
+        {
             return Ok(Decoded {
                 rows,
                 n_rows,
@@ -241,7 +229,7 @@ pub fn decode_predict(body: &[u8], spec: &InputSpec) -> Result<Decoded, ApiError
 
 /// Parses a `:classify` / `:regress` body: `{"examples": [{...}], "context": {...}}`.
 pub fn decode_examples(body: &[u8], spec: &InputSpec) -> Result<Decoded, ApiError> {
-    if spec.features.is_none() {
+    if spec.sig.features.is_none() {
         return Err(Error::InvalidInput(
             "this model has no feature names, so it takes no examples: use :predict with instances"
                 .into(),
@@ -276,7 +264,7 @@ fn decode(body: &[u8], spec: &InputSpec, kind: Body) -> Result<Decoded, ApiError
     })?;
     spec.check_rows(ctx.n_rows)?;
     let layout = ctx.layout.expect("set by Top on success");
-    debug_assert_eq!(ctx.rows.len(), ctx.n_rows * spec.row_len);
+    debug_assert_eq!(ctx.rows.len(), ctx.n_rows * spec.sig.row_len);
     Ok(Decoded {
         rows: ctx.rows,
         n_rows: ctx.n_rows,
@@ -410,6 +398,7 @@ fn context_values<'c, E: de::Error>(
 ) -> Result<Vec<&'c (String, RawValue)>, E> {
     let features = ctx
         .spec
+        .sig
         .features
         .expect("decode_examples checks feature names");
     let mut kept: Vec<&(String, RawValue)> = Vec::new();
@@ -480,7 +469,7 @@ impl<'de> Visitor<'de> for Instance<'_, '_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let ctx = self.ctx;
-        if let (Some(features), Some(_)) = (ctx.spec.features, ctx.spec.prep) {
+        if let (Some(features), Some(_)) = (ctx.spec.sig.features, ctx.spec.sig.preprocessing) {
             // Raw feature values in the signature's order.
             let mut values = Vec::with_capacity(features.len());
             loop {
@@ -522,7 +511,7 @@ impl<'de> Visitor<'de> for Instance<'_, '_> {
     }
 
     fn visit_f64<E: de::Error>(self, x: f64) -> Result<(), E> {
-        if self.ctx.spec.row_len != 1 || self.ctx.spec.prep.is_some() {
+        if self.ctx.spec.sig.row_len != 1 || self.ctx.spec.sig.preprocessing.is_some() {
             return Err(self.ctx.err(format!(
                 "expected an array of shape {}, got a number",
                 self.ctx.shape_str()
@@ -560,8 +549,8 @@ fn read_dim<'de, A: SeqAccess<'de>>(
     seq: &mut A,
     depth: usize,
 ) -> Result<(), A::Error> {
-    let want = ctx.spec.shape[depth];
-    let last = depth + 1 == ctx.spec.shape.len();
+    let want = ctx.spec.sig.shape[depth];
+    let last = depth + 1 == ctx.spec.sig.shape.len();
     let mut n = 0;
     loop {
         if n == want {
@@ -849,29 +838,6 @@ fn done(c: Ctx) -> Decoded {
     }
 }
 
-impl InputSpec<'_> {
-    /// Values per instance a raw tensor must carry: the feature count for models with
-    /// preprocessing (raw values in signature order), else the input shape's size.
-    pub fn raw_width(&self) -> usize {
-        match (self.features, self.prep) {
-            (Some(f), Some(_)) => f.len(),
-            _ => self.row_len,
-        }
-    }
-
-    /// The raw per-instance shape a tensor input must have (after the batch dimension).
-    pub fn raw_shape(&self) -> Vec<usize> {
-        match (self.features, self.prep) {
-            (Some(f), Some(_)) => vec![f.len()],
-            _ => self.shape.to_vec(),
-        }
-    }
-
-    pub fn features(&self) -> Option<&[String]> {
-        self.features
-    }
-}
-
 /// Rows from a numeric tensor of `n` instances (flat, row-major), named `root` in errors.
 /// Models with preprocessing take raw feature values in signature order.
 pub fn rows_from_tensor(
@@ -881,10 +847,10 @@ pub fn rows_from_tensor(
     n: usize,
 ) -> Result<Decoded, ApiError> {
     spec.check_rows(n)?;
-    let width = spec.raw_width();
-    let mut c = ctx(spec, root, n * spec.row_len);
+    let width = spec.sig.raw_width();
+    let mut c = ctx(spec, root, n * spec.sig.row_len);
     let bad = |e: Plain| Error::InvalidInput(e.0);
-    match (spec.features, spec.prep) {
+    match (spec.sig.features, spec.sig.preprocessing) {
         (Some(features), Some(_)) => {
             for (i, row) in data.chunks(width).enumerate() {
                 c.path.push(i);
@@ -916,7 +882,7 @@ pub fn rows_from_columns(
     n: usize,
 ) -> Result<Decoded, ApiError> {
     spec.check_rows(n)?;
-    let mut c = ctx(spec, "inputs", n * spec.row_len);
+    let mut c = ctx(spec, "inputs", n * spec.sig.row_len);
     for i in 0..n {
         c.path.push(i);
         let row: Vec<(String, RawValue)> = columns
@@ -1064,7 +1030,7 @@ mod tests {
             }
             body.push_str("]}");
             let full = decode(body.as_bytes(), &spec, Body::Predict);
-            let fast = super::super::fast_rows::instances(body.as_bytes(), &[2, 2]);
+            let fast = super::super::fast_rows::instances(body.as_bytes(), &[2, 2], usize::MAX);
             match (full, fast) {
                 (Ok(full), Some((rows, n))) => {
                     prop_assert_eq!(full.n_rows, n);
@@ -1137,6 +1103,26 @@ mod tests {
                 "{body:.40}: {r:?}"
             );
         }
+        // Plain numeric instances (the fast path's body) meet the same check.
+        let plain = &models()[0];
+        let spec_plain = InputSpec::of(plain).with_max_rows(10);
+        let tensors = |n: usize| {
+            let rows = vec!["[[1, 2], [3, 4]]"; n].join(",");
+            format!(r#"{{"instances": [{rows}]}}"#)
+        };
+        let r = decode_predict(tensors(1000).as_bytes(), &spec_plain);
+        assert!(
+            matches!(
+                r,
+                Err(ApiError::Serving(Error::TooManyRows {
+                    rows: 1000,
+                    limit: 10
+                }))
+            ),
+            "{r:?}"
+        );
+        let d = decode_predict(tensors(10).as_bytes(), &spec_plain).unwrap();
+        assert_eq!((d.n_rows, d.rows.len()), (10, 40));
         let ten = format!(r#"{{"instances": [{}]}}"#, ["{}"; 10].join(","));
         let d = decode_predict(ten.as_bytes(), &spec).unwrap();
         assert_eq!((d.n_rows, d.rows.len()), (10, 20));

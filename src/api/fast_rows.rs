@@ -11,8 +11,14 @@
 //! boundary, where the narrowing rounds twice and this path does not.
 
 /// `(rows, n_rows)` when `body` is `{"instances": [...]}` with every instance a nested array
-/// of exactly `shape` of finite numbers; `None` to let the full decoder answer.
-pub(crate) fn instances(body: &[u8], shape: &[usize]) -> Option<(Vec<f32>, usize)> {
+/// of exactly `shape` of finite numbers, and at most `max_rows` of them; `None` to let the
+/// full decoder answer (it also counts and refuses instances past the limit: the row limit
+/// has one check, the full decoder's).
+pub(crate) fn instances(
+    body: &[u8],
+    shape: &[usize],
+    max_rows: usize,
+) -> Option<(Vec<f32>, usize)> {
     let mut p = Parser { b: body, i: 0 };
     p.expect(b'{')?;
     p.expect_key(b"instances")?;
@@ -25,6 +31,9 @@ pub(crate) fn instances(body: &[u8], shape: &[usize]) -> Option<(Vec<f32>, usize
         return None; // empty: the full decoder says so
     }
     loop {
+        if n_rows == max_rows {
+            return None;
+        }
         let before = rows.len();
         p.tensor(shape, &mut rows)?;
         debug_assert_eq!(rows.len() - before, row_len);
@@ -221,18 +230,19 @@ mod tests {
         let (rows, n) = instances(
             br#" { "instances" : [ [1, -2.5, 3e2], [0.125,1E-3 , -0] ] } "#,
             &[3],
+            2,
         )
         .unwrap();
         assert_eq!(n, 2);
         assert_eq!(rows, vec![1.0, -2.5, 300.0, 0.125, 0.001, -0.0]);
-        let (rows, n) = instances(br#"{"instances":[[[1,2],[3,4]]]}"#, &[2, 2]).unwrap();
+        let (rows, n) = instances(br#"{"instances":[[[1,2],[3,4]]]}"#, &[2, 2], 1).unwrap();
         assert_eq!((rows, n), (vec![1.0, 2.0, 3.0, 4.0], 1));
     }
 
     /// The f32 a body's single number reads as, if the fast path takes it.
     fn read(s: &str) -> Option<f32> {
         let body = format!(r#"{{"instances": [[{s}]]}}"#);
-        instances(body.as_bytes(), &[1]).map(|(rows, _)| rows[0])
+        instances(body.as_bytes(), &[1], 1).map(|(rows, _)| rows[0])
     }
 
     /// The fast path either gives up (only on non-finite values) or reads exactly the f32
@@ -335,7 +345,9 @@ mod tests {
             r#"{"instances": [[1, 2, 3]]"#,
             r#"{"instan\u0063es": [[1, 2, 3]]}"#,
         ] {
-            assert!(instances(body.as_bytes(), &[3]).is_none(), "{body}");
+            assert!(instances(body.as_bytes(), &[3], 10).is_none(), "{body}");
         }
+        // More instances than the limit: the full decoder counts and refuses them.
+        assert!(instances(br#"{"instances": [[1, 2, 3], [4, 5, 6]]}"#, &[3], 1).is_none());
     }
 }

@@ -14,6 +14,7 @@ pub mod models;
 pub mod openapi;
 pub mod predict;
 pub mod repository;
+mod respond;
 pub mod types;
 pub mod v2;
 
@@ -253,7 +254,7 @@ async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Respon
             h.insert(name, HeaderValue::from_static("0.000"));
         }
     }
-    h.insert(X_TOTAL_TIME, predict::ms_header(elapsed));
+    h.insert(X_TOTAL_TIME, respond::ms_header(elapsed));
     h.insert(REQUEST_ID, request_id);
     res
 }

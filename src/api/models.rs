@@ -10,6 +10,7 @@ use axum::Json;
 use super::error::ApiError;
 use super::extract::{check_name, parse_version};
 use super::openapi::{LookupErrors, ModelPath, StatusErrors, VersionPath};
+use super::respond::batched;
 use super::types::*;
 use crate::error::Error;
 use crate::model::format::Task;
@@ -183,11 +184,6 @@ pub async fn version_metadata(
 
 fn metadata_of(lv: &LoadedVersion) -> Response {
     let spec = lv.model.spec();
-    let batched = |shape: &[usize]| {
-        std::iter::once(-1)
-            .chain(shape.iter().map(|&d| d as i64))
-            .collect()
-    };
     let response = MetadataResponse {
         model_spec: ModelSpecView {
             name: lv.name.clone(),

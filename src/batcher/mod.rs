@@ -373,33 +373,21 @@ impl BatcherHandle {
         let stats = &self.inner.stats;
         stats.requests.fetch_add(1, Ordering::Relaxed);
         let max = self.config().max_batch_size;
-        let receivers = if n_rows <= max {
-            vec![self.submit(rows, n_rows, now, deadline, timeout, span)?]
-        } else {
-            let mut out = Vec::with_capacity(n_rows.div_ceil(max));
-            for (i, chunk) in rows.chunks(max * row_len).enumerate() {
-                let n = (n_rows - i * max).min(max);
-                // On a full queue, the chunks already queued are dropped with their receivers
-                // and skipped by the batcher (their reply channel is closed).
-                out.push(self.submit(chunk.to_vec(), n, now, deadline, timeout, span)?);
-            }
-            out
-        };
+        if n_rows <= max {
+            // One entry, one reply: nothing to collect or reassemble.
+            let rx = self.submit(rows, n_rows, now, deadline, timeout, span)?;
+            return self.reply(rx, deadline, timeout).await;
+        }
+        let mut receivers = Vec::with_capacity(n_rows.div_ceil(max));
+        for (i, chunk) in rows.chunks(max * row_len).enumerate() {
+            let n = (n_rows - i * max).min(max);
+            // On a full queue, the chunks already queued are dropped with their receivers
+            // and skipped by the batcher (their reply channel is closed).
+            receivers.push(self.submit(chunk.to_vec(), n, now, deadline, timeout, span)?);
+        }
         let mut result: Option<Computed> = None;
         for rx in receivers {
-            // Every 504 is counted here, once, whichever side noticed the deadline first.
-            let computed = match tokio::time::timeout_at(deadline.into(), rx).await {
-                Ok(Ok(Err(Error::DeadlineExceeded(t)))) => {
-                    stats.deadline_passed();
-                    return Err(Error::DeadlineExceeded(t));
-                }
-                Ok(Ok(reply)) => reply?,
-                Ok(Err(_)) => return Err(Error::Forward("worker stopped before answering".into())),
-                Err(_) => {
-                    stats.deadline_passed();
-                    return Err(Error::DeadlineExceeded(timeout));
-                }
-            };
+            let computed = self.reply(rx, deadline, timeout).await?;
             result = Some(match result {
                 None => computed,
                 Some(mut acc) => {
@@ -412,6 +400,29 @@ impl BatcherHandle {
             });
         }
         Ok(result.expect("at least one entry was submitted"))
+    }
+
+    /// Waits for one entry's reply until the request's deadline. Every 504 is counted here,
+    /// once, whichever side noticed the deadline first.
+    async fn reply(
+        &self,
+        rx: oneshot::Receiver<Reply>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Computed, Error> {
+        let stats = &self.inner.stats;
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(Err(Error::DeadlineExceeded(t)))) => {
+                stats.deadline_passed();
+                Err(Error::DeadlineExceeded(t))
+            }
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(Error::Forward("worker stopped before answering".into())),
+            Err(_) => {
+                stats.deadline_passed();
+                Err(Error::DeadlineExceeded(timeout))
+            }
+        }
     }
 
     fn submit(

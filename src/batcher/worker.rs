@@ -71,6 +71,7 @@ fn compute(model: &Model, batch: Batch, stats: &Stats) {
         Err(_) => return fail(entries, "the forward pass panicked"),
     };
     let out_len = model.output_len();
+    let mut outputs = outputs;
     let mut offset = 0;
     for e in entries {
         let len = e.n_rows * out_len;
@@ -78,8 +79,15 @@ fn compute(model: &Model, batch: Batch, stats: &Stats) {
             .prom
             .queue_seconds
             .observe((start - e.enqueued).as_secs_f64());
+        // The only entry of its batch (the common case at low load) takes the whole output
+        // as it is; the entries of a shared batch each take a copy of their rows.
+        let own = if len == outputs.len() {
+            std::mem::take(&mut outputs)
+        } else {
+            outputs[offset..offset + len].to_vec()
+        };
         let computed = Computed {
-            outputs: outputs[offset..offset + len].to_vec(),
+            outputs: own,
             queue_time: start - e.enqueued,
             compute_time,
             batch_rows: n_rows,

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod format;
 pub mod layers;
+pub mod signature;
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,8 +15,10 @@ use candle_nn::VarBuilder;
 
 use format::{Activation, LayerSpec, ModelSpec, Task};
 use layers::{Built, Layer};
+use signature::ScoreKind;
 
 pub use error::ModelError;
+pub use signature::{Scores, Signature};
 
 /// A model ready to run.
 #[derive(Debug)]
@@ -26,6 +29,11 @@ pub struct Model {
     output_shape: Vec<usize>,
     /// Tensors present in the weights file that no layer reads (reported, not fatal).
     unused_tensors: Vec<String>,
+    /// A classifier's class names: the spec's, or "0", "1", … when it has none. Made once
+    /// here so that no request builds them. Empty for regression.
+    labels: Vec<String>,
+    /// How a classifier's output row becomes scores.
+    score_kind: ScoreKind,
 }
 
 impl Model {
@@ -44,12 +52,28 @@ impl Model {
             .filter(|n| !used.contains(n.as_str()) && !n.ends_with(".num_batches_tracked"))
             .collect();
         unused_tensors.sort();
+        let output_len: usize = built.output_shape.iter().product();
+        let labels = match spec.task {
+            Task::Classification if spec.labels.is_empty() => {
+                // One unit is a binary classifier: two classes.
+                (0..output_len.max(2)).map(|i| i.to_string()).collect()
+            }
+            Task::Classification => spec.labels.clone(),
+            Task::Regression => Vec::new(),
+        };
+        let score_kind = if outputs_probabilities(&spec) {
+            ScoreKind::Probabilities
+        } else {
+            ScoreKind::Logits
+        };
         Ok(Model {
             spec,
             layers: built.layers,
             device: device.clone(),
             output_shape: built.output_shape,
             unused_tensors,
+            labels,
+            score_kind,
         })
     }
 
@@ -141,15 +165,49 @@ impl Model {
         &self.unused_tensors
     }
 
+    pub fn task(&self) -> Task {
+        self.spec.task
+    }
+
+    /// What a request must send, read from the spec (input shape and dtype, feature names,
+    /// preprocessing, the embedding's id range).
+    pub fn signature(&self) -> Signature<'_> {
+        Signature::of(&self.spec)
+    }
+
+    /// A classifier's class names in output order: the spec's labels, or "0", "1", … when
+    /// it has none (two for a single-unit binary classifier). Empty for regression.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// The per-class scores of one output row of a classifier, in the order of
+    /// [`Self::labels`]: the output as is when the last layer is a softmax or a sigmoid,
+    /// otherwise a softmax over the logits (a sigmoid for a single unit). Computed as read.
+    pub fn scores<'r>(&self, row: &'r [f32]) -> Scores<'r> {
+        debug_assert_eq!(row.len(), self.output_len());
+        Scores::new(row, self.score_kind)
+    }
+
     /// True when the last layer already produces probabilities (softmax or sigmoid), so
-    /// `:classify` reports the output as is; otherwise it applies a softmax to the logits.
+    /// scores are the output as is; otherwise they are a softmax over the logits.
     pub fn outputs_probabilities(&self) -> bool {
-        let last_act = match self.spec.layers.last() {
-            Some(LayerSpec::Activation { activation, .. }) => Some(*activation),
-            Some(LayerSpec::Dense { activation, .. }) => *activation,
-            _ => None,
-        };
-        matches!(last_act, Some(Activation::Softmax | Activation::Sigmoid))
+        self.score_kind == ScoreKind::Probabilities
+    }
+
+    /// Maps a regression output back to the target's original units (training scaled the
+    /// target); identity for classifiers and for targets that were not scaled.
+    pub fn untransform(&self, values: &mut [f32]) {
+        if self.spec.task != Task::Regression {
+            return;
+        }
+        if let Some(p) = &self.spec.preprocessing {
+            if p.target.is_some() {
+                for y in values {
+                    *y = p.untransform_target(*y);
+                }
+            }
+        }
     }
 
     /// Runs the layers on a batch tensor (batch dimension first).
@@ -182,4 +240,13 @@ impl Model {
         }
         Ok(())
     }
+}
+
+fn outputs_probabilities(spec: &ModelSpec) -> bool {
+    let last_act = match spec.layers.last() {
+        Some(LayerSpec::Activation { activation, .. }) => Some(*activation),
+        Some(LayerSpec::Dense { activation, .. }) => *activation,
+        _ => None,
+    };
+    matches!(last_act, Some(Activation::Softmax | Activation::Sigmoid))
 }

@@ -186,3 +186,19 @@ fn the_reader_sees_grouped_imports_and_skips_comments() {
     let got: Vec<String> = uses(text).into_iter().collect();
     assert_eq!(got, ["a", "c", "d", "g", "i"]);
 }
+
+#[test]
+fn v2_serves_through_the_core_not_through_v1s_handlers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api/v2");
+    let mut files = Vec::new();
+    sources(&dir, &mut files);
+    assert!(!files.is_empty(), "src/api/v2/ has no sources");
+    for file in files {
+        let text = strip_comments(&std::fs::read_to_string(&file).unwrap());
+        assert!(
+            !text.contains("predict::"),
+            "{}: the V2 handlers must not import from api/predict.rs (use crate::serving)",
+            file.display()
+        );
+    }
+}

@@ -214,6 +214,13 @@ async fn bad_requests_are_400_or_404_with_our_error_shape() {
             "unknown output",
         ),
         (
+            "/v2/models/reg/infer",
+            json!({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}],
+                                        "outputs": [{"name": "output"}, {"name": "output"}]}),
+            400,
+            "twice",
+        ),
+        (
             "/v2/models/none/infer",
             t(json!([1, 2]), "FP32", json!([1, 2])),
             404,
@@ -338,4 +345,82 @@ async fn v1_and_v2_requests_share_one_batch() {
         (v1.await.unwrap(), v2.await.unwrap()),
         ("2".to_owned(), "2".to_owned())
     );
+}
+
+/// FP16 and BF16 inputs, as JSON numbers and as binary data: values every 16-bit format
+/// holds exactly give the FP32 request's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_precision_inputs_as_json_and_binary_data() {
+    let (s, _d) = server().await;
+    let xs = [1.5f32, -2.0, 0.25, 3.0];
+    let tensor = |dt: &str| json!({"inputs": [{"name": "input", "shape": [2, 2], "datatype": dt, "data": xs}]});
+    let (code, want) = s.post("/v2/models/reg/infer", &tensor("FP32")).await;
+    assert_eq!(code, 200, "{want}");
+    let want = &want["outputs"][0]["data"];
+    for dt in ["FP16", "BF16"] {
+        let (code, got) = s.post("/v2/models/reg/infer", &tensor(dt)).await;
+        assert_eq!(code, 200, "{dt}: {got}");
+        assert_eq!(&got["outputs"][0]["data"], want, "{dt} as JSON");
+
+        let bits: Vec<u16> = xs
+            .iter()
+            .map(|&x| match dt {
+                "FP16" => half::f16::from_f32(x).to_bits(),
+                // bfloat16 is the top half of an f32 (exact for these values).
+                _ => (x.to_bits() >> 16) as u16,
+            })
+            .collect();
+        let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let post = |bytes: &[u8]| {
+            let header = json!({"inputs": [{"name": "input", "shape": [2, 2], "datatype": dt,
+                                            "parameters": {"binary_data_size": bytes.len()}}]})
+            .to_string();
+            let mut body = header.clone().into_bytes();
+            body.extend_from_slice(bytes);
+            s.client
+                .post(s.url("/v2/models/reg/infer"))
+                .header("inference-header-content-length", header.len())
+                .header("content-type", "application/octet-stream")
+                .body(body)
+                .send()
+        };
+        let r = post(&bytes).await.unwrap();
+        assert_eq!(r.status(), 200, "{dt} as binary data");
+        let got: Value = r.json().await.unwrap();
+        assert_eq!(&got["outputs"][0]["data"], want, "{dt} as binary data");
+        // An odd number of bytes is no whole number of 16-bit values.
+        let r = post(&bytes[..7]).await.unwrap();
+        assert_eq!(r.status(), 400);
+        let e: Value = r.json().await.unwrap();
+        assert!(e["error"].as_str().unwrap().contains(dt), "{e}");
+    }
+}
+
+/// V2 reads the per-request deadline header as v1 does (one extractor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_header_is_read_as_in_v1() {
+    let (s, _d) = server().await;
+    let body =
+        json!({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]});
+    for (value, status) in [("soon", 400), ("0", 400), ("5000", 200), (" 5000 ", 200)] {
+        let r = s
+            .client
+            .post(s.url("/v2/models/reg/infer"))
+            .header("x-request-timeout-ms", value)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{value:?}");
+        if status == 400 {
+            let e: Value = r.json().await.unwrap();
+            assert!(
+                e["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("x-request-timeout-ms"),
+                "{e}"
+            );
+        }
+    }
 }

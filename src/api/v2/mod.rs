@@ -1,0 +1,438 @@
+//! The Open Inference Protocol (KServe "V2") over REST, with the binary tensor data
+//! extension. V2 and v1 requests to one model version share its batcher queue.
+//!
+//! Inputs: a model without feature names takes one tensor `[N, …signature shape]`. A model
+//! with feature names takes either one FP32/FP64 tensor `[N, F]` of raw feature values in the
+//! signature's order, or one input per feature named as the feature (shape `[N]` or
+//! `[N, 1]`, numeric, BOOL, or BYTES for categorical values — MLServer's pandas-codec
+//! convention). Outputs: classifiers answer `probabilities` (FP32 `[N, C]`) and `label`
+//! (BYTES `[N]`); other models answer `output` (FP32, in the target's original units).
+//!
+//! Handlers here; `decode` reads a request into model rows, `encode` writes a
+//! [`Prediction`](crate::serving::Prediction) as the answer, and the serving core runs it.
+
+mod decode;
+mod encode;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::decode::InputSpec;
+use super::error::ApiError;
+use super::extract::{check_name, parse_version, Deadline, Path};
+use super::openapi::{BinaryHeader, InferErrors, LookupErrors, ModelPath, Timeout, VersionPath};
+use super::respond::batched;
+use crate::error::Error;
+use crate::model::format::InputDType;
+use crate::preprocess::FeatureTransform;
+use crate::registry::LoadedVersion;
+use crate::serving::Rows;
+use crate::state::AppState;
+
+pub use decode::decode_infer;
+use decode::InferRequest;
+pub use encode::{
+    BinaryDataView, InferParametersView, InferResponse, OutputTensorView, TensorDataView,
+};
+use encode::{Envelope, ModelOutput};
+
+/// The header that splits a binary-extension body into its JSON part and tensor bytes.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+const PLATFORM: &str = "kiln_candle";
+
+// === metadata, health ===
+
+/// `GET /v2`: the server's name, version and protocol extensions.
+#[derive(Serialize, ToSchema)]
+pub struct ServerMetadataResponse {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub extensions: &'static [&'static str],
+}
+
+/// `GET /v2/health/live`
+#[derive(Serialize, ToSchema)]
+pub struct LiveResponse {
+    pub live: bool,
+}
+
+/// `GET /v2/health/ready`: with the reasons when not ready.
+#[derive(Serialize, ToSchema)]
+pub struct ReadyResponse {
+    pub ready: bool,
+    pub reasons: Vec<String>,
+}
+
+/// `GET /v2`
+#[utoipa::path(
+    get,
+    path = "/v2",
+    operation_id = "v2_server_metadata",
+    tag = "v2",
+    summary = "Server name, version and protocol extensions",
+    responses((status = 200, body = ServerMetadataResponse)),
+)]
+pub async fn server_metadata() -> Json<ServerMetadataResponse> {
+    Json(ServerMetadataResponse {
+        name: "kiln",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: &["binary_tensor_data", "model_repository"],
+    })
+}
+
+/// `GET /v2/health/live`
+#[utoipa::path(
+    get,
+    path = "/v2/health/live",
+    operation_id = "v2_live",
+    tag = "v2",
+    summary = "The process answers",
+    responses((status = 200, body = LiveResponse)),
+)]
+pub async fn live() -> Json<LiveResponse> {
+    Json(LiveResponse { live: true })
+}
+
+/// `GET /v2/health/ready`: the same readiness as `/health/ready`.
+#[utoipa::path(
+    get,
+    path = "/v2/health/ready",
+    operation_id = "v2_ready",
+    tag = "v2",
+    summary = "Ready: the startup models are loaded and the server is not draining",
+    responses(
+        (status = 200, body = ReadyResponse),
+        (status = 503, description = "Not ready, with the reasons", body = ReadyResponse),
+    ),
+)]
+pub async fn ready(state: State<AppState>) -> (StatusCode, Json<ReadyResponse>) {
+    let (status, body) = super::health::ready(state).await;
+    let ready = ReadyResponse {
+        ready: status == StatusCode::OK,
+        reasons: body.0.reasons,
+    };
+    (status, Json(ready))
+}
+
+fn lookup(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Arc<LoadedVersion>, Error> {
+    check_name(name)?;
+    let v = version.map(|v| parse_version(name, v)).transpose()?;
+    state.serving().version(name, v)
+}
+
+/// `GET /v2/models/{name}[/versions/{version}]`: the protocol's model metadata.
+#[derive(Serialize, ToSchema)]
+pub struct ModelMetadataResponse {
+    pub name: String,
+    /// The versions that can answer now.
+    pub versions: Vec<String>,
+    pub platform: &'static str,
+    pub inputs: Vec<TensorMetadataView>,
+    pub outputs: Vec<TensorMetadataView>,
+}
+
+/// One input or output tensor of a model.
+#[derive(Serialize, ToSchema)]
+pub struct TensorMetadataView {
+    pub name: String,
+    pub datatype: &'static str,
+    /// With `-1` for the batch dimension.
+    pub shape: Vec<i64>,
+}
+
+/// `GET /v2/models/{name}[/versions/{version}]/ready`
+#[derive(Serialize, ToSchema)]
+pub struct ModelReadyResponse {
+    pub name: String,
+    pub ready: bool,
+    /// Why the model cannot answer (only when not ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn model_metadata(state: &AppState, lv: &LoadedVersion) -> ModelMetadataResponse {
+    let model = &lv.model;
+    let sig = model.signature();
+    let dtype = match sig.dtype {
+        InputDType::Float32 => "FP32",
+        InputDType::Int64 => "INT64",
+    };
+    let mut inputs = vec![TensorMetadataView {
+        name: "input".into(),
+        datatype: dtype,
+        shape: batched(&sig.raw_shape()),
+    }];
+    if let (Some(_), Some(p)) = (sig.preprocessed_features(), sig.preprocessing) {
+        for f in &p.features {
+            let datatype = match f {
+                FeatureTransform::Numeric { .. } => "FP64",
+                FeatureTransform::Categorical { .. } => "BYTES",
+            };
+            inputs.push(TensorMetadataView {
+                name: f.name().to_owned(),
+                datatype,
+                shape: vec![-1],
+            });
+        }
+    }
+    let outputs = ModelOutput::all(model.task())
+        .iter()
+        .map(|o| TensorMetadataView {
+            name: o.name().into(),
+            datatype: o.datatype(),
+            shape: batched(&o.shape(model)),
+        })
+        .collect();
+    let versions: Vec<String> = state
+        .registry
+        .view(&lv.name)
+        .map(|v| {
+            v.versions
+                .iter()
+                .filter(|(_, s)| s.loaded().is_some())
+                .map(|(n, _)| n.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    ModelMetadataResponse {
+        name: lv.name.clone(),
+        versions,
+        platform: PLATFORM,
+        inputs,
+        outputs,
+    }
+}
+
+/// `GET /v2/models/{name}`
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}",
+    operation_id = "v2_model_metadata",
+    tag = "v2",
+    summary = "The default version's inputs and outputs as tensor metadata",
+    params(ModelPath),
+    responses((status = 200, body = ModelMetadataResponse), LookupErrors),
+)]
+pub async fn metadata(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ModelMetadataResponse>, ApiError> {
+    let lv = lookup(&state, &name, None)?;
+    Ok(Json(model_metadata(&state, &lv)))
+}
+
+/// `GET /v2/models/{name}/versions/{version}`
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/versions/{version}",
+    operation_id = "v2_version_metadata",
+    tag = "v2",
+    summary = "One version's inputs and outputs as tensor metadata",
+    params(VersionPath),
+    responses((status = 200, body = ModelMetadataResponse), LookupErrors),
+)]
+pub async fn version_metadata(
+    State(state): State<AppState>,
+    Path((name, v)): Path<(String, String)>,
+) -> Result<Json<ModelMetadataResponse>, ApiError> {
+    let lv = lookup(&state, &name, Some(&v))?;
+    Ok(Json(model_metadata(&state, &lv)))
+}
+
+fn readiness(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<(StatusCode, Json<ModelReadyResponse>), ApiError> {
+    check_name(name)?;
+    let (status, error) = match lookup(state, name, version) {
+        Ok(_) => (StatusCode::OK, None),
+        Err(e @ (Error::ModelNotFound(_) | Error::VersionNotFound { .. })) => return Err(e.into()),
+        Err(other) => (StatusCode::SERVICE_UNAVAILABLE, Some(other.to_string())),
+    };
+    let ready = ModelReadyResponse {
+        name: name.to_owned(),
+        ready: error.is_none(),
+        error,
+    };
+    Ok((status, Json(ready)))
+}
+
+/// `GET /v2/models/{name}/ready`
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/ready",
+    operation_id = "v2_model_ready",
+    tag = "v2",
+    summary = "Whether the default version can answer",
+    params(ModelPath),
+    responses(
+        (status = 200, body = ModelReadyResponse),
+        (status = 503, description = "Known but not ready, with the reason", body = ModelReadyResponse),
+        LookupErrors,
+    ),
+)]
+pub async fn model_ready(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<ModelReadyResponse>), ApiError> {
+    readiness(&state, &name, None)
+}
+
+/// `GET /v2/models/{name}/versions/{version}/ready`
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/versions/{version}/ready",
+    operation_id = "v2_version_ready",
+    tag = "v2",
+    summary = "Whether one version can answer",
+    params(VersionPath),
+    responses(
+        (status = 200, body = ModelReadyResponse),
+        (status = 503, description = "Known but not ready, with the reason", body = ModelReadyResponse),
+        LookupErrors,
+    ),
+)]
+pub async fn version_ready(
+    State(state): State<AppState>,
+    Path((name, v)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<ModelReadyResponse>), ApiError> {
+    readiness(&state, &name, Some(&v))
+}
+
+// === inference ===
+
+/// An infer body of any content type (the binary extension's is not JSON), read up to the
+/// body limit, with its `inference-header-content-length` header: taken from the request
+/// without copying its header map.
+pub struct InferBody {
+    json_len: Option<HeaderValue>,
+    bytes: Bytes,
+}
+
+impl FromRequest<AppState> for InferBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let json_len = req.headers().get(HEADER_LENGTH).cloned();
+        let limit = state.config.body_limit;
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|e| super::extract::body_error(&e, limit))?;
+        Ok(InferBody { json_len, bytes })
+    }
+}
+
+/// Decode → the serving core → encode.
+async fn infer_on(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+    timeout: Option<std::time::Duration>,
+    body: InferBody,
+) -> Result<Response, ApiError> {
+    let lv = lookup(state, name, version)?;
+    let serving = state.serving();
+    let req: InferRequest = decode::parse_request(body.json_len.as_ref(), &body.bytes)?;
+    let spec = InputSpec::of(&lv.model).with_max_rows(serving.max_rows());
+    let decoded = decode::to_rows(&spec, req.inputs)?;
+    // Refused before anything is computed; only the outputs named are computed after.
+    let selected = encode::select(
+        lv.model.task(),
+        req.outputs.as_deref(),
+        req.parameters.as_ref(),
+    )?;
+    let rows = Rows {
+        data: decoded.rows,
+        n_rows: decoded.n_rows,
+    };
+    let prediction = serving
+        .predict(&lv, rows, timeout, &tracing::Span::current())
+        .await?;
+    let envelope = Envelope {
+        model_name: &lv.name,
+        model_version: lv.version,
+        id: req.id,
+        warnings: &decoded.warnings,
+    };
+    Ok(encode::answer(&prediction, envelope, &selected))
+}
+
+/// `POST /v2/models/{name}/infer`
+#[utoipa::path(
+    post,
+    path = "/v2/models/{name}/infer",
+    operation_id = "v2_infer",
+    tag = "v2",
+    summary = "Run the default version (shares its batcher queue with v1 requests)",
+    params(ModelPath, Timeout, BinaryHeader),
+    request_body(
+        description = "JSON, or with the binary extension: `application/octet-stream`, the \
+            JSON part (its length in `Inference-Header-Content-Length`) followed by the tensors \
+            whose `binary_data_size` it gives, in input order",
+        content((InferRequest = "application/json"), ("application/octet-stream")),
+    ),
+    responses(
+        (
+            status = 200,
+            description = "JSON, or `application/octet-stream` when outputs are sent as binary \
+                data: the JSON part, then the tensors in output order",
+            content((InferResponse = "application/json"), ("application/octet-stream")),
+            headers(("inference-header-content-length" = usize, description = "Length of the JSON part (binary answers)")),
+        ),
+        InferErrors,
+    ),
+)]
+pub async fn infer(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Deadline(timeout): Deadline,
+    body: InferBody,
+) -> Result<Response, ApiError> {
+    infer_on(&state, &name, None, timeout, body).await
+}
+
+/// `POST /v2/models/{name}/versions/{version}/infer`
+#[utoipa::path(
+    post,
+    path = "/v2/models/{name}/versions/{version}/infer",
+    operation_id = "v2_version_infer",
+    tag = "v2",
+    summary = "Run one version",
+    params(VersionPath, Timeout, BinaryHeader),
+    request_body(
+        description = "JSON, or with the binary extension: `application/octet-stream`, the \
+            JSON part (its length in `Inference-Header-Content-Length`) followed by the tensors \
+            whose `binary_data_size` it gives, in input order",
+        content((InferRequest = "application/json"), ("application/octet-stream")),
+    ),
+    responses(
+        (
+            status = 200,
+            description = "JSON, or `application/octet-stream` when outputs are sent as binary \
+                data: the JSON part, then the tensors in output order",
+            content((InferResponse = "application/json"), ("application/octet-stream")),
+            headers(("inference-header-content-length" = usize, description = "Length of the JSON part (binary answers)")),
+        ),
+        InferErrors,
+    ),
+)]
+pub async fn version_infer(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+    Deadline(timeout): Deadline,
+    body: InferBody,
+) -> Result<Response, ApiError> {
+    infer_on(&state, &name, Some(&version), timeout, body).await
+}
