@@ -41,7 +41,14 @@ fn model(json: &str) -> Model {
 pub fn models() -> Vec<Model> {
     let iris = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/iris/1");
     vec![
-        Model::load(&iris, &candle_core::Device::Cpu).expect("the shipped iris model loads"),
+        kiln::store::read_version_dir(&iris)
+            .and_then(|files| {
+                Ok(kiln::store::load_and_warm(
+                    &files,
+                    &candle_core::Device::Cpu,
+                )?)
+            })
+            .expect("the shipped iris model loads"),
         model(
             r#"{"format_version": 1, "task": "classification", "input": {"shape": [2, 2]},
             "layers": [{"type": "flatten"}, {"type": "dense", "units": 2}]}"#,

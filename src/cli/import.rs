@@ -18,7 +18,8 @@ pub struct Args {
     pub models: PathBuf,
 }
 
-/// Every tensor's presence and shape and one forward pass are checked before publishing.
+/// Every tensor's presence and shape and one forward pass are checked before publishing
+/// (`kiln::store::validate_and_publish`, as uploads and training jobs do).
 pub fn run(a: &Args) -> anyhow::Result<()> {
     let (weights, spec, name, models) = (&a.weights, &a.spec, a.name.as_str(), &a.models);
     super::set_compute_threads(1);
