@@ -226,7 +226,9 @@ impl RegressionStats {
 
     /// Adds a batch: row-major `[rows, outputs]` predictions and actual values.
     pub fn add(&mut self, predicted: &[f32], actual: &[f32]) -> Result<()> {
-        if predicted.len() != actual.len() || self.outputs == 0 || actual.len() % self.outputs != 0
+        if predicted.len() != actual.len()
+            || self.outputs == 0
+            || !actual.len().is_multiple_of(self.outputs)
         {
             return Err(TrainingError::Shape(format!(
                 "{} predictions and {} actual values do not form rows of {} outputs",

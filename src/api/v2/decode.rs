@@ -238,7 +238,7 @@ fn decode_binary(name: &str, datatype: &str, bytes: &[u8]) -> Result<Data, Error
 
 /// 16-bit floats (FP16, BF16), little-endian, widened by `widen`.
 fn halves(bytes: &[u8], datatype: &str, widen: fn(u16) -> f64) -> Result<Data, String> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(format!("odd number of {datatype} bytes"));
     }
     Ok(Data::Numbers(
