@@ -1,22 +1,33 @@
 //! kiln trains neural networks and serves them over HTTP, in one binary.
 //!
 //! # Layout
-//! - [`config`]: defaults → `config/kiln.toml` → `KILN_*` → flags, validated.
-//! - [`model`]: `model.json` + safetensors → candle layers; the device.
-//! - [`preprocess`]: fitted transforms applied to named-feature instances.
-//! - [`store`]: the model store: where versions live (the models directory), name rules,
-//!   publish (validated first) and delete; the registry reads it, nothing else touches it.
-//! - [`registry`]: name → version → state; the loader (the only way in) and the watcher.
-//! - [`batcher`]: per-version queue, batching policy and worker threads.
+//! Every module uses only modules listed above it (checked by `tests/it/architecture.rs`):
+//! - base, knowing nothing of kiln: [`error`] (the serving path's errors; each domain owns
+//!   its own enum), [`device`] (`cpu` / `cuda:N`, the compute threads), [`shutdown`],
+//!   [`metrics`] (Prometheus families), [`dataset`] (uploaded data sets: files, parsing,
+//!   types, profiles).
+//! - [`config`]: defaults → `config/kiln.toml` → `KILN_*` → flags, one piece per component
+//!   (registry, batching, training, api, connections). [`preprocess`]: fitted transforms
+//!   applied to named-feature instances.
+//! - [`model`]: `model.json` + safetensors → candle layers (one file per layer family); the
+//!   signature, labels and scores a model answers with. [`telemetry`]: logs.
+//! - [`batcher`]: per-version queue, batching policy and worker threads. [`store`]: the
+//!   model store, where versions live: layout, name rules, scans, publish (validated first)
+//!   and delete; nothing else touches the models directory.
+//! - [`registry`]: name → version → state; loads from the store, the watcher. [`training`]:
+//!   one training run (spec and its defaults, preparation, the loop, the math); `kiln train`.
 //! - [`serving`]: the one call every protocol makes: decoded rows → batcher → a
-//!   `Prediction` in model terms (labels, scores, original units).
-//! - [`dataset`]: uploaded data sets: files, parsing, profiles.
-//! - [`training`]: one training run (spec, preparation, the loop, the math); `kiln train`.
-//! - [`jobs`]: training runs as server jobs: queue, job threads, checkpoints, and the
-//!   [`jobs::JobStore`] that holds every job's state.
-//! - [`api`]: the HTTP edge (TF Serving's REST API, health).
-//! - [`server`]: the accept loop: connection limit, read timeouts, TLS.
-//!
+//!   `Prediction` in model terms (labels, scores, original units). [`jobs`]: training runs
+//!   as server jobs: queue, job threads, checkpoints, and the [`jobs::JobStore`] that holds
+//!   every job's state.
+//! - [`auth`]: API keys and scopes. [`server`]: the accept loop: connection limit, read
+//!   timeouts, TLS.
+//! - [`state`]: the handles every handler extracts.
+//! - [`api`]: the HTTP edge: routes (each declared once, with its scope), decoders and
+//!   encoders of TF Serving's REST API and the Open Inference Protocol, datasets, jobs,
+//!   the repository, health, metrics, the OpenAPI document.
+//! - This file assembles the server ([`serve`]); the binary's `cli/` holds the commands.
+
 //! # The prediction flow
 //! ```text
 //! POST /v1/models/iris:predict
