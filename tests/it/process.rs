@@ -13,11 +13,11 @@ use crate::util::*;
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 /// Starts `kiln serve` on an ephemeral port; returns the child and its base URL.
-fn spawn_server(models: &Path, extra: &[&str]) -> (Child, String) {
+fn spawn_server(models: &Path, extra: &[&str]) -> (Server, String) {
     spawn_server_with_data(models, models, extra)
 }
 
-fn spawn_server_with_data(models: &Path, data: &Path, extra: &[&str]) -> (Child, String) {
+fn spawn_server_with_data(models: &Path, data: &Path, extra: &[&str]) -> (Server, String) {
     let (child, base, _logs) = spawn_server_logged(models, data, extra, &[]);
     (child, base)
 }
@@ -29,7 +29,7 @@ fn spawn_server_logged(
     data: &Path,
     extra: &[&str],
     env: &[(&str, &str)],
-) -> (Child, String, std::sync::mpsc::Receiver<Value>) {
+) -> (Server, String, std::sync::mpsc::Receiver<Value>) {
     let mut child = Command::new(KILN)
         .args([
             "serve",
@@ -76,7 +76,35 @@ fn spawn_server_logged(
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("kiln printed its address");
-    (child, format!("http://{addr}"), log_rx)
+    (Server(child), format!("http://{addr}"), log_rx)
+}
+
+/// A spawned server that is killed when dropped: a test that fails half-way (a panic
+/// unwinds through it) leaves no `kiln serve` behind, training on in the background.
+struct Server(Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Already waited for (the usual end of a test): nothing to kill.
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 fn signal(child: &Child, sig: &str) {
