@@ -901,25 +901,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::model::format::ModelSpec;
 
     fn model(json: serde_json::Value) -> Model {
-        let spec: ModelSpec = serde_json::from_value(json).unwrap();
-        let vm = candle_nn::VarMap::new();
-        let vb = candle_nn::VarBuilder::from_varmap(
-            &vm,
-            candle_core::DType::F32,
-            &candle_core::Device::Cpu,
-        );
-        Model::check_and_build(&spec, &vb).unwrap();
-        let tensors = vm
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
-        Model::from_tensors(spec, tensors, &candle_core::Device::Cpu).unwrap()
+        Model::of_spec(json)
     }
 
     fn models() -> Vec<Model> {

@@ -37,6 +37,24 @@ pub struct Model {
 }
 
 impl Model {
+    /// A model of `spec` with freshly initialized weights, for unit tests that read only what
+    /// the spec says (signature, labels, scores).
+    #[cfg(test)]
+    pub(crate) fn of_spec(spec: serde_json::Value) -> Model {
+        let spec: ModelSpec = serde_json::from_value(spec).expect("a valid model spec");
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        Model::check_and_build(&spec, &vb).expect("the spec builds");
+        let tensors = vm
+            .data()
+            .lock()
+            .expect("the var map lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        Model::from_tensors(spec, tensors, &Device::Cpu).expect("the model loads")
+    }
+
     /// Builds a model from a spec and named tensors (PyTorch names), checking every shape.
     pub fn from_tensors(
         spec: ModelSpec,

@@ -193,27 +193,11 @@ mod tests {
 
     use super::{check_rows, Prediction, Timing};
     use crate::error::Error;
-    use crate::model::format::{ModelSpec, Task};
+    use crate::model::format::Task;
     use crate::model::Model;
 
-    /// A model of `spec` with zero-initialized weights: the core reads only its spec.
     fn model(spec: serde_json::Value) -> Model {
-        let spec: ModelSpec = serde_json::from_value(spec).unwrap();
-        let vm = candle_nn::VarMap::new();
-        let vb = candle_nn::VarBuilder::from_varmap(
-            &vm,
-            candle_core::DType::F32,
-            &candle_core::Device::Cpu,
-        );
-        Model::check_and_build(&spec, &vb).unwrap();
-        let tensors = vm
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
-        Model::from_tensors(spec, tensors, &candle_core::Device::Cpu).unwrap()
+        Model::of_spec(spec)
     }
 
     fn classifier(units: usize, labels: &[&str], last: Option<&str>) -> Model {
