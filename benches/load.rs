@@ -107,6 +107,24 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The seed model's two scenarios: one row × `clients`, `batch_rows` × `batch_clients`.
+    fn seed_scenarios(&self) -> [Scenario; 2] {
+        [
+            Scenario {
+                clients: self.clients,
+                rows: 1,
+                model: MODEL,
+            },
+            Scenario {
+                clients: self.batch_clients,
+                rows: self.batch_rows,
+                model: MODEL,
+            },
+        ]
+    }
+}
+
 /// One load scenario: `clients` connections, `rows` instances per request.
 #[derive(Clone, Copy, Debug)]
 struct Scenario {
@@ -751,18 +769,7 @@ fn bench_binary(s: &Settings, models: &Path, cwd: &Path, client_rt: &tokio::runt
     std::thread::sleep(Duration::from_millis(500));
     let (idle, _) = rss_kib(pid);
     println!("  RSS idle (after ready + 0.5 s): {:.1} MiB", mib(idle));
-    let scenarios = [
-        Scenario {
-            clients: s.clients,
-            rows: 1,
-            model: MODEL,
-        },
-        Scenario {
-            clients: s.batch_clients,
-            rows: s.batch_rows,
-            model: MODEL,
-        },
-    ];
+    let scenarios = s.seed_scenarios();
     let mut after = Vec::new();
     for run in 1..=s.rss_runs.max(2) {
         for sc in scenarios {

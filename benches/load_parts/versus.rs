@@ -263,18 +263,7 @@ pub fn bench_versus(s: &Settings, models: &Path, cwd: &Path, client_rt: &tokio::
             child,
         });
     }
-    let scenarios = [
-        Scenario {
-            clients: s.clients,
-            rows: 1,
-            model: MODEL,
-        },
-        Scenario {
-            clients: s.batch_clients,
-            rows: s.batch_rows,
-            model: MODEL,
-        },
-    ];
+    let scenarios = s.seed_scenarios();
     let tmp = tempfile::tempdir().unwrap();
     // samples[scenario][generator][target] = one Sample per round
     let mut samples = vec![vec![vec![Vec::<Sample>::new(); targets.len()]; generators.len()]; 2];

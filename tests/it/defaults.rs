@@ -167,13 +167,7 @@ async fn hidden_layers_get_an_output_layer_and_a_wrong_one_is_refused() {
     ] {
         let spec = json!({"model": "m", "dataset": ds["id"], "target": "species",
                           "layers": [{"type": "dense", "units": 8, "activation": "relu"}, out]});
-        let (code, e) = s.post("/v1/training-jobs", &spec).await;
-        assert_eq!(
-            (code, e["code"].as_str()),
-            (400, Some("invalid_spec")),
-            "{e}"
-        );
-        assert!(e["error"].as_str().unwrap().contains(fragment), "{e}");
+        assert_refused(&s, &spec, fragment).await;
     }
 }
 
@@ -236,13 +230,7 @@ async fn a_search_reports_every_trial_and_publishes_the_best() {
     ] {
         let spec =
             json!({"model": "m", "dataset": ds["id"], "target": "species", "search": search});
-        let (code, e) = s.post("/v1/training-jobs", &spec).await;
-        assert_eq!(
-            (code, e["code"].as_str()),
-            (400, Some("invalid_spec")),
-            "{e}"
-        );
-        assert!(e["error"].as_str().unwrap().contains(fragment), "{e}");
+        assert_refused(&s, &spec, fragment).await;
     }
 }
 
@@ -288,4 +276,15 @@ async fn refit_trains_on_every_row_for_the_chosen_epochs() {
     let (code, e) = s.post("/v1/training-jobs", &spec).await;
     assert_eq!(code, 400, "{e}");
     assert!(e["error"].as_str().unwrap().contains("refit"), "{e}");
+}
+
+/// `spec` is refused before queuing: 400 `invalid_spec`, the message naming `fragment`.
+async fn assert_refused(s: &Server, spec: &Value, fragment: &str) {
+    let (code, e) = s.post("/v1/training-jobs", spec).await;
+    assert_eq!(
+        (code, e["code"].as_str()),
+        (400, Some("invalid_spec")),
+        "{e}"
+    );
+    assert!(e["error"].as_str().unwrap().contains(fragment), "{e}");
 }
