@@ -305,3 +305,23 @@ pub fn assert_close(a: &Value, b: &Value, tol: f64) {
         _ => assert_eq!(a, b),
     }
 }
+
+/// What the environment variable `var` names (a URL, a directory, a program) for a test that
+/// needs an engine `cargo test` cannot provide: set by a step of `scripts/test`.
+///
+/// `None` means skip: the test prints why and returns. Under `scripts/test`
+/// (`KILN_TEST_REQUIRE_ALL=1`) a missing engine fails the test instead, so the suite can
+/// never pass by skipping.
+#[allow(dead_code)] // until the first engine test lands
+pub fn external(var: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ if std::env::var("KILN_TEST_REQUIRE_ALL").as_deref() == Ok("1") => {
+            panic!("{what} is needed: {var} is not set (scripts/test sets it up)")
+        }
+        _ => {
+            eprintln!("skipped: {what} is not available ({var} is not set; scripts/test sets it up)");
+            None
+        }
+    }
+}
