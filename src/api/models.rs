@@ -1,5 +1,7 @@
 //! Model listing, TF Serving's status and metadata endpoints.
 
+use std::collections::BTreeMap;
+
 use axum::extract::State;
 
 use super::extract::Path;
@@ -13,7 +15,7 @@ use super::openapi::{LookupErrors, ModelPath, StatusErrors, VersionPath};
 use super::respond::batched;
 use super::types::*;
 use crate::error::Error;
-use crate::model::format::Task;
+use crate::model::format::{InputDType, Task};
 use crate::registry::{LoadedVersion, ModelView, VersionState};
 use crate::state::AppState;
 
@@ -149,7 +151,7 @@ pub async fn version_status(
     path = "/v1/models/{name}/metadata",
     operation_id = "model_metadata",
     tag = "serving",
-    summary = "The default version's signature, layers and preprocessing",
+    summary = "The default version's signatures (TF Serving's GetModelMetadata), with kiln's layers and preprocessing",
     params(ModelPath),
     responses((status = 200, body = MetadataResponse), LookupErrors),
 )]
@@ -168,7 +170,7 @@ pub async fn metadata(
     path = "/v1/models/{name}/versions/{version}/metadata",
     operation_id = "version_metadata",
     tag = "serving",
-    summary = "One version's signature, layers and preprocessing",
+    summary = "One version's signatures, layers and preprocessing",
     params(VersionPath),
     responses((status = 200, body = MetadataResponse), LookupErrors),
 )]
@@ -191,7 +193,8 @@ fn metadata_of(lv: &LoadedVersion) -> Response {
             signature_name: "serving_default",
         },
         metadata: MetadataView {
-            signature_def: SignatureView {
+            signature_def: tf_signatures(lv),
+            kiln: SignatureView {
                 task: match spec.task {
                     Task::Classification => "classification",
                     Task::Regression => "regression",
@@ -224,4 +227,91 @@ fn metadata_of(lv: &LoadedVersion) -> Response {
         body,
     )
         .into_response()
+}
+
+/// The version's signatures as TF Serving describes a SavedModel's: `serving_default`
+/// (`:predict`: the input tensor in, the output tensor out), and, for a model that takes
+/// named-feature examples, `classify` (a classifier: `classes` and `scores` per class) or
+/// `regress` (one value per example). The examples of `classify`/`regress` are serialized
+/// `tf.Example`s in TensorFlow (`DT_STRING`); over REST they are JSON objects.
+fn tf_signatures(lv: &LoadedVersion) -> SignatureDefMapView {
+    let model = &lv.model;
+    let spec = model.spec();
+    let input_dtype = match spec.input.dtype {
+        InputDType::Float32 => "DT_FLOAT",
+        InputDType::Int64 => "DT_INT64",
+    };
+    let mut signatures = BTreeMap::new();
+    signatures.insert(
+        "serving_default",
+        SignatureDefView {
+            inputs: BTreeMap::from([(
+                "input",
+                tensor_info("input", input_dtype, &batched(&spec.input.shape)),
+            )]),
+            outputs: BTreeMap::from([(
+                "output",
+                tensor_info("output", "DT_FLOAT", &batched(model.output_shape())),
+            )]),
+            method_name: "tensorflow/serving/predict",
+        },
+    );
+    if spec.input.features.is_some() {
+        let examples = || {
+            BTreeMap::from([(
+                "inputs",
+                tensor_info("examples", "DT_STRING", &batched(&[])),
+            )])
+        };
+        match model.task() {
+            Task::Classification => {
+                let classes = batched(&[model.labels().len()]);
+                signatures.insert(
+                    "classify",
+                    SignatureDefView {
+                        inputs: examples(),
+                        outputs: BTreeMap::from([
+                            ("classes", tensor_info("classes", "DT_STRING", &classes)),
+                            ("scores", tensor_info("scores", "DT_FLOAT", &classes)),
+                        ]),
+                        method_name: "tensorflow/serving/classify",
+                    },
+                );
+            }
+            Task::Regression if model.output_len() == 1 => {
+                signatures.insert(
+                    "regress",
+                    SignatureDefView {
+                        inputs: examples(),
+                        outputs: BTreeMap::from([(
+                            "outputs",
+                            tensor_info("outputs", "DT_FLOAT", &batched(&[1])),
+                        )]),
+                        method_name: "tensorflow/serving/regress",
+                    },
+                );
+            }
+            Task::Regression => {}
+        }
+    }
+    SignatureDefMapView {
+        signature_def: signatures,
+    }
+}
+
+fn tensor_info(name: &'static str, dtype: &'static str, shape: &[i64]) -> TensorInfoView {
+    TensorInfoView {
+        dtype,
+        tensor_shape: TensorShapeView {
+            dim: shape
+                .iter()
+                .map(|d| DimView {
+                    size: d.to_string(),
+                    name: "",
+                })
+                .collect(),
+            unknown_rank: false,
+        },
+        name,
+    }
 }

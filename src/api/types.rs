@@ -66,7 +66,10 @@ pub struct StatusView {
     pub error_message: String,
 }
 
-/// TF Serving's `GetModelMetadata`-shaped answer with kiln's signature.
+/// TF Serving's `GetModelMetadata` answer, in the exact JSON TF Serving's REST API prints
+/// (docs/http.md): `metadata.signature_def` is its `SignatureDefMap`, so TF
+/// Serving tooling reads the signatures; kiln's own, richer description sits beside it under
+/// `metadata.kiln` (and `metadata.training`), keys TF Serving's map leaves free.
 #[derive(Serialize, ToSchema)]
 pub struct MetadataResponse<'a> {
     pub model_spec: ModelSpecView,
@@ -82,7 +85,12 @@ pub struct ModelSpecView {
 
 #[derive(Serialize, ToSchema)]
 pub struct MetadataView<'a> {
-    pub signature_def: SignatureView<'a>,
+    /// TF Serving's `SignatureDefMap`: `serving_default` (`:predict`), plus `classify` or
+    /// `regress` for models that take named-feature examples.
+    pub signature_def: SignatureDefMapView,
+    /// kiln's description of the signature: task, tensors with feature names, labels,
+    /// preprocessing and layers.
+    pub kiln: SignatureView<'a>,
     /// Training information (metrics, dataset, date) from `model.json`: kiln's own, or any
     /// JSON a model from elsewhere carries.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,6 +98,48 @@ pub struct MetadataView<'a> {
     pub training: Option<&'a crate::model::format::TrainingBlock>,
 }
 
+/// TensorFlow's `SignatureDefMap`, as protobuf's JSON mapping prints it.
+#[derive(Serialize, ToSchema)]
+pub struct SignatureDefMapView {
+    /// Signatures by name.
+    pub signature_def: std::collections::BTreeMap<&'static str, SignatureDefView>,
+}
+
+/// TensorFlow's `SignatureDef`.
+#[derive(Serialize, ToSchema)]
+pub struct SignatureDefView {
+    pub inputs: std::collections::BTreeMap<&'static str, TensorInfoView>,
+    pub outputs: std::collections::BTreeMap<&'static str, TensorInfoView>,
+    /// `tensorflow/serving/predict`, `tensorflow/serving/classify` or
+    /// `tensorflow/serving/regress`.
+    pub method_name: &'static str,
+}
+
+/// TensorFlow's `TensorInfo`.
+#[derive(Serialize, ToSchema)]
+pub struct TensorInfoView {
+    /// `DT_FLOAT`, `DT_INT64` or `DT_STRING`.
+    pub dtype: &'static str,
+    pub tensor_shape: TensorShapeView,
+    pub name: &'static str,
+}
+
+/// TensorFlow's `TensorShapeProto`.
+#[derive(Serialize, ToSchema)]
+pub struct TensorShapeView {
+    pub dim: Vec<DimView>,
+    pub unknown_rank: bool,
+}
+
+/// One dimension: its size as a decimal string (protobuf's JSON for int64), `-1` for the
+/// batch.
+#[derive(Serialize, ToSchema)]
+pub struct DimView {
+    pub size: String,
+    pub name: &'static str,
+}
+
+/// kiln's own signature description (`metadata.kiln`).
 #[derive(Serialize, ToSchema)]
 pub struct SignatureView<'a> {
     /// `classification` or `regression`.

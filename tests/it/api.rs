@@ -46,7 +46,29 @@ async fn listing_status_and_metadata() {
         md["model_spec"],
         json!({"name": "tab", "version": "1", "signature_name": "serving_default"})
     );
-    let sig = &md["metadata"]["signature_def"];
+    // TF Serving's exact JSON: a SignatureDefMap under `metadata.signature_def`, dims as
+    // strings; examples-taking models add `classify` (or `regress`).
+    let dim = |sizes: &[i64]| json!({"dim": sizes.iter().map(|s| json!({"size": s.to_string(), "name": ""})).collect::<Vec<_>>(), "unknown_rank": false});
+    assert_eq!(
+        md["metadata"]["signature_def"],
+        json!({"signature_def": {
+            "serving_default": {
+                "inputs": {"input": {"dtype": "DT_FLOAT", "tensor_shape": dim(&[-1, 5]), "name": "input"}},
+                "outputs": {"output": {"dtype": "DT_FLOAT", "tensor_shape": dim(&[-1, 2]), "name": "output"}},
+                "method_name": "tensorflow/serving/predict"
+            },
+            "classify": {
+                "inputs": {"inputs": {"dtype": "DT_STRING", "tensor_shape": dim(&[-1]), "name": "examples"}},
+                "outputs": {
+                    "classes": {"dtype": "DT_STRING", "tensor_shape": dim(&[-1, 2]), "name": "classes"},
+                    "scores": {"dtype": "DT_FLOAT", "tensor_shape": dim(&[-1, 2]), "name": "scores"}
+                },
+                "method_name": "tensorflow/serving/classify"
+            }
+        }})
+    );
+    // kiln's own description beside it.
+    let sig = &md["metadata"]["kiln"];
     assert_eq!(sig["task"], "classification");
     assert_eq!(sig["inputs"][0]["shape"], json!([-1, 5]));
     assert_eq!(sig["inputs"][0]["features"], json!(["a", "b", "color"]));
@@ -55,8 +77,18 @@ async fn listing_status_and_metadata() {
     assert!(sig["preprocessing"]["features"].is_array());
     let (code, md) = s.get("/v1/models/mlp/versions/1/metadata").await;
     assert_eq!(
-        (code, &md["metadata"]["signature_def"]["inputs"][0]["shape"]),
+        (code, &md["metadata"]["kiln"]["inputs"][0]["shape"]),
         (200, &json!([-1, 6]))
+    );
+    // No feature names, so no examples: `serving_default` only.
+    let sigs = &md["metadata"]["signature_def"]["signature_def"];
+    assert_eq!(
+        sigs.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["serving_default"]
+    );
+    assert_eq!(
+        sigs["serving_default"]["inputs"]["input"]["tensor_shape"],
+        dim(&[-1, 6])
     );
 
     let (code, h) = s.get("/health/live").await;
@@ -168,9 +200,16 @@ async fn classify_and_regress() {
     // An all-zero instance gives the bias, mapped back to original units: bias * 10 + 100.
     let (_, lm) = s.get("/v1/models/reg/metadata").await;
     assert_eq!(
-        lm["metadata"]["signature_def"]["preprocessing"]["target"]["shift"],
+        lm["metadata"]["kiln"]["preprocessing"]["target"]["shift"],
         100.0
     );
+    let regress = &lm["metadata"]["signature_def"]["signature_def"]["regress"];
+    assert_eq!(regress["method_name"], "tensorflow/serving/regress");
+    assert_eq!(
+        regress["outputs"]["outputs"]["tensor_shape"]["dim"][1]["size"],
+        "1"
+    );
+    assert!(lm["metadata"]["signature_def"]["signature_def"]["classify"].is_null());
     let (code, e) = s
         .post(
             "/v1/models/reg:classify",

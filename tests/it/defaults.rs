@@ -219,7 +219,7 @@ async fn a_search_reports_every_trial_and_publishes_the_best() {
     assert_eq!(search["best_trial"], best["trial"]);
     assert_eq!(job["metrics"]["accuracy"], best["metrics"]["accuracy"]);
     let (_, md) = s.get("/v1/models/searched/metadata").await;
-    let first = &md["metadata"]["signature_def"]["layers"][0];
+    let first = &md["metadata"]["kiln"]["layers"][0];
     assert_eq!(first["units"], best["width"], "{md}");
     // Bad candidates are refused before queuing.
     for (search, fragment) in [
