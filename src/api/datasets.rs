@@ -55,10 +55,13 @@ impl<'a> From<&'a DatasetInfo> for DatasetView<'a> {
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
     /// A name to show with the dataset.
+    #[param(nullable = false)]
     name: Option<String>,
     /// `csv` or `json`; default: from the content type, else detected from the bytes.
+    #[param(value_type = Option<Format>, nullable = false)]
     format: Option<String>,
     /// CSV: `comma`, `semicolon` or `tab`; default: detected.
+    #[param(value_type = Option<Delimiter>, nullable = false)]
     delimiter: Option<String>,
 }
 

@@ -50,9 +50,15 @@ pub enum ApiError {
     /// No route matches.
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
-    /// The route exists but not for this method.
+    /// The route exists but not for this method. `allow`: the methods the path documents
+    /// (the `Allow` header), when the answer knows them better than the router (a `:verb`
+    /// segment shares its route with the resource); empty: the router's own list.
     #[error("method {method} is not allowed on {path}")]
-    MethodNotAllowed { method: String, path: String },
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: &'static str,
+    },
 }
 
 /// A dataset error as the client reads it: an id that can never exist is simply not found.
@@ -175,6 +181,11 @@ impl IntoResponse for ApiError {
         if matches!(self, ApiError::BodyTimeout(_)) {
             // The rest of the body may still come; the connection cannot be reused.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let ApiError::MethodNotAllowed { allow, .. } = &self {
+            if !allow.is_empty() {
+                h.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
         }
         if matches!(self, ApiError::Unauthorized(_)) {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -156,6 +156,56 @@ pub fn split_verb(segment: &str) -> Result<(&str, Verb), Error> {
     Ok((name, verb))
 }
 
+// === routes shared by a resource and its methods ===
+//
+// `/v1/models/{name}` (and `/versions/{version}`) and `/v1/training-jobs/{id}` are each one
+// route to axum, but two paths to a client: the resource (GET, DELETE) and its TF Serving-style
+// methods (`…:predict`, `…:cancel`: POST only). A method one form does not document answers
+// 405 with the `Allow` that form documents, as an unrouted method does.
+
+/// The methods documented on `path`, a request to `route` (one of the shared routes; `None`
+/// for any other). `HEAD` comes with `GET`, as axum serves it.
+pub(crate) fn verb_route_allow(route: &str, path: &str) -> Option<&'static str> {
+    let last = path.rsplit('/').next().unwrap_or("");
+    let has_verb = last.contains(':') || last.contains("%3A") || last.contains("%3a");
+    match route {
+        "/v1/models/{name}" | "/v1/models/{name}/versions/{version}" => {
+            Some(if has_verb { "POST" } else { "GET,HEAD,DELETE" })
+        }
+        "/v1/training-jobs/{id}" => Some(if has_verb { "POST" } else { "GET,HEAD" }),
+        _ => None,
+    }
+}
+
+/// A GET or DELETE of a `:verb` path (`GET /v1/models/iris:predict`): 405, `Allow: POST`.
+pub(crate) fn refuse_verb(method: &str, prefix: &str, segment: &str) -> Result<(), ApiError> {
+    if segment.contains(':') {
+        return Err(ApiError::MethodNotAllowed {
+            method: method.to_owned(),
+            path: format!("{prefix}{segment}"),
+            allow: "POST",
+        });
+    }
+    Ok(())
+}
+
+/// A POST of a resource path without a `:verb` (`POST /v1/models/iris`): 405 with the
+/// resource's methods.
+pub(crate) fn require_verb(
+    prefix: &str,
+    segment: &str,
+    allow: &'static str,
+) -> Result<(), ApiError> {
+    if segment.contains(':') {
+        return Ok(());
+    }
+    Err(ApiError::MethodNotAllowed {
+        method: "POST".to_owned(),
+        path: format!("{prefix}{segment}"),
+        allow,
+    })
+}
+
 /// Refuses names that cannot exist (the store's rule) before anything looks them up.
 pub fn check_name(name: &str) -> Result<(), Error> {
     crate::store::check_name(name).map_err(Error::from)
@@ -182,6 +232,15 @@ mod tests {
         assert_eq!(split_verb("iris:predict").unwrap(), ("iris", Verb::Predict));
         assert_eq!(split_verb("a:b:classify").unwrap(), ("a:b", Verb::Classify));
         assert!(split_verb("iris").is_err());
+        assert_eq!(
+            verb_route_allow("/v1/models/{name}", "/v1/models/iris:predict"),
+            Some("POST")
+        );
+        assert_eq!(
+            verb_route_allow("/v1/training-jobs/{id}", "/v1/training-jobs/job_1"),
+            Some("GET,HEAD")
+        );
+        assert_eq!(verb_route_allow("/v1/models", "/v1/models"), None);
         assert!(split_verb("iris:explode")
             .unwrap_err()
             .to_string()

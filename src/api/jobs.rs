@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
-use super::extract::JsonBody;
+use super::extract::{refuse_verb, require_verb, JsonBody};
 use super::openapi::{CancelErrors, JobErrors, JobListErrors, JobPath, SubmitErrors};
 use crate::error::Error;
 use crate::jobs::store::rfc3339;
@@ -149,9 +149,7 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if id.contains(':') {
-        return Err(Error::InvalidInput(format!("'{id}': methods like :cancel take POST")).into());
-    }
+    refuse_verb("GET", "/v1/training-jobs/", &id)?;
     let d: JobDetails = state.jobs.get(&id).await?;
     Ok(Json(view(&d.record, Some(&d.history))).into_response())
 }
@@ -170,12 +168,8 @@ pub async fn verb(
     State(state): State<AppState>,
     Path(segment): Path<String>,
 ) -> Result<Response, ApiError> {
-    let Some((id, verb)) = segment.rsplit_once(':') else {
-        return Err(Error::InvalidInput(format!(
-            "'{segment}' names no method: POST to {segment}:cancel"
-        ))
-        .into());
-    };
+    require_verb("/v1/training-jobs/", &segment, "GET,HEAD")?;
+    let (id, verb) = segment.rsplit_once(':').unwrap_or((&segment, ""));
     if verb != "cancel" {
         return Err(
             Error::InvalidInput(format!("unknown method ':{verb}': expected :cancel")).into(),
@@ -190,12 +184,16 @@ pub async fn verb(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    #[param(value_type = Option<JobState>, nullable = false)]
     state: Option<String>,
     /// Only jobs that train this model.
+    #[param(nullable = false)]
     model: Option<String>,
     /// Jobs per page, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000, nullable = false)]
     limit: Option<usize>,
     /// Page after this job id (the previous page's `next`).
+    #[param(nullable = false)]
     after: Option<String>,
 }
 

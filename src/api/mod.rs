@@ -181,6 +181,7 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
 /// that (as a route without a rule would need): others get 401/403.
 async fn method_not_allowed(
     State(state): State<AppState>,
+    matched: Option<MatchedPath>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -193,6 +194,9 @@ async fn method_not_allowed(
     ApiError::MethodNotAllowed {
         method: method.to_string(),
         path: uri.path().to_owned(),
+        allow: matched
+            .and_then(|m| extract::verb_route_allow(m.as_str(), uri.path()))
+            .unwrap_or(""),
     }
 }
 

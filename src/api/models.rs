@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::ApiError;
-use super::extract::{check_name, parse_version};
+use super::extract::{check_name, parse_version, refuse_verb};
 use super::openapi::{LookupErrors, ModelPath, StatusErrors, VersionPath};
 use super::respond::batched;
 use super::types::*;
@@ -98,11 +98,7 @@ pub async fn status(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ModelStatusResponse>, ApiError> {
-    if name.contains(':') {
-        return Err(
-            Error::InvalidInput(format!("'{name}': methods like :predict take POST")).into(),
-        );
-    }
+    refuse_verb("GET", "/v1/models/", &name)?;
     check_name(&name)?;
     let view = state.registry.view(&name)?;
     Ok(Json(ModelStatusResponse {
@@ -128,6 +124,7 @@ pub async fn version_status(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<ModelStatusResponse>, ApiError> {
+    refuse_verb("GET", &format!("/v1/models/{name}/versions/"), &version)?;
     check_name(&name)?;
     let v = parse_version(&name, &version)?;
     let view = state.registry.view(&name)?;

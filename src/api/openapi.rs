@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use utoipa::openapi::path::Operation;
@@ -28,6 +29,7 @@ use crate::auth::{Rule, Scope};
 use crate::dataset::DatasetError;
 use crate::error::Error;
 use crate::jobs::JobError;
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -97,9 +99,20 @@ use crate::jobs::JobError;
 )]
 struct ApiDoc;
 
-/// The document, with each operation's security and 401/403 answers from its access rule.
-pub fn document() -> utoipa::openapi::OpenApi {
+/// The document as an instance serves it: with API keys configured (`keyed`), each
+/// operation's security and 401/403 answers come from its access rule; without, no
+/// operation needs a key, so none declares security (a client generated from the document
+/// sends none, and a checker does not expect 401 from an open server).
+pub fn document(keyed: bool) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
+    if !keyed {
+        for item in doc.paths.paths.values_mut() {
+            for op in operations(item) {
+                describe_statuses(op);
+            }
+        }
+        return doc;
+    }
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         SECURITY_SCHEME,
@@ -151,6 +164,18 @@ pub fn document() -> utoipa::openapi::OpenApi {
 
 const SECURITY_SCHEME: &str = "api_key";
 
+fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.post,
+        &mut item.put,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// A response declared without a description (OpenAPI requires one) gets its status's
 /// reason phrase: "OK", "Created", …
 fn describe_statuses(op: &mut Operation) {
@@ -180,9 +205,13 @@ pub fn route_of(path: &str) -> &str {
     }
 }
 
-/// Serialized once: the document never changes while the process runs.
-static DOCUMENT: LazyLock<Vec<u8>> =
-    LazyLock::new(|| serde_json::to_vec(&document()).expect("the OpenAPI document serializes"));
+/// Serialized once each: the document never changes while the process runs (whether keys
+/// are configured is fixed at startup).
+static OPEN_DOCUMENT: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    serde_json::to_vec(&document(false)).expect("the OpenAPI document serializes")
+});
+static KEYED_DOCUMENT: LazyLock<Vec<u8>> =
+    LazyLock::new(|| serde_json::to_vec(&document(true)).expect("the OpenAPI document serializes"));
 
 /// `GET /openapi.json`
 #[utoipa::path(
@@ -192,13 +221,18 @@ static DOCUMENT: LazyLock<Vec<u8>> =
     tag = "operations",
     responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json", body = Object)),
 )]
-pub async fn openapi_json() -> impl IntoResponse {
+pub async fn openapi_json(State(state): State<AppState>) -> impl IntoResponse {
+    let document = if state.keys.is_some() {
+        &KEYED_DOCUMENT
+    } else {
+        &OPEN_DOCUMENT
+    };
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        DOCUMENT.as_slice(),
+        document.as_slice(),
     )
 }
 
@@ -208,7 +242,13 @@ pub async fn openapi_json() -> impl IntoResponse {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct ModelPath {
-    /// Model name: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
+    /// Model name: 1 to 64 characters of `A-Z a-z 0-9 _ . -`, starting with a letter or
+    /// digit.
+    #[param(
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: String,
 }
 
@@ -216,9 +256,16 @@ pub struct ModelPath {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct VersionPath {
-    /// Model name: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
+    /// Model name: 1 to 64 characters of `A-Z a-z 0-9 _ . -`, starting with a letter or
+    /// digit.
+    #[param(
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: String,
     /// Version number (a positive integer).
+    #[param(minimum = 1)]
     pub version: u64,
 }
 
@@ -226,7 +273,8 @@ pub struct VersionPath {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct DatasetPath {
-    /// Dataset id (`ds_…`).
+    /// Dataset id: `ds_` and 16 lowercase hex digits.
+    #[param(pattern = "^ds_[0-9a-f]{16}$")]
     pub id: String,
 }
 
@@ -234,7 +282,8 @@ pub struct DatasetPath {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct JobPath {
-    /// Job id (`job_…`).
+    /// Job id: `job_` and 16 lowercase hex digits.
+    #[param(pattern = "^job_[0-9a-f]{16}$")]
     pub id: String,
 }
 
@@ -244,7 +293,7 @@ pub struct JobPath {
 pub struct Timeout {
     /// Milliseconds before the request is answered 504 if not computed (default: the
     /// server's `request_timeout`).
-    #[param(rename = "x-request-timeout-ms")]
+    #[param(rename = "x-request-timeout-ms", minimum = 1, nullable = false)]
     pub timeout: Option<u64>,
 }
 
@@ -254,7 +303,11 @@ pub struct Timeout {
 pub struct BinaryHeader {
     /// Length of the JSON part of an `application/octet-stream` body; the tensors' bytes
     /// follow it.
-    #[param(rename = "inference-header-content-length")]
+    #[param(
+        rename = "inference-header-content-length",
+        minimum = 0,
+        nullable = false
+    )]
     pub json_length: Option<usize>,
 }
 
@@ -439,13 +492,21 @@ mod tests {
 
     #[test]
     fn the_document_serializes_with_every_route_secured_by_its_rule() {
-        let doc = document();
-        let json = serde_json::to_value(&doc).unwrap();
+        let json = serde_json::to_value(document(true)).unwrap();
         assert_eq!(
             json["paths"]["/metrics"]["get"]["security"],
             serde_json::json!([{ "api_key": ["admin"] }])
         );
         assert!(json["paths"]["/openapi.json"]["get"]["security"].is_null());
-        assert!(!DOCUMENT.is_empty());
+        assert!(!KEYED_DOCUMENT.is_empty());
+        // Without keys, nothing is secured and nothing answers 401.
+        let json = serde_json::to_value(document(false)).unwrap();
+        let metrics = &json["paths"]["/metrics"]["get"];
+        assert!(metrics["security"].is_null() && metrics["responses"]["401"].is_null());
+        assert!(json["components"]["securitySchemes"].is_null());
+        assert_eq!(
+            json["paths"]["/v1/models"]["get"]["responses"]["200"]["description"],
+            "OK"
+        );
     }
 }

@@ -14,7 +14,9 @@ use axum::response::Response;
 
 use super::decode::{decode_examples, decode_predict, Decoded, InputSpec, Layout};
 use super::error::ApiError;
-use super::extract::{check_name, parse_version, split_verb, Deadline, JsonBody, Verb};
+use super::extract::{
+    check_name, parse_version, require_verb, split_verb, Deadline, JsonBody, Verb,
+};
 use super::openapi::{InferErrors, ModelPath, Timeout, VersionPath};
 use super::respond;
 use super::types::{
@@ -47,6 +49,7 @@ pub async fn verb(
     Deadline(timeout): Deadline,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
+    require_verb("/v1/models/", &segment, "GET,HEAD,DELETE")?;
     let (name, verb) = split_verb(&segment)?;
     check_name(name)?;
     handle(&state, name, None, verb, timeout, body).await
@@ -69,6 +72,11 @@ pub async fn version_verb(
     Deadline(timeout): Deadline,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
+    require_verb(
+        &format!("/v1/models/{name}/versions/"),
+        &segment,
+        "GET,HEAD,DELETE",
+    )?;
     let (version, verb) = split_verb(&segment)?;
     check_name(&name)?;
     let version = parse_version(&name, version)?;

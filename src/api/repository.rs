@@ -6,6 +6,7 @@
 //! stops routing new requests to it, and requests already running on it finish on the loaded
 //! copy before it is dropped.
 
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 
 use super::extract::Path;
@@ -16,7 +17,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::ApiError;
-use super::extract::{check_name, parse_version};
+use super::extract::{check_name, parse_version, refuse_verb};
 use super::openapi::{
     DeleteErrors, LoadErrors, ModelPath, UnloadErrors, UploadErrors, VersionPath,
 };
@@ -175,9 +176,16 @@ pub async fn unload(
 pub async fn upload(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    mut form: Multipart,
+    form: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
     check_name(&name)?;
+    // No multipart content type, or one without a boundary: our error shape, not axum's text.
+    let mut form = form.map_err(|e| {
+        Error::InvalidInput(format!(
+            "{}: send multipart/form-data (with its boundary) holding '{SPEC_PART}' and '{WEIGHTS_PART}'",
+            e.body_text()
+        ))
+    })?;
     let (mut spec, mut weights) = (None, None);
     while let Some(field) = form
         .next_field()
@@ -258,6 +266,7 @@ pub async fn delete_version(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    refuse_verb("DELETE", &format!("/v1/models/{name}/versions/"), &version)?;
     check_name(&name)?;
     let v = parse_version(&name, &version)?;
     state
@@ -284,6 +293,7 @@ pub async fn delete_model(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    refuse_verb("DELETE", "/v1/models/", &name)?;
     check_name(&name)?;
     state
         .models

@@ -187,12 +187,15 @@ pub struct PredictRequest {
     /// One entry per instance: a tensor of the signature's shape (nested lists), or an
     /// object of named feature values (models with feature names).
     #[serde(default)]
+    #[schema(nullable = false)]
     pub instances: Option<Vec<Value>>,
     /// A batched tensor (first dimension: instances), or an object of feature columns.
     #[serde(default)]
+    #[schema(nullable = false)]
     pub inputs: Option<Value>,
     /// `serving_default` (the only signature) or empty.
     #[serde(default)]
+    #[schema(nullable = false)]
     pub signature_name: Option<String>,
 }
 
@@ -205,12 +208,15 @@ pub struct ExamplesRequest {
     pub examples: Vec<Map<String, Value>>,
     /// Feature values shared by every example (an example's own value wins).
     #[serde(default)]
+    #[schema(nullable = false)]
     pub context: Option<Map<String, Value>>,
     /// `serving_default` (the only signature) or empty.
     #[serde(default)]
+    #[schema(nullable = false)]
     pub signature_name: Option<String>,
     /// Accepted and ignored, as TF Serving clients send it.
     #[serde(default)]
+    #[schema(nullable = false)]
     pub model_spec: Option<Value>,
 }
 

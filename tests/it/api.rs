@@ -518,7 +518,39 @@ async fn transport_errors_and_headers() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    // A resource and its `:verb` methods share a route: each answers 405 with the methods
+    // its own path documents, whether the router or the handler refuses.
+    for (method, path, allow) in [
+        ("DELETE", "/v1/models/mlp:predict", "POST"),
+        ("PUT", "/v1/models/mlp:predict", "POST"),
+        (
+            "OPTIONS",
+            "/v1/training-jobs/job_0000000000000000:cancel",
+            "POST",
+        ),
+        ("GET", "/v1/models/mlp/versions/1:predict", "POST"),
+        ("POST", "/v1/models/mlp", "GET,HEAD,DELETE"),
+        ("POST", "/v1/models/mlp/versions/1", "GET,HEAD,DELETE"),
+        ("POST", "/v1/training-jobs/job_0000000000000000", "GET,HEAD"),
+        ("PUT", "/v1/training-jobs/job_0000000000000000", "GET,HEAD"),
+        ("PUT", "/v1/models", "GET,HEAD"),
+    ] {
+        let r = s
+            .client
+            .request(method.parse().unwrap(), s.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(r.headers()["allow"], allow, "{method} {path}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["code"],
+            "method_not_allowed",
+            "{method} {path}"
+        );
+    }
     let r = s
         .client
         .post(s.url("/v1/models/mlp:predict"))

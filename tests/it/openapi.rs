@@ -195,9 +195,26 @@ async fn schemas_come_from_the_wire_types_and_their_refs_resolve() {
         .as_str()
         .unwrap()
         .contains("queue_full"));
-    // Security from the declared rules: every operation names its route's scope, keyed
-    // routes say 401/403, health checks do not.
+    // Without API keys nothing is secured: no operation names a scope or answers 401.
     for (method, path, op) in operations(&doc) {
+        assert!(
+            op["security"].is_null() && op["responses"]["401"].is_null(),
+            "{method} {path} of an open server"
+        );
+    }
+    // With keys, security comes from the declared rules: every operation names its route's
+    // scope, keyed routes say 401/403, health checks do not.
+    let keyfile = tempfile::NamedTempFile::new().unwrap();
+    std::fs::remove_file(keyfile.path()).unwrap();
+    kiln::auth::new_key(keyfile.path(), "a", &[kiln::auth::Scope::Admin]).unwrap();
+    let keyed = Server::start(
+        models.path(),
+        &format!("api_keys = {:?}", keyfile.path().display().to_string()),
+    )
+    .await;
+    let keyed_doc = document(&keyed).await;
+    let predict = &keyed_doc["paths"]["/v1/models/{name}:predict"]["post"];
+    for (method, path, op) in operations(&keyed_doc) {
         let route = kiln::api::routes()
             .into_iter()
             .find(|r| r.method == method && r.path == route_of(&path))
@@ -213,8 +230,9 @@ async fn schemas_come_from_the_wire_types_and_their_refs_resolve() {
     }
     assert_eq!(predict["security"], json!([{"api_key": ["predict"]}]));
     assert!(predict["responses"]["401"].is_object());
-    let live = &doc["paths"]["/health/live"]["get"];
+    let live = &keyed_doc["paths"]["/health/live"]["get"];
     assert!(live["security"].is_null() && live["responses"]["401"].is_null());
+    drop(keyed);
 
     // Bodies that are not JSON say so.
     let infer = &doc["paths"]["/v2/models/{name}/infer"]["post"];

@@ -94,6 +94,20 @@ async fn upload_infer_delete() {
         reqwest::multipart::Part::bytes(b"{}".to_vec()).file_name("model.json"),
     );
     assert_eq!(upload(&s, "up", only_spec).await.0, 400);
+    // Not multipart, or multipart without its boundary: kiln's JSON error, not axum's text.
+    for content_type in ["multipart/form-data", "application/json"] {
+        let r = s
+            .post_raw("/v1/models/up/versions", content_type, "{}")
+            .await;
+        assert_eq!(r.status(), 400, "{content_type}");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["code"], "invalid_input", "{e}");
+        assert!(
+            e["error"].as_str().unwrap().contains("multipart/form-data"),
+            "{e}"
+        );
+    }
     assert_eq!(entries(&models.path().join("up")), ["1", "2"]);
 
     // Delete a version: the default falls back to the previous one.
