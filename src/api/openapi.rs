@@ -370,6 +370,13 @@ error_set! {
         Error::VersionNotFound { name: S, version: S, detail: S },
         Error::ModelUnavailable { name: S, reason: S },
     ];
+    /// A model's readiness: an unavailable model is an answer (503 with the reason), not
+    /// an error.
+    ReadyErrors = [
+        Error::InvalidModelName(S),
+        Error::ModelNotFound(S),
+        Error::VersionNotFound { name: S, version: S, detail: S },
+    ];
     /// A model's status: also a verb sent with GET.
     StatusErrors = [
         Error::InvalidInput(S),

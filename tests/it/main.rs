@@ -15,6 +15,7 @@ mod panics;
 mod process;
 mod reload;
 mod repository;
+mod schemathesis;
 mod training;
 mod util;
 mod v2;

@@ -312,7 +312,6 @@ pub fn assert_close(a: &Value, b: &Value, tol: f64) {
 /// `None` means skip: the test prints why and returns. Under `scripts/test`
 /// (`KILN_TEST_REQUIRE_ALL=1`) a missing engine fails the test instead, so the suite can
 /// never pass by skipping.
-#[allow(dead_code)] // until the first engine test lands
 pub fn external(var: &str, what: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(value) if !value.is_empty() => Some(value),

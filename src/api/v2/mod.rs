@@ -27,7 +27,9 @@ use utoipa::ToSchema;
 use super::decode::InputSpec;
 use super::error::ApiError;
 use super::extract::{check_name, parse_version, Deadline, Path};
-use super::openapi::{BinaryHeader, InferErrors, LookupErrors, ModelPath, Timeout, VersionPath};
+use super::openapi::{
+    BinaryHeader, InferErrors, LookupErrors, ModelPath, ReadyErrors, Timeout, VersionPath,
+};
 use super::respond::batched;
 use crate::error::Error;
 use crate::model::format::InputDType;
@@ -280,7 +282,7 @@ fn readiness(
     responses(
         (status = 200, body = ModelReadyResponse),
         (status = 503, description = "Known but not ready, with the reason", body = ModelReadyResponse),
-        LookupErrors,
+        ReadyErrors,
     ),
 )]
 pub async fn model_ready(
@@ -301,7 +303,7 @@ pub async fn model_ready(
     responses(
         (status = 200, body = ModelReadyResponse),
         (status = 503, description = "Known but not ready, with the reason", body = ModelReadyResponse),
-        LookupErrors,
+        ReadyErrors,
     ),
 )]
 pub async fn version_ready(
