@@ -31,6 +31,34 @@ pub struct ModelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub model: String,
+    pub version: String,
+    pub protocol: &'static str,
+}
+
+/// The protocol a prediction came in by: the `protocol` label of
+/// `kiln_request_duration_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP: TF Serving's REST API and the Open Inference Protocol over HTTP.
+    Http,
+    /// gRPC.
+    Grpc,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Http, Protocol::Grpc];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
     pub model: String,
     pub version: String,
@@ -50,6 +78,17 @@ pub struct BatchMetrics {
     pub batch_rows: Histogram,
     pub rejected_queue_full: Counter,
     pub rejected_deadline: Counter,
+    /// `kiln_request_duration_seconds` of this version, one per [`Protocol`] (indexed by
+    /// it): resolved here, once, so a request observes without a label look-up.
+    request_seconds: [Histogram; 2],
+}
+
+impl BatchMetrics {
+    /// A prediction answered in `seconds`, end to end: from the handler holding the request
+    /// (its body read) to the answer encoded, decoding, queue and compute included.
+    pub fn observe_request(&self, protocol: Protocol, seconds: f64) {
+        self.request_seconds[protocol as usize].observe(seconds);
+    }
 }
 
 pub struct Metrics {
@@ -64,12 +103,16 @@ pub struct Metrics {
     compute_seconds: Family<ModelLabels, Histogram>,
     batch_rows: Family<ModelLabels, Histogram>,
     rejected: Family<RejectLabels, Counter>,
+    request_seconds: Family<RequestLabels, Histogram>,
     pub queue_depth: Family<ModelLabels, Gauge>,
     pub models: Family<StateLabels, Gauge>,
     pub jobs: Family<StateLabels, Gauge>,
     pub epoch_seconds: Histogram,
+    /// The kernel's resident set size of the process (`VmRSS`).
     pub resident_memory_bytes: Gauge,
-    pub cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// CPU time (user + system) of every thread of the process: a counter that follows the
+    /// kernel's figure at each scrape.
+    pub cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -100,6 +143,9 @@ impl Metrics {
             (|| Histogram::new(exponential_buckets(1.0, 2.0, 12))) as fn() -> Histogram,
         );
         let rejected = Family::<RejectLabels, Counter>::default();
+        let request_seconds = Family::<RequestLabels, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
         let http_connections = Gauge::default();
         let http_connection_limit_reached = Counter::default();
         let queue_depth = Family::<ModelLabels, Gauge>::default();
@@ -107,7 +153,7 @@ impl Metrics {
         let jobs = Family::<StateLabels, Gauge>::default();
         let epoch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 20));
         let resident_memory_bytes = Gauge::default();
-        let cpu_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let cpu_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "http_requests",
             "HTTP requests answered, by route, method and status code",
@@ -145,6 +191,12 @@ impl Metrics {
             rejected.clone(),
         );
         registry.register(
+            "request_duration_seconds",
+            "Time to answer a prediction, end to end (decoding, queue, compute, encoding), \
+             by model, version and protocol",
+            request_seconds.clone(),
+        );
+        registry.register(
             "queue_depth",
             "Requests waiting in a model version's queue",
             queue_depth.clone(),
@@ -162,7 +214,7 @@ impl Metrics {
         );
         registry.register(
             "process_resident_memory_bytes",
-            "Resident memory of the kiln process",
+            "Resident memory of the kiln process (the kernel's VmRSS)",
             resident_memory_bytes.clone(),
         );
         registry.register(
@@ -180,6 +232,7 @@ impl Metrics {
             compute_seconds,
             batch_rows,
             rejected,
+            request_seconds,
             queue_depth,
             models,
             jobs,
@@ -206,27 +259,34 @@ impl Metrics {
             batch_rows: self.batch_rows.get_or_create_owned(&l),
             rejected_queue_full: self.rejected.get_or_create_owned(&reject("queue_full")),
             rejected_deadline: self.rejected.get_or_create_owned(&reject("deadline")),
+            request_seconds: Protocol::ALL.map(|p| {
+                self.request_seconds.get_or_create_owned(&RequestLabels {
+                    model: model.to_owned(),
+                    version: version.to_string(),
+                    protocol: p.as_str(),
+                })
+            }),
         }
     }
 
-    /// Reads the process's memory and CPU time (Linux `/proc`; zero elsewhere).
+    /// Reads the process's memory and CPU time from the kernel (Linux `/proc`; left as
+    /// they are elsewhere).
     pub fn update_process(&self) {
-        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-            if let Some(pages) = statm
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<i64>().ok())
-            {
-                self.resident_memory_bytes.set(pages * 4096);
-            }
+        if let Some(bytes) = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| vm_rss_bytes(&status))
+        {
+            self.resident_memory_bytes.set(bytes);
         }
-        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-            // Fields after the command name (which may hold spaces): utime is the 14th field.
-            if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-                // rest starts at field 3 (state): utime = field 14 → index 11, stime → 12.
-                self.cpu_seconds.set((ticks(11) + ticks(12)) / 100.0);
+        if let Some(seconds) = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|stat| cpu_seconds(&stat, rustix::param::clock_ticks_per_second()))
+        {
+            // A counter following the kernel's total: add what it grew by since the last
+            // scrape (concurrent scrapes may both see the growth; the later one adds nothing).
+            let grown = seconds - self.cpu_seconds.get();
+            if grown > 0.0 {
+                self.cpu_seconds.inc_by(grown);
             }
         }
     }
@@ -238,6 +298,30 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// `VmRSS` of `/proc/self/status`, which the kernel writes in kB (KiB).
+fn vm_rss_bytes(status: &str) -> Option<i64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut parts = line["VmRSS:".len()..].split_whitespace();
+    let value: i64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some("kB") => Some(value * 1024),
+        _ => None,
+    }
+}
+
+/// utime + stime of `/proc/self/stat`, in seconds: both count clock ticks of `ticks_per_second`
+/// (`sysconf(_SC_CLK_TCK)`, from the kernel's auxiliary vector).
+fn cpu_seconds(stat: &str, ticks_per_second: u64) -> Option<f64> {
+    // The command name (field 2) is in parentheses and may hold spaces or parentheses: the
+    // fields after the last ')' start at field 3 (state), so utime (14) and stime (15) are
+    // at indices 11 and 12.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    (ticks_per_second > 0).then(|| (utime + stime) as f64 / ticks_per_second as f64)
 }
 
 #[cfg(test)]
@@ -271,5 +355,48 @@ mod tests {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
         assert!(m.resident_memory_bytes.get() > 0);
+    }
+
+    #[test]
+    fn process_figures_are_the_kernels() {
+        let status = "Name:\tkiln\nVmPeak:\t  9000 kB\nVmRSS:\t   1234 kB\nThreads:\t9\n";
+        assert_eq!(vm_rss_bytes(status), Some(1234 * 1024));
+        assert_eq!(vm_rss_bytes("Name:\tkiln\n"), None);
+        // A command name with spaces and parentheses; utime 250, stime 50 ticks.
+        let stat = "42 (kiln (x) y) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0";
+        assert_eq!(cpu_seconds(stat, 100), Some(3.0));
+        assert_eq!(cpu_seconds(stat, 1000), Some(0.3));
+        assert_eq!(cpu_seconds("garbage", 100), None);
+        // The counter only grows, and says so by its name.
+        let m = Metrics::new();
+        m.update_process();
+        let first = m.cpu_seconds.get();
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        m.update_process();
+        assert!(m.cpu_seconds.get() >= first);
+        assert!(m
+            .encode()
+            .contains("# TYPE kiln_process_cpu_seconds counter"));
+        assert!(m.encode().contains("kiln_process_cpu_seconds_total "));
+    }
+
+    #[test]
+    fn request_durations_are_resolved_once_per_version_and_protocol() {
+        let m = Metrics::new();
+        let b = m.for_version("iris", 2);
+        b.observe_request(Protocol::Http, 0.002);
+        b.observe_request(Protocol::Http, 0.004);
+        b.observe_request(Protocol::Grpc, 0.001);
+        let text = m.encode();
+        for line in [
+            "kiln_request_duration_seconds_count{model=\"iris\",version=\"2\",protocol=\"http\"} 2",
+            "kiln_request_duration_seconds_count{model=\"iris\",version=\"2\",protocol=\"grpc\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 }

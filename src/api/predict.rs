@@ -4,7 +4,7 @@
 //! serving core (the version's batcher) → encode the `Prediction`. The handler never runs
 //! the model and never reads what its outputs mean from the spec.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -23,6 +23,7 @@ use super::types::{
     ClassifyResponse, ExamplesRequest, Nested, PredictRequest, PredictResponse, RegressResponse,
 };
 use crate::error::Error;
+use crate::metrics::Protocol;
 use crate::model::format::Task;
 use crate::registry::LoadedVersion;
 use crate::serving::{Prediction, Rows};
@@ -145,6 +146,7 @@ async fn handle(
     timeout: Option<Duration>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let start = Instant::now();
     let serving = state.serving();
     let lv = serving.version(name, version)?;
     check_task(&lv, verb)?;
@@ -164,7 +166,11 @@ async fn handle(
     let prediction = serving
         .predict(&lv, rows, timeout, &tracing::Span::current())
         .await?;
-    Ok(encode(&prediction, verb, decoded.layout, &decoded.warnings))
+    let answer = encode(&prediction, verb, decoded.layout, &decoded.warnings);
+    lv.batcher
+        .metrics()
+        .observe_request(Protocol::Http, start.elapsed().as_secs_f64());
+    Ok(answer)
 }
 
 fn decode(

@@ -362,6 +362,11 @@ impl BatcherHandle {
         self.inner.stats.snapshot()
     }
 
+    /// The version's Prometheus handles (resolved when the batcher started).
+    pub fn metrics(&self) -> &crate::metrics::BatchMetrics {
+        &self.inner.stats.prom
+    }
+
     /// Entries waiting in the queue right now.
     pub fn queue_depth(&self) -> usize {
         self.inner

@@ -82,6 +82,24 @@ async fn metrics_count_requests_batches_rejections_and_state() {
     assert_eq!(value(&text, r#"kiln_training_jobs{state="queued"}"#), 0.0);
     assert!(value(&text, "kiln_process_resident_memory_bytes ") > 1e6);
     assert!(text.contains("# TYPE kiln_http_request_duration_seconds histogram"));
+    // Per model, end to end, by protocol: the three answered predictions (a refused one is
+    // the per-route histogram's only).
+    assert_eq!(
+        value(
+            &text,
+            r#"kiln_request_duration_seconds_count{model="mlp",version="1",protocol="http"}"#
+        ),
+        3.0
+    );
+    assert!(
+        value(
+            &text,
+            r#"kiln_request_duration_seconds_sum{model="mlp",version="1",protocol="http"}"#
+        ) > 0.0
+    );
+    // The process's CPU time is a counter.
+    assert!(text.contains("# TYPE kiln_process_cpu_seconds counter"));
+    assert!(value(&text, "kiln_process_cpu_seconds_total ") > 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,7 @@ use super::openapi::{
 };
 use super::respond::batched;
 use crate::error::Error;
+use crate::metrics::Protocol;
 use crate::model::format::InputDType;
 use crate::preprocess::FeatureTransform;
 use crate::registry::LoadedVersion;
@@ -344,6 +345,7 @@ async fn infer_on(
     timeout: Option<std::time::Duration>,
     body: InferBody,
 ) -> Result<Response, ApiError> {
+    let start = std::time::Instant::now();
     let lv = lookup(state, name, version)?;
     let serving = state.serving();
     let req: InferRequest = decode::parse_request(body.json_len.as_ref(), &body.bytes)?;
@@ -368,7 +370,11 @@ async fn infer_on(
         id: req.id,
         warnings: &decoded.warnings,
     };
-    Ok(encode::answer(&prediction, envelope, &selected))
+    let answer = encode::answer(&prediction, envelope, &selected);
+    lv.batcher
+        .metrics()
+        .observe_request(Protocol::Http, start.elapsed().as_secs_f64());
+    Ok(answer)
 }
 
 /// `POST /v2/models/{name}/infer`
