@@ -34,6 +34,7 @@ use tracing::Instrument;
 use crate::auth::Scope;
 use crate::error::Error;
 use crate::state::AppState;
+use crate::telemetry::{TraceParent, TRACEPARENT};
 pub use access::DeclaredRoute;
 use access::Group;
 use error::ApiError;
@@ -239,7 +240,18 @@ async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Respon
         model = tracing::field::Empty,
         version = tracing::field::Empty,
         batch = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        parent_id = tracing::field::Empty,
     );
+    // The caller's W3C trace (`traceparent`), when it sends one: looked up, never copied.
+    if let Some(tp) = req
+        .headers()
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| TraceParent::parse(v.as_bytes()))
+    {
+        span.record("trace_id", tp.trace_id);
+        span.record("parent_id", tp.parent_id);
+    }
     let mut res = next.run(req).instrument(span.clone()).await;
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
@@ -270,6 +282,7 @@ pub(crate) const X_QUEUE_TIME: HeaderName = HeaderName::from_static("x-queue-tim
 pub(crate) const X_INFERENCE_TIME: HeaderName = HeaderName::from_static("x-inference-time");
 pub(crate) const X_BATCH_SIZE: HeaderName = HeaderName::from_static("x-batch-size");
 const X_TOTAL_TIME: HeaderName = HeaderName::from_static("x-total-time");
+const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static(TRACEPARENT);
 
 /// The route as a `'static` label. Matched routes are the router's finite set, so each is
 /// copied once, the first time it is seen.

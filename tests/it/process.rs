@@ -563,6 +563,40 @@ fn the_request_span_records_the_peer_address() {
     };
     assert_eq!(answered["span"]["peer"], peer.as_str(), "{answered}");
     assert_eq!(answered["span"]["name"], "request");
+    assert!(answered["span"]["trace_id"].is_null(), "{answered}");
+
+    // A W3C `traceparent` joins the request's span (and so its log lines) to the caller's
+    // trace; a malformed one is ignored.
+    let send = |traceparent: &str| {
+        let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+        write!(
+            stream,
+            "GET /health/ready HTTP/1.1\r\nHost: kiln\r\ntraceparent: {traceparent}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    };
+    let next_ready = || loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = logs
+            .recv_timeout(left)
+            .expect("an 'answered' debug line for GET /health/ready");
+        if line["message"] == "answered" && line["span"]["route"] == "/health/ready" {
+            break line;
+        }
+    };
+    send("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    let traced = next_ready();
+    assert_eq!(
+        traced["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "{traced}"
+    );
+    assert_eq!(traced["span"]["parent_id"], "00f067aa0ba902b7", "{traced}");
+    send("00-00000000000000000000000000000000-00f067aa0ba902b7-01");
+    let ignored = next_ready();
+    assert!(ignored["span"]["trace_id"].is_null(), "{ignored}");
     child.kill().unwrap();
     child.wait().unwrap();
 }
