@@ -149,6 +149,9 @@ pub async fn upload(
             Ok(f) => f,
             Err(e) => {
                 upload.abort().await;
+                if let Some(bad) = super::decompress::bad_encoding(&e) {
+                    return Err(ApiError::InvalidContentEncoding(bad.to_string()));
+                }
                 return Err(match crate::server::body::timed_out(&e) {
                     Some(t) => ApiError::BodyTimeout(t),
                     None => {

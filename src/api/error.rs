@@ -41,6 +41,12 @@ pub enum ApiError {
     /// The request body is not in a format the route reads.
     #[error("unsupported content type '{0}': send application/json")]
     UnsupportedMediaType(String),
+    /// A `Content-Encoding` the route does not decompress.
+    #[error("unsupported content encoding '{0}': send gzip or identity")]
+    UnsupportedContentEncoding(String),
+    /// A compressed body that does not decompress.
+    #[error("{0}")]
+    InvalidContentEncoding(String),
     /// No or an unknown API key.
     #[error("{0}")]
     Unauthorized(String),
@@ -118,6 +124,13 @@ pub fn status_and_code(err: &ApiError) -> (StatusCode, &'static str) {
         ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
         ApiError::UnsupportedMediaType(_) => {
             (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+        }
+        ApiError::UnsupportedContentEncoding(_) => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_encoding",
+        ),
+        ApiError::InvalidContentEncoding(_) => {
+            (StatusCode::BAD_REQUEST, "invalid_content_encoding")
         }
         ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
         ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),

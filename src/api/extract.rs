@@ -75,9 +75,13 @@ impl<S: Sync> axum::extract::FromRequestParts<S> for Deadline {
     }
 }
 
-/// Why reading a body up to `limit` failed: it stalled (408), or it was too large (413; a
-/// client that went away mid-body gets the same, and never reads it).
+/// Why reading a body up to `limit` failed: it did not decompress (400), it stalled (408),
+/// or it was too large (413; a client that went away mid-body gets the same, and never
+/// reads it).
 pub fn body_error(e: &axum::Error, limit: usize) -> ApiError {
+    if let Some(bad) = super::decompress::bad_encoding(e) {
+        return ApiError::InvalidContentEncoding(bad.to_string());
+    }
     match crate::server::body::timed_out(e) {
         Some(t) => ApiError::BodyTimeout(t),
         None => ApiError::BodyTooLarge { limit },

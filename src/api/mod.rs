@@ -4,6 +4,7 @@
 pub mod access;
 pub mod datasets;
 pub mod decode;
+pub mod decompress;
 pub mod error;
 pub mod extract;
 mod fast_rows;
@@ -27,6 +28,7 @@ use crate::metrics::{HttpLabels, RouteLabels};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
@@ -57,15 +59,16 @@ fn groups(upload_limit: usize) -> [Group; 4] {
         Group::scope(Predict)
             .get("/v1/models", models::list)
             .get("/v1/models/{name}", models::status)
-            .post("/v1/models/{name}", predict::verb)
+            .post_with("/v1/models/{name}", predict::verb, gzip)
             .get("/v1/models/{name}/metadata", models::metadata)
             .get(
                 "/v1/models/{name}/versions/{version}",
                 models::version_status,
             )
-            .post(
+            .post_with(
                 "/v1/models/{name}/versions/{version}",
                 predict::version_verb,
+                gzip,
             )
             .get(
                 "/v1/models/{name}/versions/{version}/metadata",
@@ -74,20 +77,21 @@ fn groups(upload_limit: usize) -> [Group; 4] {
             .get("/v2", v2::server_metadata)
             .get("/v2/models/{name}", v2::metadata)
             .get("/v2/models/{name}/ready", v2::model_ready)
-            .post("/v2/models/{name}/infer", v2::infer)
+            .post_with("/v2/models/{name}/infer", v2::infer, gzip)
             .get("/v2/models/{name}/versions/{version}", v2::version_metadata)
             .get(
                 "/v2/models/{name}/versions/{version}/ready",
                 v2::version_ready,
             )
-            .post(
+            .post_with(
                 "/v2/models/{name}/versions/{version}/infer",
                 v2::version_infer,
+                gzip,
             ),
         // Datasets and training jobs.
         Group::scope(Train)
             .get("/v1/datasets", datasets::list)
-            .post("/v1/datasets", datasets::upload)
+            .post_with("/v1/datasets", datasets::upload, gzip)
             .get("/v1/datasets/{id}", datasets::get)
             .delete("/v1/datasets/{id}", datasets::delete)
             .get("/v1/training-jobs", jobs::list)
@@ -110,6 +114,11 @@ fn groups(upload_limit: usize) -> [Group; 4] {
             .post("/v2/repository/models/{name}/unload", repository::unload)
             .get("/metrics", metrics::metrics),
     ]
+}
+
+/// The routes that take large bodies accept them gzip-compressed ([`decompress`]).
+fn gzip(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    route.layer(decompress::Decompress)
 }
 
 /// Every route the router declares, with its access rule, sorted by path and method: what

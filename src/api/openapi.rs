@@ -38,7 +38,8 @@ use crate::state::AppState;
         description = "Train neural networks and serve them over HTTP. Every answer carries \
             `x-request-id` (the client's, or a new one) and `x-total-time` (ms); inference \
             answers add `x-queue-time`, `x-inference-time` and `x-batch-size`. Every error \
-            body is an `ErrorResponse`."
+            body is an `ErrorResponse`. Inference and dataset upload bodies may be sent \
+            with `Content-Encoding: gzip`; the size limits apply to the decompressed body."
     ),
     paths(
         models::list,
@@ -395,6 +396,8 @@ error_set! {
         ApiError::BodyTimeout(std::time::Duration::ZERO),
         Error::TooManyRows { rows: 0, limit: 0 },
         ApiError::UnsupportedMediaType(S),
+        ApiError::UnsupportedContentEncoding(S),
+        ApiError::InvalidContentEncoding(S),
         Error::ModelUnavailable { name: S, reason: S },
         Error::QueueFull { name: S, version: 0, capacity: 0 },
         Error::ShuttingDown,
@@ -431,6 +434,8 @@ error_set! {
         ApiError::BodyTooLarge { limit: 0 },
         ApiError::BodyTimeout(std::time::Duration::ZERO),
         ApiError::UnsupportedMediaType(S),
+        ApiError::UnsupportedContentEncoding(S),
+        ApiError::InvalidContentEncoding(S),
         Error::Internal(S),
     ];
     /// A dataset looked up by id.

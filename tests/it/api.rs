@@ -606,3 +606,120 @@ async fn shipped_models_serve() {
     assert_eq!(code, 200, "{r}");
     assert_eq!(r["predictions"][0].as_array().unwrap().len(), 10);
 }
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// `Content-Encoding: gzip` bodies of inference and dataset uploads are read decompressed,
+/// with every size limit on what they decompress to: a gzip bomb is 413, not a buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_request_bodies_are_decompressed_within_the_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path(), "mlp", 1, &mlp_spec(6));
+    let s = Server::start(
+        dir.path(),
+        "body_limit_bytes = 65536\nmax_upload_bytes = 65536",
+    )
+    .await;
+    let send = |path: &str, content_type: &str, encoding: &str, body: Vec<u8>| {
+        s.client
+            .post(s.url(path))
+            .header("content-type", content_type)
+            .header("content-encoding", encoding)
+            .body(body)
+    };
+    let predict = br#"{"instances": [[1, 2, 3, 4, 5, 6]]}"#;
+    let (_, plain) = s
+        .post(
+            "/v1/models/mlp:predict",
+            &serde_json::from_slice(predict).unwrap(),
+        )
+        .await;
+    let r = send(
+        "/v1/models/mlp:predict",
+        "application/json",
+        "gzip",
+        gzip(predict),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), plain);
+    let infer = br#"{"inputs": [{"name": "input", "shape": [1, 6], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]}"#;
+    let r = send(
+        "/v2/models/mlp/versions/1/infer",
+        "application/json",
+        "gzip",
+        gzip(infer),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let csv = b"a,b,label\n1,2,x\n3,4,y\n5,6,x\n";
+    let r = send("/v1/datasets", "text/csv", "gzip", gzip(csv))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["rows"], 3);
+    // `identity` is no encoding at all.
+    let r = send(
+        "/v1/models/mlp:predict",
+        "application/json",
+        "identity",
+        predict.to_vec(),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Bombs: 32 MiB of JSON whitespace (and of CSV) in ~32 KiB, against 64 KiB limits.
+    let mut bomb = vec![b' '; 32 << 20];
+    bomb[..predict.len()].copy_from_slice(predict);
+    let bomb = gzip(&bomb);
+    assert!(bomb.len() < 65536, "{}", bomb.len());
+    for path in ["/v1/models/mlp:predict", "/v2/models/mlp/infer"] {
+        let r = send(path, "application/json", "gzip", bomb.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413, "{path}");
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], "body_too_large");
+    }
+    let mut rows = b"a,b,label\n".to_vec();
+    while rows.len() < 32 << 20 {
+        rows.extend_from_slice(b"1,2,x\n");
+    }
+    let r = send("/v1/datasets", "text/csv", "gzip", gzip(&rows))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "body_too_large");
+
+    // Not gzip, or an encoding kiln does not read: kiln's JSON errors.
+    for path in ["/v1/models/mlp:predict", "/v1/datasets"] {
+        let r = send(path, "application/json", "gzip", predict.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["code"], "invalid_content_encoding", "{path}: {e}");
+        let r = send(path, "application/json", "br", predict.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 415, "{path}");
+        assert_eq!(r.headers()["accept-encoding"], "gzip, identity");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["code"], "unsupported_content_encoding", "{path}: {e}");
+    }
+}
