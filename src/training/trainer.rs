@@ -689,8 +689,7 @@ mod tests {
         let se = (acc(best) * (1.0 - acc(best)) / n_val).sqrt();
         let served = events
             .iter()
-            .filter(|e| e.epoch >= best.epoch && acc(e) >= acc(best) - se)
-            .last()
+            .rfind(|e| e.epoch >= best.epoch && acc(e) >= acc(best) - se)
             .unwrap();
         assert_eq!(t.best_epoch, Some(served.epoch));
         assert_eq!(Some(acc(served)), t.final_metrics.accuracy);
