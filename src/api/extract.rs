@@ -134,22 +134,25 @@ pub enum Verb {
     Predict,
     Classify,
     Regress,
+    /// Attributions per input column (`api::explain`).
+    Explain,
 }
 
 /// Splits `name:verb` on the last colon.
 pub fn split_verb(segment: &str) -> Result<(&str, Verb), Error> {
     let Some((name, verb)) = segment.rsplit_once(':') else {
         return Err(Error::InvalidInput(format!(
-            "'{segment}' names no method: POST to {segment}:predict, :classify or :regress"
+            "'{segment}' names no method: POST to {segment}:predict, :classify, :regress or :explain"
         )));
     };
     let verb = match verb {
         "predict" => Verb::Predict,
         "classify" => Verb::Classify,
         "regress" => Verb::Regress,
+        "explain" => Verb::Explain,
         other => {
             return Err(Error::InvalidInput(format!(
-                "unknown method ':{other}': expected :predict, :classify or :regress"
+                "unknown method ':{other}': expected :predict, :classify, :regress or :explain"
             )))
         }
     };

@@ -247,6 +247,94 @@ pub struct RegressResponse<'a> {
     pub warnings: &'a [String],
 }
 
+/// `:explain`'s body: `:predict`'s, plus what to explain and from where.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// One entry per instance, as for `:predict`: named feature values or a tensor.
+    #[serde(default)]
+    pub instances: Option<Vec<Value>>,
+    /// A batched tensor, or an object of feature columns (as for `:predict`).
+    #[serde(default)]
+    pub inputs: Option<Value>,
+    /// The class label to explain (classifiers; default: each instance's predicted class),
+    /// or the regression output (its target column's name or its index; default: the
+    /// first output).
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Integration points per instance (Gauss–Legendre nodes), 1 to 1024; default 50.
+    #[serde(default)]
+    pub steps: Option<u64>,
+    /// One instance to integrate from, in the form of `instances`' entries; default: the
+    /// training rows' mean input (zeros in model-input space for models trained elsewhere;
+    /// zero embeddings for token models).
+    #[serde(default)]
+    pub baseline: Option<Value>,
+    /// `serving_default` (the only signature) or empty.
+    #[serde(default)]
+    pub signature_name: Option<String>,
+}
+
+/// `:explain`'s answer: one explanation per instance, in request order.
+#[derive(Serialize, ToSchema)]
+pub struct ExplainResponse<'a> {
+    /// `integrated_gradients`.
+    pub method: &'static str,
+    /// `training_mean`, `zero`, `zero_embedding` or `request`.
+    pub baseline: &'static str,
+    pub explanations: Vec<ExplanationView<'a>>,
+    /// Per instance and feature: unknown categories, encoded as unseen.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub warnings: &'a [String],
+}
+
+/// One instance's explanation.
+#[derive(Serialize, ToSchema)]
+pub struct ExplanationView<'a> {
+    /// The class label (or regression output) explained.
+    pub target: String,
+    /// f(x): the target class's score, or the regression value in original units.
+    pub prediction: f32,
+    /// f(x'): the same at the baseline.
+    pub baseline_prediction: f32,
+    /// By raw column name (tabular models, one-hot groups summed back to their column), or
+    /// nested lists in the instance's shape (images; one value per token for token ids).
+    #[schema(value_type = Object)]
+    pub attributions: Attributions<'a>,
+    /// Σ attributions − (prediction − baseline_prediction): how far the integral is from
+    /// exact (completeness); more steps make it smaller.
+    pub completeness_residual: f32,
+    /// Integration points used (without `steps` in the request: 50, doubled while the
+    /// residual is over 1e-3 of the larger of |prediction − baseline_prediction| and
+    /// Σ|attributions|, within 1024 and the points limit).
+    pub steps: usize,
+}
+
+/// Attributions by column name (in the signature's order) or in the instance's shape.
+pub enum Attributions<'a> {
+    Named {
+        names: &'a [String],
+        values: &'a [f32],
+    },
+    Shaped(Nested<'a>),
+}
+
+impl Serialize for Attributions<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Attributions::Named { names, values } => {
+                let mut map = s.serialize_map(Some(names.len()))?;
+                for (name, value) in names.iter().zip(values.iter()) {
+                    map.serialize_entry(name, value)?;
+                }
+                map.end()
+            }
+            Attributions::Shaped(nested) => nested.serialize(s),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
