@@ -108,7 +108,9 @@ pub fn target_names(model: &Model) -> Vec<String> {
         Task::Classification => model.labels().to_vec(),
         Task::Regression => match (&model.spec().training, model.output_len()) {
             (Some(TrainingBlock::Kiln(info)), 1) => vec![info.target.clone()],
-            _ => (0..model.output_len()).map(|i| i.to_string()).collect(),
+            (Some(TrainingBlock::Other(_)) | None, _) | (Some(TrainingBlock::Kiln(_)), _) => {
+                (0..model.output_len()).map(|i| i.to_string()).collect()
+            }
         },
     }
 }
