@@ -393,8 +393,8 @@ mod ranking_tests {
             (-2.0, 0.0, 1.0, 3.0, 8.0)
         );
         assert!((s.mean - 2.0).abs() < 1e-12);
-        // numpy.std([-2, 0, 1, 3, 8]) == 3.4641016
-        assert!((s.std - 3.464_101_615).abs() < 1e-6);
+        // Population standard deviation (numpy.std's default): sqrt((16 + 4 + 1 + 1 + 36) / 5).
+        assert!((s.std - 11.6f64.sqrt()).abs() < 1e-9);
         let s = ResidualSummary::of(&mut [1.0, 2.0]).unwrap();
         assert_eq!(s.p25, 1.25);
         assert!(ResidualSummary::of(&mut []).is_none());
