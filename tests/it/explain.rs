@@ -335,3 +335,103 @@ async fn shipped_models_are_explained_iris_by_column_digits_by_pixel() {
     assert_eq!(e["attributions"].as_object().unwrap().len(), 64);
     check_completeness(e, 1e-2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trained_model_is_explained_from_its_training_mean_and_evaluated_on_its_target() {
+    use crate::training::{follow, iris_csv, upload};
+    let models = tempfile::tempdir().unwrap();
+    let s = Server::start(models.path(), "").await;
+    let (_, ds, _) = upload(&s, "text/csv", iris_csv()).await;
+    let spec = json!({
+        "model": "flowers", "dataset": ds["id"], "target": "species",
+        "training": {"epochs": 5, "seed": 3, "early_stopping": null, "refit": false}
+    });
+    let (code, job) = s.post("/v1/training-jobs", &spec).await;
+    assert_eq!(code, 202, "{job}");
+    let events = follow(&s, job["id"].as_str().unwrap()).await;
+    let (_, end) = events.last().unwrap();
+    assert_eq!(end["state"], "succeeded", "{end}");
+    // The stored mean input is the default baseline: for standardized columns, zeros.
+    let (_, meta) = s.get("/v1/models/flowers/metadata").await;
+    let mean = &meta["metadata"]["signature_def"]["preprocessing"]["input_mean"];
+    assert_eq!(mean.as_array().map(Vec::len), Some(4), "{meta}");
+    let instance =
+        json!({"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3});
+    let (code, r) = s
+        .post(
+            "/v1/models/flowers:explain",
+            &json!({"instances": [instance]}),
+        )
+        .await;
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["baseline"], "training_mean");
+    check_completeness(&r["explanations"][0], 1e-3);
+    // Its training block names the target: no "target" needed to evaluate it.
+    let (code, r) = s
+        .post("/v1/models/flowers:evaluate", &json!({"dataset": ds["id"]}))
+        .await;
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["target"], "species");
+    assert!(r["metrics"]["accuracy"].as_f64().unwrap() > 0.5, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_explained_in_their_shape_and_tokens_one_value_each() {
+    let models = tempfile::tempdir().unwrap();
+    fixture(
+        models.path(),
+        "img",
+        1,
+        &json!({"format_version": 1, "task": "classification", "input": {"shape": [1, 4, 4]},
+                "layers": [{"type": "conv2d", "filters": 2, "kernel_size": 3, "padding": "same", "activation": "tanh"},
+                           {"type": "avg_pool2d", "pool_size": 2},
+                           {"type": "flatten"}, {"type": "dense", "units": 3}]}),
+    );
+    fixture(
+        models.path(),
+        "tok",
+        1,
+        &json!({"format_version": 1, "task": "classification", "input": {"shape": [6], "dtype": "int64"},
+                "layers": [{"type": "embedding", "input_dim": 30, "output_dim": 4},
+                           {"type": "gru", "units": 5}, {"type": "dense", "units": 2}]}),
+    );
+    let s = Server::start(models.path(), "").await;
+    let image: Vec<Vec<Vec<f64>>> = vec![(0..4)
+        .map(|i| (0..4).map(|j| f64::from(i * 4 + j) / 16.0).collect())
+        .collect()];
+    let (code, r) = s
+        .post(
+            "/v1/models/img:explain",
+            &json!({"instances": [image], "steps": 100}),
+        )
+        .await;
+    assert_eq!(code, 200, "{r}");
+    let e = &r["explanations"][0];
+    let a = e["attributions"].as_array().unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].as_array().unwrap().len(), 4);
+    assert_eq!(a[0][0].as_array().unwrap().len(), 4, "{e}");
+    assert_eq!(r["baseline"], "zero");
+    check_completeness(e, 1e-3);
+    let (code, r) = s
+        .post(
+            "/v1/models/tok:explain",
+            &json!({"instances": [[3, 14, 15, 9, 2, 6]]}),
+        )
+        .await;
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["baseline"], "zero_embedding");
+    let e = &r["explanations"][0];
+    assert_eq!(e["attributions"].as_array().unwrap().len(), 6, "{e}");
+    check_completeness(e, 1e-3);
+    // A baseline of ids starts from their embeddings.
+    let (code, r) = s
+        .post(
+            "/v1/models/tok:explain",
+            &json!({"instances": [[3, 14, 15, 9, 2, 6]], "baseline": [0, 0, 0, 0, 0, 0]}),
+        )
+        .await;
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["baseline"], "request");
+    check_completeness(&r["explanations"][0], 1e-3);
+}
