@@ -102,7 +102,7 @@ pub(super) async fn handle(
         }
         Some(_) => {
             let dir = state.config.training.data_dir.clone();
-            let table = tokio::task::spawn_blocking(move || table_of_body(&dir, &body))
+            let table = tokio::task::spawn_blocking(move || table_of_body(&dir, body))
                 .await
                 .map_err(|e| Error::Internal(format!("data reader failed: {e}")))??;
             (table, None)
@@ -118,12 +118,18 @@ pub(super) async fn handle(
 }
 
 /// Parses a body of CSV or JSON records as an upload is parsed (the reader works on files:
-/// the body is written to a file of its own in the data directory, removed once read).
-fn table_of_body(dir: &std::path::Path, body: &[u8]) -> Result<Table, ApiError> {
+/// the body is written to a file of its own in the data directory, removed once read, and
+/// dropped before the table is built, so the data is not held twice).
+fn table_of_body(dir: &std::path::Path, body: Bytes) -> Result<Table, ApiError> {
     use rand::RngCore;
     let path: PathBuf = dir.join(format!(".evaluate-{:016x}", rand::rng().next_u64()));
     let io = |e: std::io::Error| Error::Internal(format!("{}: {e}", path.display()));
-    std::fs::write(&path, body).map_err(io)?;
+    let written = std::fs::write(&path, &body);
+    drop(body);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&path);
+        return Err(io(e).into());
+    }
     let table = read_table(&path, None, None);
     let _ = std::fs::remove_file(&path);
     table.map_err(|e| match e {
