@@ -103,6 +103,28 @@ async fn a_dataset_or_a_csv_body_is_evaluated_as_classify_would_score_it() {
     assert_eq!(b["metrics"], r["metrics"]);
     assert_eq!(b["loss"], r["loss"]);
 
+    // JSON records in the body, as a dataset upload takes them: the same answer.
+    let text = String::from_utf8(iris_csv()).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let records: Vec<Value> = lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let record: serde_json::Map<String, Value> = header
+                .iter()
+                .zip(l.split(','))
+                .map(|(h, c)| {
+                    let v = c.parse::<f64>().map_or_else(|_| json!(c), |x| json!(x));
+                    ((*h).to_owned(), v)
+                })
+                .collect();
+            Value::Object(record)
+        })
+        .collect();
+    let (code, j) = s.post("/v1/models/iris:evaluate", &json!(records)).await;
+    assert_eq!(code, 200, "{j}");
+    assert_eq!(j["metrics"], r["metrics"]);
+
     // `kiln evaluate`, offline: the same numbers.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("evaluate")
