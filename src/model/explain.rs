@@ -206,6 +206,8 @@ impl Model {
         // 1. The endpoints x (one per row) and x' (one), flat, in the space integrated in;
         //    the layer the path enters at; how many consecutive values each attribution sums.
         let embedded = self.spec.input.dtype == InputDType::Int64;
+        // The per-point shape of what layer `start` takes.
+        let mut entry_shape = self.spec.input.shape.clone();
         let (x, b, start, group) = if embedded {
             let embed = &self.layers[0];
             let ids = Tensor::from_slice(rows, with_batch(n), dev)?;
@@ -215,6 +217,7 @@ impl Model {
                 None => ex.narrow(0, 0, 1)?.zeros_like()?,
             };
             let dim = ex.dims().last().copied().unwrap_or(1);
+            entry_shape = ex.dims()[1..].to_vec();
             (
                 ex.flatten_from(1)?,
                 eb.flatten_from(1)?,
@@ -277,15 +280,7 @@ impl Model {
             h = h.broadcast_sub(shift)?.broadcast_div(scale)?;
         }
         let mut dims = vec![total];
-        if embedded {
-            let e_dims = self.layers[0]
-                .forward_t(&Tensor::zeros(with_batch(1), DType::F32, dev)?, false)?
-                .dims()
-                .to_vec();
-            dims.extend_from_slice(&e_dims[1..]);
-        } else {
-            dims.extend_from_slice(&self.spec.input.shape);
-        }
+        dims.extend_from_slice(&entry_shape);
         h = h.reshape(dims)?;
         for layer in &self.layers[start..] {
             h = layer.forward_differentiable(&h)?;
