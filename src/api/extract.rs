@@ -12,7 +12,8 @@ use crate::state::AppState;
 /// A request body that claims (or does not deny) to be JSON, read up to the body limit.
 ///
 /// Accepted content types: none, `application/json`, `*/*+json`, `text/plain`, and
-/// `application/x-www-form-urlencoded` — what `curl -d` sends without `-H`.
+/// `application/x-www-form-urlencoded` — what `curl -d` sends without `-H`; for `:evaluate`
+/// also CSV (`text/csv`, …).
 pub struct JsonBody(pub Bytes);
 
 impl FromRequest<AppState> for JsonBody {
@@ -26,11 +27,18 @@ impl FromRequest<AppState> for JsonBody {
             let json_suffix = essence.len() >= 5
                 && essence.is_char_boundary(essence.len() - 5)
                 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json");
+            // `:evaluate` also takes its data as CSV (see `api::evaluate`).
+            let csv = || {
+                req.uri().path().ends_with(":evaluate")
+                    && crate::dataset::Format::from_media_type(essence)
+                        == Some(crate::dataset::Format::Csv)
+            };
             let ok = is("application/json")
                 || json_suffix
                 || is("application/x-www-form-urlencoded")
                 || is("text/plain")
-                || essence.is_empty();
+                || essence.is_empty()
+                || csv();
             if !ok {
                 return Err(ApiError::UnsupportedMediaType(essence.to_ascii_lowercase()));
             }
@@ -138,22 +146,28 @@ pub enum Verb {
     Predict,
     Classify,
     Regress,
+    /// Attributions per input column (`api::explain`).
+    Explain,
+    /// Loss and metrics on labelled data (`api::evaluate`).
+    Evaluate,
 }
 
 /// Splits `name:verb` on the last colon.
 pub fn split_verb(segment: &str) -> Result<(&str, Verb), Error> {
     let Some((name, verb)) = segment.rsplit_once(':') else {
         return Err(Error::InvalidInput(format!(
-            "'{segment}' names no method: POST to {segment}:predict, :classify or :regress"
+            "'{segment}' names no method: POST to {segment}:predict, :classify, :regress, :explain or :evaluate"
         )));
     };
     let verb = match verb {
         "predict" => Verb::Predict,
         "classify" => Verb::Classify,
         "regress" => Verb::Regress,
+        "explain" => Verb::Explain,
+        "evaluate" => Verb::Evaluate,
         other => {
             return Err(Error::InvalidInput(format!(
-                "unknown method ':{other}': expected :predict, :classify or :regress"
+                "unknown method ':{other}': expected :predict, :classify, :regress, :explain or :evaluate"
             )))
         }
     };
@@ -171,7 +185,10 @@ pub fn split_verb(segment: &str) -> Result<(&str, Verb), Error> {
 /// for any other). `HEAD` comes with `GET`, as axum serves it.
 pub(crate) fn verb_route_allow(route: &str, path: &str) -> Option<&'static str> {
     let last = path.rsplit('/').next().unwrap_or("");
-    let has_verb = last.contains(':') || last.contains("%3A") || last.contains("%3a");
+    let has_verb = names_verb(last)
+        || [("%3A"), ("%3a")]
+            .iter()
+            .any(|c| last.rsplit_once(c).is_some_and(|(_, v)| is_verb(v)));
     match route {
         "/v1/models/{name}" | "/v1/models/{name}/versions/{version}" => {
             Some(if has_verb { "POST" } else { "GET,HEAD,DELETE" })
@@ -181,9 +198,20 @@ pub(crate) fn verb_route_allow(route: &str, path: &str) -> Option<&'static str> 
     }
 }
 
+/// A method's name: lowercase letters (what the OpenAPI document's paths put after a colon).
+fn is_verb(v: &str) -> bool {
+    !v.is_empty() && v.bytes().all(|b| b.is_ascii_lowercase())
+}
+
+/// `segment` ends in `:verb`.
+fn names_verb(segment: &str) -> bool {
+    segment.rsplit_once(':').is_some_and(|(_, v)| is_verb(v))
+}
+
 /// A GET or DELETE of a `:verb` path (`GET /v1/models/iris:predict`): 405, `Allow: POST`.
+/// Any other colon is the name's own (and an invalid one, refused as such).
 pub(crate) fn refuse_verb(method: &str, prefix: &str, segment: &str) -> Result<(), ApiError> {
-    if segment.contains(':') {
+    if names_verb(segment) {
         return Err(ApiError::MethodNotAllowed {
             method: method.to_owned(),
             path: format!("{prefix}{segment}"),
@@ -245,6 +273,16 @@ mod tests {
             Some("GET,HEAD")
         );
         assert_eq!(verb_route_allow("/v1/models", "/v1/models"), None);
+        assert_eq!(
+            verb_route_allow("/v1/models/{name}", "/v1/models/a%3Apredict"),
+            Some("POST")
+        );
+        assert_eq!(
+            verb_route_allow("/v1/models/{name}", "/v1/models/a:B-"),
+            Some("GET,HEAD,DELETE")
+        );
+        assert!(refuse_verb("GET", "/v1/models/", "a:predict").is_err());
+        assert!(refuse_verb("GET", "/v1/models/", "a:B-").is_ok());
         assert!(split_verb("iris:explode")
             .unwrap_err()
             .to_string()

@@ -6,6 +6,8 @@ pub mod datasets;
 pub mod decode;
 pub mod decompress;
 pub mod error;
+pub mod evaluate;
+pub mod explain;
 pub mod extract;
 mod fast_rows;
 pub mod health;
@@ -20,6 +22,7 @@ pub mod types;
 pub mod v2;
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
@@ -30,7 +33,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use axum::Router;
-use tower_http::catch_panic::CatchPanicLayer;
+use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::auth::Scope;
@@ -156,9 +159,6 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     app.merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Inside `edge`, so that a panic's 500 still gets its request id, timing headers
-        // and metrics. Costs a boxed response body per request.
-        .layer(CatchPanicLayer::custom(panic_answer))
         .layer(middleware::from_fn_with_state(state.clone(), edge))
         .layer(tower::util::option_layer(cors(
             &state.config.api.cors_origins,
@@ -261,7 +261,11 @@ async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Respon
         span.record("trace_id", tp.trace_id);
         span.record("parent_id", tp.parent_id);
     }
-    let mut res = next.run(req).instrument(span.clone()).await;
+    // A panic in a handler or an extractor is caught here, inside the timing and metrics,
+    // so its 500 still gets the request id and headers. (tower-http's catch-panic layer does
+    // the same but boxes every response body once more.)
+    let answer = AssertUnwindSafe(next.run(req).instrument(span.clone()));
+    let mut res = answer.catch_unwind().await.unwrap_or_else(panic_answer);
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
     tracing::debug!(parent: &span, status, total_ms = elapsed.as_secs_f64() * 1e3, "answered");

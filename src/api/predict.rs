@@ -147,6 +147,13 @@ async fn handle(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
+    match verb {
+        Verb::Explain => return super::explain::handle(state, name, version, timeout, body).await,
+        Verb::Evaluate => {
+            return super::evaluate::handle(state, name, version, timeout, body).await
+        }
+        Verb::Predict | Verb::Classify | Verb::Regress => {}
+    }
     let serving = state.serving();
     let lv = serving.version(name, version)?;
     check_task(&lv, verb)?;
@@ -181,7 +188,7 @@ fn decode(
 ) -> Result<Decoded, ApiError> {
     let spec = InputSpec::of(&lv.model).with_max_rows(max_rows);
     match verb {
-        Verb::Predict => decode_predict(body, &spec),
+        Verb::Predict | Verb::Explain | Verb::Evaluate => decode_predict(body, &spec),
         Verb::Classify | Verb::Regress => decode_examples(body, &spec),
     }
 }
@@ -189,7 +196,8 @@ fn decode(
 fn check_task(lv: &LoadedVersion, verb: Verb) -> Result<(), Error> {
     let model = &lv.model;
     match (verb, model.task()) {
-        (Verb::Predict, _) | (Verb::Classify, Task::Classification) => Ok(()),
+        (Verb::Predict | Verb::Explain | Verb::Evaluate, _)
+        | (Verb::Classify, Task::Classification) => Ok(()),
         (Verb::Regress, Task::Regression) if model.output_len() == 1 => Ok(()),
         (Verb::Regress, Task::Regression) => Err(Error::InvalidInput(format!(
             "model '{}' outputs {} values per instance; :regress needs one: use :predict",
@@ -211,7 +219,7 @@ fn check_task(lv: &LoadedVersion, verb: Verb) -> Result<(), Error> {
 /// units), or every class with its score, best first (`:classify`).
 fn encode(p: &Prediction, verb: Verb, layout: Layout, warnings: &[String]) -> Response {
     let body = match verb {
-        Verb::Predict => {
+        Verb::Predict | Verb::Explain | Verb::Evaluate => {
             let mut shape = Vec::with_capacity(p.output_shape().len() + 1);
             shape.push(p.n_rows());
             shape.extend_from_slice(p.output_shape());
