@@ -141,7 +141,13 @@ impl<'de> Deserialize<'de> for ClassWeight {
                 })
                 .collect::<Result<_, _>>()
                 .map(ClassWeight::ByLabel),
-            other => Err(D::Error::custom(format!("{EXPECTED}, got {other}"))),
+            other @ (serde_json::Value::Null
+            | serde_json::Value::Bool(_)
+            | serde_json::Value::Number(_)
+            | serde_json::Value::String(_)
+            | serde_json::Value::Array(_)) => {
+                Err(D::Error::custom(format!("{EXPECTED}, got {other}")))
+            }
         }
     }
 }
