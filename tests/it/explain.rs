@@ -353,7 +353,7 @@ async fn a_trained_model_is_explained_from_its_training_mean_and_evaluated_on_it
     assert_eq!(end["state"], "succeeded", "{end}");
     // The stored mean input is the default baseline: for standardized columns, zeros.
     let (_, meta) = s.get("/v1/models/flowers/metadata").await;
-    let mean = &meta["metadata"]["signature_def"]["preprocessing"]["input_mean"];
+    let mean = &meta["metadata"]["kiln"]["preprocessing"]["input_mean"];
     assert_eq!(mean.as_array().map(Vec::len), Some(4), "{meta}");
     let instance =
         json!({"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3});

@@ -571,31 +571,31 @@ fn the_request_span_records_the_peer_address() {
         let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
         write!(
             stream,
-            "GET /health/ready HTTP/1.1\r\nHost: kiln\r\ntraceparent: {traceparent}\r\nConnection: close\r\n\r\n"
+            "GET /health/live HTTP/1.1\r\nHost: kiln\r\ntraceparent: {traceparent}\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut answer = String::new();
         stream.read_to_string(&mut answer).unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     };
-    let next_ready = || loop {
+    let next_answered = || loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let line = logs
             .recv_timeout(left)
-            .expect("an 'answered' debug line for GET /health/ready");
-        if line["message"] == "answered" && line["span"]["route"] == "/health/ready" {
+            .expect("an 'answered' debug line for GET /health/live");
+        if line["message"] == "answered" && line["span"]["route"] == "/health/live" {
             break line;
         }
     };
     send("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-    let traced = next_ready();
+    let traced = next_answered();
     assert_eq!(
         traced["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
         "{traced}"
     );
     assert_eq!(traced["span"]["parent_id"], "00f067aa0ba902b7", "{traced}");
     send("00-00000000000000000000000000000000-00f067aa0ba902b7-01");
-    let ignored = next_ready();
+    let ignored = next_answered();
     assert!(ignored["span"]["trace_id"].is_null(), "{ignored}");
     child.kill().unwrap();
     child.wait().unwrap();
