@@ -85,6 +85,16 @@ impl Group {
         self.add("DELETE", path, delete(h))
     }
 
+    /// `get`, with `wrap` adding layers of the route's own around the handler (compression).
+    pub(crate) fn get_with<H: Handler<T, AppState>, T: 'static>(
+        self,
+        path: &'static str,
+        h: H,
+        wrap: impl FnOnce(MethodRouter<AppState>) -> MethodRouter<AppState>,
+    ) -> Group {
+        self.add("GET", path, wrap(get(h)))
+    }
+
     /// `post`, with `wrap` adding layers of the route's own around the handler (a body limit).
     pub(crate) fn post_with<H: Handler<T, AppState>, T: 'static>(
         self,

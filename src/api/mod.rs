@@ -57,7 +57,7 @@ fn groups(upload_limit: usize) -> [Group; 4] {
             .get("/health/ready", health::ready)
             .get("/v2/health/live", v2::live)
             .get("/v2/health/ready", v2::ready)
-            .get("/openapi.json", openapi::openapi_json),
+            .get_with("/openapi.json", openapi::openapi_json, compressed),
         // Inference and model metadata.
         Group::scope(Predict)
             .get("/v1/models", models::list)
@@ -115,13 +115,20 @@ fn groups(upload_limit: usize) -> [Group; 4] {
             .post("/v2/repository/index", repository::index)
             .post("/v2/repository/models/{name}/load", repository::load)
             .post("/v2/repository/models/{name}/unload", repository::unload)
-            .get("/metrics", metrics::metrics),
+            .get_with("/metrics", metrics::metrics, compressed),
     ]
 }
 
 /// The routes that take large bodies accept them gzip-compressed ([`decompress`]).
 fn gzip(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
     route.layer(decompress::Decompress)
+}
+
+/// Large text answers that clients fetch now and then (the OpenAPI document, the metrics
+/// exposition) are gzip-compressed for clients that accept it. Not the predict path: its
+/// answers are small and its CPU is the server's throughput.
+fn compressed(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    route.layer(tower_http::compression::CompressionLayer::new().gzip(true))
 }
 
 /// Every route the router declares, with its access rule, sorted by path and method: what

@@ -723,3 +723,51 @@ async fn gzip_request_bodies_are_decompressed_within_the_limits() {
         assert_eq!(e["code"], "unsupported_content_encoding", "{path}: {e}");
     }
 }
+
+/// The OpenAPI document and the metrics exposition come gzip-compressed to clients that
+/// accept it, and as they are to the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_text_answers_are_compressed_on_request() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path(), "mlp", 1, &mlp_spec(6));
+    let s = Server::start(dir.path(), "").await;
+    for path in ["/openapi.json", "/metrics"] {
+        let plain = s.client.get(s.url(path)).send().await.unwrap();
+        assert!(plain.headers().get("content-encoding").is_none(), "{path}");
+        let plain = plain.bytes().await.unwrap();
+        let r = s
+            .client
+            .get(s.url(path))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-encoding"], "gzip", "{path}");
+        let zipped = r.bytes().await.unwrap();
+        assert!(zipped.len() < plain.len(), "{path}");
+        let mut text = Vec::new();
+        flate2::read::GzDecoder::new(&zipped[..])
+            .read_to_end(&mut text)
+            .unwrap();
+        if path == "/openapi.json" {
+            assert_eq!(text, plain, "{path}");
+        } else {
+            assert!(String::from_utf8(text)
+                .unwrap()
+                .contains("kiln_http_requests_total"));
+        }
+    }
+    // Predictions are never compressed.
+    let r = s
+        .client
+        .post(s.url("/v1/models/mlp:predict"))
+        .header("accept-encoding", "gzip")
+        .body(r#"{"instances": [[1, 2, 3, 4, 5, 6]]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("content-encoding").is_none());
+}
