@@ -165,7 +165,7 @@ fn decode(
     body: &[u8],
     max_rows: usize,
 ) -> Result<Decoded, ApiError> {
-    let spec = InputSpec::of(&lv.model).with_max_rows(max_rows);
+    let spec = InputSpec::of(&lv.layers()?.model).with_max_rows(max_rows);
     match verb {
         Verb::Predict => decode_predict(body, &spec),
         Verb::Classify | Verb::Regress => decode_examples(body, &spec),
@@ -173,7 +173,7 @@ fn decode(
 }
 
 fn check_task(lv: &LoadedVersion, verb: Verb) -> Result<(), Error> {
-    let model = &lv.model;
+    let model = &lv.layers()?.model;
     match (verb, model.task()) {
         (Verb::Predict, _) | (Verb::Classify, Task::Classification) => Ok(()),
         (Verb::Regress, Task::Regression) if model.output_len() == 1 => Ok(()),

@@ -161,8 +161,8 @@ pub struct ModelReadyResponse {
     pub error: Option<String>,
 }
 
-fn model_metadata(state: &AppState, lv: &LoadedVersion) -> ModelMetadataResponse {
-    let model = &lv.model;
+fn model_metadata(state: &AppState, lv: &LoadedVersion) -> Result<ModelMetadataResponse, Error> {
+    let model = &lv.layers()?.model;
     let sig = model.signature();
     let dtype = match sig.dtype {
         InputDType::Float32 => "FP32",
@@ -205,13 +205,13 @@ fn model_metadata(state: &AppState, lv: &LoadedVersion) -> ModelMetadataResponse
                 .collect()
         })
         .unwrap_or_default();
-    ModelMetadataResponse {
+    Ok(ModelMetadataResponse {
         name: lv.name.clone(),
         versions,
         platform: PLATFORM,
         inputs,
         outputs,
-    }
+    })
 }
 
 /// `GET /v2/models/{name}`
@@ -229,7 +229,7 @@ pub async fn metadata(
     Path(name): Path<String>,
 ) -> Result<Json<ModelMetadataResponse>, ApiError> {
     let lv = lookup(&state, &name, None)?;
-    Ok(Json(model_metadata(&state, &lv)))
+    Ok(Json(model_metadata(&state, &lv)?))
 }
 
 /// `GET /v2/models/{name}/versions/{version}`
@@ -247,7 +247,7 @@ pub async fn version_metadata(
     Path((name, v)): Path<(String, String)>,
 ) -> Result<Json<ModelMetadataResponse>, ApiError> {
     let lv = lookup(&state, &name, Some(&v))?;
-    Ok(Json(model_metadata(&state, &lv)))
+    Ok(Json(model_metadata(&state, &lv)?))
 }
 
 fn readiness(
@@ -345,11 +345,12 @@ async fn infer_on(
     let lv = lookup(state, name, version)?;
     let serving = state.serving();
     let req: InferRequest = decode::parse_request(body.json_len.as_ref(), &body.bytes)?;
-    let spec = InputSpec::of(&lv.model).with_max_rows(serving.max_rows());
+    let model = &lv.layers()?.model;
+    let spec = InputSpec::of(model).with_max_rows(serving.max_rows());
     let decoded = decode::to_rows(&spec, req.inputs)?;
     // Refused before anything is computed; only the outputs named are computed after.
     let selected = encode::select(
-        lv.model.task(),
+        model.task(),
         req.outputs.as_deref(),
         req.parameters.as_ref(),
     )?;

