@@ -139,6 +139,9 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     let serving = state.serving();
     let lv = serving.version(name, version)?;
+    if lv.text().is_ok() {
+        return super::text::tf_predict(state, &lv, verb, timeout, &body).await;
+    }
     check_task(&lv, verb)?;
     let max_rows = serving.max_rows();
     let decoded = if body.len() > BLOCKING_DECODE_BYTES {

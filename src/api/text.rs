@@ -357,6 +357,68 @@ async fn openai_on(
     Ok(timed(respond::json(body), &embeddings))
 }
 
+/// TF Serving's `:predict` on a text model: `{"instances": ["text", …]}` (row format) →
+/// `{"predictions": [[f32, …], …]}`, or `{"inputs": "text" | [...]}` (columnar) →
+/// `{"outputs": …}`. Inputs longer than the model's maximum are refused (413).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TfTextRequest {
+    #[serde(default)]
+    #[allow(
+        dead_code,
+        reason = "accepted as TF Serving clients send it; one signature"
+    )]
+    signature_name: Option<String>,
+    #[serde(default)]
+    instances: Option<Vec<String>>,
+    #[serde(default)]
+    inputs: Option<Input>,
+}
+
+pub(crate) async fn tf_predict(
+    state: &AppState,
+    lv: &LoadedVersion,
+    verb: super::extract::Verb,
+    timeout: Option<std::time::Duration>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    if verb != super::extract::Verb::Predict {
+        return Err(Error::InvalidInput(format!(
+            "model '{}' is a text embedding model: it answers :predict, not :classify or :regress",
+            lv.name
+        ))
+        .into());
+    }
+    let req: TfTextRequest = parse(body)?;
+    let (texts, key) = match (req.instances, req.inputs) {
+        (Some(texts), None) => (texts, "predictions"),
+        (None, Some(inputs)) => (inputs.into_texts(), "outputs"),
+        _ => {
+            return Err(Error::InvalidInput(
+                "send exactly one of \"instances\" (a list of texts) or \"inputs\"".into(),
+            )
+            .into())
+        }
+    };
+    let embeddings = state
+        .serving()
+        .embed(
+            lv,
+            TextRequest {
+                texts,
+                truncate: false,
+                normalize: None,
+            },
+            timeout,
+            &tracing::Span::current(),
+        )
+        .await?;
+    let mut answer = serde_json::Map::new();
+    answer.insert(key.into(), serde_json::json!(embeddings.vectors));
+    let body = serde_json::to_vec(&answer).expect("floats serialize");
+    Ok(timed(respond::json(body), &embeddings))
+}
+
 /// `POST /embed`
 #[utoipa::path(post, path = "/embed", operation_id = "embed", tag = "text",
     summary = "Embed texts with the only text model loaded (TEI's /embed)",

@@ -56,8 +56,8 @@ impl LoadedVersion {
         match &self.served {
             Served::Layers(l) => Ok(l),
             Served::Text(_) => Err(Error::InvalidInput(format!(
-                "model '{}' is a transformer: it answers /models/{}/embed, /models/{}/tokenize and /v1/embeddings (docs/text-models.md)",
-                self.name, self.name, self.name
+                "model '{}' is a transformer: it takes texts (/models/{}/embed, /v1/embeddings, :predict with a list of texts, V2 BYTES; docs/text-models.md)",
+                self.name, self.name
             ))),
         }
     }

@@ -220,11 +220,32 @@ async fn text_errors_say_what_and_where() {
     assert_eq!(status, 400, "{body}");
     // A text model is not a row model, and the other way round.
     let (status, body) = s
-        .post("/v1/models/minilm:predict", &json!({"instances": [[1.0]]}))
+        .post(
+            "/v1/models/minilm:classify",
+            &json!({"examples": [{"text": "x"}]}),
+        )
         .await;
     assert_eq!(status, 400, "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("transformer"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("text embedding model"),
+        "{body}"
+    );
+    let (status, body) = s
+        .post("/v1/models/minilm:predict", &json!({"instances": [[1.0]]}))
+        .await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (400, "invalid_input"),
+        "{body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("expected a string"),
         "{body}"
     );
     fixture(models.path(), "iris", 1, &tabular_spec());
@@ -345,5 +366,95 @@ async fn batches_keep_to_the_token_budget() {
             "{family} missing:\n{metrics}"
         );
     }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_through_tf_serving_and_v2() {
+    let Some((_models, s)) = server_with_minilm("").await else {
+        return;
+    };
+    let reference = reference();
+    let cases = &reference["cases"];
+    let (a, b) = (
+        cases[0]["text"].as_str().unwrap(),
+        cases[3]["text"].as_str().unwrap(),
+    );
+    let close = |got: &Value, case: &Value| {
+        let c = cosine(&floats(got), &floats(&case["embedding"]));
+        assert!(c >= 0.9999, "cosine {c}");
+    };
+    // TF Serving: row format and columnar.
+    let (status, body) = s
+        .post("/v1/models/minilm:predict", &json!({"instances": [a, b]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    close(&body["predictions"][0], &cases[0]);
+    close(&body["predictions"][1], &cases[3]);
+    let (status, body) = s
+        .post(
+            "/v1/models/minilm/versions/1:predict",
+            &json!({"inputs": a}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    close(&body["outputs"][0], &cases[0]);
+
+    // V2: metadata, JSON BYTES, and BYTES as binary data (4-byte little-endian lengths).
+    let (status, meta) = s.get("/v2/models/minilm").await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(
+        meta["inputs"],
+        json!([{"name": "text", "datatype": "BYTES", "shape": [-1]}])
+    );
+    assert_eq!(meta["outputs"][0]["shape"], json!([-1, 384]));
+    let (status, body) = s
+        .post(
+            "/v2/models/minilm/infer",
+            &json!({"id": "q1", "inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": [a, b]}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], "q1");
+    let out = &body["outputs"][0];
+    assert_eq!(
+        (out["name"].as_str(), out["shape"].clone()),
+        (Some("embedding"), json!([2, 384]))
+    );
+    let data = out["data"].as_array().unwrap();
+    close(&json!(data[..384]), &cases[0]);
+    close(&json!(data[384..]), &cases[3]);
+    let mut binary = Vec::new();
+    for t in [a, b] {
+        binary.extend_from_slice(&(t.len() as u32).to_le_bytes());
+        binary.extend_from_slice(t.as_bytes());
+    }
+    let header = serde_json::to_vec(&json!({"inputs": [{"name": "text", "datatype": "BYTES",
+        "shape": [2], "parameters": {"binary_data_size": binary.len()}}]}))
+    .unwrap();
+    let mut raw = header.clone();
+    raw.extend_from_slice(&binary);
+    let r = s
+        .client
+        .post(s.url("/v2/models/minilm/infer"))
+        .header("content-type", "application/octet-stream")
+        .header("inference-header-content-length", header.len())
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    close(
+        &json!(body["outputs"][0]["data"].as_array().unwrap()[384..]),
+        &cases[3],
+    );
+    let (status, body) = s
+        .post(
+            "/v2/models/minilm/infer",
+            &json!({"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
     s.stop().await;
 }

@@ -162,6 +162,35 @@ pub struct ModelReadyResponse {
 }
 
 fn model_metadata(state: &AppState, lv: &LoadedVersion) -> Result<ModelMetadataResponse, Error> {
+    let versions: Vec<String> = state
+        .registry
+        .view(&lv.name)
+        .map(|v| {
+            v.versions
+                .iter()
+                .filter(|(_, s)| s.loaded().is_some())
+                .map(|(n, _)| n.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Ok(text) = lv.text() {
+        // A text model: texts in (BYTES), one embedding each out.
+        return Ok(ModelMetadataResponse {
+            name: lv.name.clone(),
+            versions,
+            platform: PLATFORM,
+            inputs: vec![TensorMetadataView {
+                name: "text".into(),
+                datatype: "BYTES",
+                shape: vec![-1],
+            }],
+            outputs: vec![TensorMetadataView {
+                name: "embedding".into(),
+                datatype: "FP32",
+                shape: batched(&[text.model.hidden_size()]),
+            }],
+        });
+    }
     let model = &lv.layers()?.model;
     let sig = model.signature();
     let dtype = match sig.dtype {
@@ -194,17 +223,6 @@ fn model_metadata(state: &AppState, lv: &LoadedVersion) -> Result<ModelMetadataR
             shape: batched(&o.shape(model)),
         })
         .collect();
-    let versions: Vec<String> = state
-        .registry
-        .view(&lv.name)
-        .map(|v| {
-            v.versions
-                .iter()
-                .filter(|(_, s)| s.loaded().is_some())
-                .map(|(n, _)| n.to_string())
-                .collect()
-        })
-        .unwrap_or_default();
     Ok(ModelMetadataResponse {
         name: lv.name.clone(),
         versions,
@@ -345,6 +363,9 @@ async fn infer_on(
     let lv = lookup(state, name, version)?;
     let serving = state.serving();
     let req: InferRequest = decode::parse_request(body.json_len.as_ref(), &body.bytes)?;
+    if lv.text().is_ok() {
+        return text_infer(state, &lv, req, timeout).await;
+    }
     let model = &lv.layers()?.model;
     let spec = InputSpec::of(model).with_max_rows(serving.max_rows());
     let decoded = decode::to_rows(&spec, req.inputs)?;
@@ -368,6 +389,51 @@ async fn infer_on(
         warnings: &decoded.warnings,
     };
     Ok(encode::answer(&prediction, envelope, &selected))
+}
+
+/// A text model's V2 inference: a BYTES tensor of texts → `embedding`, FP32 `[N, size]`
+/// (as JSON data; inputs longer than the model's maximum are refused, not truncated).
+async fn text_infer(
+    state: &AppState,
+    lv: &LoadedVersion,
+    req: InferRequest,
+    timeout: Option<std::time::Duration>,
+) -> Result<Response, ApiError> {
+    if let Some(out) = req.outputs.iter().flatten().find(|o| o.name != "embedding") {
+        return Err(Error::InvalidInput(format!(
+            "output '{}': a text model answers 'embedding'",
+            out.name
+        ))
+        .into());
+    }
+    let texts = decode::to_texts(req.inputs)?;
+    let embeddings = state
+        .serving()
+        .embed(
+            lv,
+            crate::serving::text::TextRequest {
+                texts,
+                truncate: false,
+                normalize: None,
+            },
+            timeout,
+            &tracing::Span::current(),
+        )
+        .await?;
+    let size = lv.text()?.model.hidden_size();
+    let n = embeddings.vectors.len();
+    let data: Vec<f32> = embeddings.vectors.concat();
+    let mut answer = serde_json::json!({
+        "model_name": lv.name,
+        "model_version": lv.version.to_string(),
+        "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [n, size], "data": data}],
+    });
+    if let Some(id) = req.id {
+        answer["id"] = serde_json::Value::String(id);
+    }
+    let mut res = super::respond::json(serde_json::to_vec(&answer).expect("JSON values serialize"));
+    super::respond::timing_headers(&mut res, &embeddings.timing);
+    Ok(res)
 }
 
 /// `POST /v2/models/{name}/infer`
