@@ -458,3 +458,101 @@ async fn texts_through_tf_serving_and_v2() {
     assert_eq!(status, 400, "{body}");
     s.stop().await;
 }
+
+/// `kiln import --hf` and `kiln check` as an operator runs them: the settings read from the
+/// sentence-transformers files, flags winning over them, and what a broken directory says.
+#[test]
+fn kiln_import_hf_reads_sentence_transformers_settings() {
+    let Some(dir) = minilm() else {
+        return;
+    };
+    let kiln = env!("CARGO_BIN_EXE_kiln");
+    let models = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(kiln)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let m = models.path().to_str().unwrap();
+    let (ok, out) = run(&["import", "--hf", &dir, "--name", "minilm", "--models", m]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("version 1") && out.contains("mean pooling, normalize true, max_length 256"),
+        "{out}"
+    );
+    let version = models.path().join("minilm/1");
+    for f in [
+        "model.json",
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+    ] {
+        assert!(version.join(f).is_file(), "{f} missing");
+    }
+    let (ok, out) = run(&["check", version.to_str().unwrap()]);
+    assert!(
+        ok && out.contains("output:  float32 [384] per text"),
+        "{out}"
+    );
+    // Flags win over the sentence-transformers files.
+    let (ok, out) = run(&[
+        "import",
+        "--hf",
+        &dir,
+        "--name",
+        "minilm",
+        "--models",
+        m,
+        "--pooling",
+        "cls",
+        "--no-normalize",
+        "--max-length",
+        "128",
+    ]);
+    assert!(ok, "{out}");
+    let spec: Value =
+        serde_json::from_slice(&std::fs::read(models.path().join("minilm/2/model.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (&spec["pooling"], &spec["normalize"], &spec["max_length"]),
+        (&json!("cls"), &json!(false), &json!(128))
+    );
+    assert_eq!(spec["source"]["max_length_from"], "--max-length");
+    // A directory without the tokenizer: refused, nothing published.
+    let broken = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(&dir).join("config.json"),
+        broken.path().join("config.json"),
+    )
+    .unwrap();
+    let (ok, out) = run(&[
+        "import",
+        "--hf",
+        broken.path().to_str().unwrap(),
+        "--name",
+        "minilm",
+        "--models",
+        m,
+    ]);
+    assert!(!ok && out.contains("tokenizer.json"), "{out}");
+    assert!(!models.path().join("minilm/3").exists());
+    let (ok, out) = run(&[
+        "import",
+        "--hf",
+        &dir,
+        "--name",
+        "minilm",
+        "--models",
+        m,
+        "--max-length",
+        "1000",
+    ]);
+    assert!(!ok && out.contains("max_position_embeddings 512"), "{out}");
+}
