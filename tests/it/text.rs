@@ -556,3 +556,72 @@ fn kiln_import_hf_reads_sentence_transformers_settings() {
     ]);
     assert!(!ok && out.contains("max_position_embeddings 512"), "{out}");
 }
+
+/// With two text models the unscoped TEI routes cannot guess: 400 naming both and the
+/// scoped routes; OpenAI's `model` and the scoped paths choose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_several_text_models_the_model_is_named() {
+    let Some(dir) = minilm() else {
+        return;
+    };
+    let models = tempfile::tempdir().unwrap();
+    import(models.path(), &dir, "minilm").await;
+    // The same weights with CLS pooling: a different model, told apart by its answers.
+    let imported = kiln::text::import::from_hf_dir(
+        Path::new(&dir),
+        &kiln::text::import::ImportOptions {
+            pooling: Some(kiln::text::Pooling::Cls),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let store = kiln::store::LocalDir::new(models.path());
+    kiln::store::validate_and_publish(
+        &store,
+        "cls",
+        kiln::store::ModelFiles::transformer(imported),
+    )
+    .await
+    .unwrap();
+    let s = Server::start(models.path(), PATIENT).await;
+    let (status, body) = s.post("/embed", &json!({"inputs": "hello"})).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("cls, minilm") && message.contains("/models/{name}/"),
+        "{message}"
+    );
+    let (status, _) = s.get("/info").await;
+    assert_eq!(status, 400);
+    let (status, _) = s.post("/v1/embeddings", &json!({"input": "hello"})).await;
+    assert_eq!(status, 400);
+    let embed = |path: &'static str, body: Value| {
+        let s = &s;
+        async move {
+            let (status, b) = s.post(path, &body).await;
+            assert_eq!(status, 200, "{b}");
+            b
+        }
+    };
+    let mean = embed("/models/minilm/embed", json!({"inputs": "hello"})).await;
+    let cls = embed("/models/cls/embed", json!({"inputs": "hello"})).await;
+    assert!(
+        cosine(&floats(&mean[0]), &floats(&cls[0])) < 0.99,
+        "different poolings"
+    );
+    let openai = embed("/v1/embeddings", json!({"input": "hello", "model": "cls"})).await;
+    assert_eq!(openai["model"], "cls");
+    assert!(cosine(&floats(&openai["data"][0]["embedding"]), &floats(&cls[0])) > 0.9999);
+    let (status, body) = s
+        .post(
+            "/v1/embeddings",
+            &json!({"input": "hello", "model": "gpt-4"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("model_not_found")),
+        "{body}"
+    );
+    s.stop().await;
+}
