@@ -13,6 +13,8 @@
 //! span's fields, the default deadline and the batcher call are here, once. Runs on the
 //! request's tokio task; the model itself runs on the version's workers.
 
+pub mod evaluate;
+pub mod explain;
 pub mod text;
 
 use std::sync::Arc;
