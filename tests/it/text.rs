@@ -625,3 +625,65 @@ async fn with_several_text_models_the_model_is_named() {
     );
     s.stop().await;
 }
+
+/// A text version uploaded over HTTP (the four files as multipart parts) is validated,
+/// published and served like an imported one; without its tokenizer it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_model_uploaded_over_http_serves() {
+    let Some(dir) = minilm() else {
+        return;
+    };
+    let models = tempfile::tempdir().unwrap();
+    let s = Server::start(models.path(), PATIENT).await;
+    let imported = kiln::text::import::from_hf_dir(Path::new(&dir), &Default::default()).unwrap();
+    let part =
+        |name: &'static str, bytes: Vec<u8>| reqwest::multipart::Part::bytes(bytes).file_name(name);
+    let form = |with_tokenizer: bool| {
+        let mut f = reqwest::multipart::Form::new()
+            .part(
+                "model.json",
+                part("model.json", serde_json::to_vec(&imported.spec).unwrap()),
+            )
+            .part(
+                "model.safetensors",
+                part("model.safetensors", imported.weights.clone()),
+            )
+            .part("config.json", part("config.json", imported.config.clone()));
+        if with_tokenizer {
+            f = f.part(
+                "tokenizer.json",
+                part("tokenizer.json", imported.tokenizer.clone()),
+            );
+        }
+        f
+    };
+    let upload = |f| {
+        s.client
+            .post(s.url("/v1/models/up/versions"))
+            .multipart(f)
+            .send()
+    };
+    let r = upload(form(false)).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("tokenizer.json"),
+        "{body}"
+    );
+    let r = upload(form(true)).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (body["version"].as_str(), body["state"].as_str()),
+        (Some("1"), Some("AVAILABLE")),
+        "{body}"
+    );
+    let reference = reference();
+    let case = &reference["cases"][1];
+    let (status, got) = s
+        .post("/models/up/embed", &json!({"inputs": case["text"]}))
+        .await;
+    assert_eq!(status, 200, "{got}");
+    assert!(cosine(&floats(&got[0]), &floats(&case["embedding"])) >= 0.9999);
+    s.stop().await;
+}
