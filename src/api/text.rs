@@ -176,12 +176,10 @@ fn text_version(state: &AppState, name: Option<&str>) -> Result<Arc<LoadedVersio
     }
     let mut text: Vec<Arc<LoadedVersion>> = Vec::new();
     for m in state.registry.list() {
-        if let Some(lv) = m
-            .versions
-            .iter()
-            .rev()
-            .find_map(|(_, s)| s.loaded().filter(|lv| lv.text().is_ok()))
-        {
+        if let Some(lv) = m.versions.iter().rev().find_map(|(_, s)| {
+            s.loaded()
+                .filter(|lv| matches!(lv.served, crate::registry::Served::Text(_)))
+        }) {
             text.push(lv.clone());
         }
     }
