@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use super::error::TrainingError;
 use super::init::init_model;
-use super::losses::Loss;
+use super::losses::{weighted_sparse_categorical_crossentropy, Loss};
 use super::metrics::{argmax_rows, classification_metrics, regression_metrics, Metrics};
 use super::optim::Optimizer;
 use super::prepare::Prepared;
@@ -191,6 +191,8 @@ struct Setup<'a> {
     /// Output units per row.
     out: usize,
     device: Device,
+    /// `[classes]`: the training loss's class weights (`training.class_weight`).
+    class_weights: Option<Tensor>,
 }
 
 impl Setup<'_> {
@@ -308,6 +310,13 @@ pub fn train(
         classes: spec.labels.len(),
         out: built.output_shape.iter().product(),
         device: device.clone(),
+        class_weights: match &t.class_weight {
+            Some(cw) => {
+                let w = cw.weights(&spec.labels, &data.y_train);
+                Some(Tensor::from_vec(w, spec.labels.len(), &device)?)
+            }
+            None => None,
+        },
     };
     let layers = training_layers(&built.layers, loss);
     let mut opt = Optimizer::from_varmap(&varmap, &t.optimizer)?;
@@ -378,7 +387,10 @@ pub fn train(
             let xs = Tensor::from_vec(xbuf, (idx.len(), w), &device)?;
             let ys = setup.targets(&ybuf)?;
             let out = forward(&layers, xs, true, &mut dropout_rng, Some(&sink))?;
-            let l = loss.compute(&out, &ys)?;
+            let l = match &setup.class_weights {
+                Some(w) => weighted_sparse_categorical_crossentropy(&out, &ys, Some(w))?,
+                None => loss.compute(&out, &ys)?,
+            };
             let mut grads = l.backward().inspect_err(|_| sink.clear())?;
             sink.drain_into(&mut grads)?;
             opt.step(&grads)?;
@@ -699,6 +711,40 @@ mod tests {
                 .iter()
                 .any(|e| e.epoch > best.epoch && acc(e) < acc(best) - se),
             "the test needs a later epoch outside the noise"
+        );
+    }
+
+    /// A heavy weight on one class makes the trained network predict it more often.
+    #[test]
+    fn class_weights_tilt_the_training_loss() {
+        let predicted = |cw: serde_json::Value| {
+            let table = iris();
+            let spec = JobSpec::from_json(
+                serde_json::json!({"model": "iris", "dataset": "ds", "target": "species",
+                    "training": {"epochs": 3, "early_stopping": null, "refit": false,
+                                 "validation_split": 0.0, "class_weight": cw}})
+                .to_string()
+                .as_bytes(),
+            )
+            .unwrap()
+            .resolve(&table)
+            .unwrap();
+            let data = prepare(&table, &spec, None).unwrap();
+            let mut hooks = Quiet {
+                events: Vec::new(),
+                stop_after: None,
+            };
+            let t = train(&spec, &data, None, &mut hooks).unwrap();
+            let cm = t.final_metrics.confusion_matrix.unwrap();
+            let virginica = spec.labels.iter().position(|l| l == "virginica").unwrap();
+            // Rows predicted as virginica: the column of the confusion matrix.
+            cm.iter().map(|row| row[virginica]).sum::<u64>()
+        };
+        let plain = predicted(serde_json::Value::Null);
+        let tilted = predicted(serde_json::json!({"virginica": 50.0}));
+        assert!(
+            tilted > plain,
+            "virginica predicted {tilted} times, unweighted {plain}"
         );
     }
 }
