@@ -80,6 +80,13 @@ pub struct BatchConfig {
     /// other runnable thread) before it sleeps. Zero: it sleeps at once, and every request
     /// that finds all workers asleep pays for waking one.
     pub worker_spin: Duration,
+    /// Text models: a batch closes when the next input would take its padded cost (longest
+    /// input × inputs) over this many tokens.
+    pub max_batch_tokens: usize,
+    /// Text models: most inputs in one batch.
+    pub max_batch_requests: usize,
+    /// Text models: most inputs in one request (413 beyond).
+    pub max_client_batch_size: usize,
 }
 
 /// What training needs: where datasets, the job database and checkpoints live, and how
@@ -299,6 +306,15 @@ layer! {
         /// Microseconds an idle worker stays awake before it sleeps (0: sleeps at once).
         #[arg(long, env = "KILN_WORKER_SPIN_US")]
         worker_spin_us: u64 = 100,
+        /// Text models: most padded tokens (longest input × inputs) in one batch.
+        #[arg(long, env = "KILN_MAX_BATCH_TOKENS")]
+        max_batch_tokens: usize = 16_384,
+        /// Text models: most inputs in one batch.
+        #[arg(long, env = "KILN_MAX_BATCH_REQUESTS")]
+        max_batch_requests: usize = 64,
+        /// Text models: most inputs in one request.
+        #[arg(long, env = "KILN_MAX_CLIENT_BATCH_SIZE")]
+        max_client_batch_size: usize = 32,
     }
 }
 
@@ -670,6 +686,14 @@ impl BatchingKeys {
                 "{at}: max_batch_size, queue_capacity and request_timeout_ms must be positive"
             )));
         }
+        if self.max_batch_tokens == 0
+            || self.max_batch_requests == 0
+            || self.max_client_batch_size == 0
+        {
+            return Err(invalid(format!(
+                "{at}: max_batch_tokens, max_batch_requests and max_client_batch_size must be positive"
+            )));
+        }
         if self.worker_spin_us > MAX_WORKER_SPIN_US {
             return Err(invalid(format!(
                 "{at}: worker_spin_us {} is over the limit of {MAX_WORKER_SPIN_US} (10 ms)",
@@ -682,6 +706,9 @@ impl BatchingKeys {
             queue_capacity: self.queue_capacity,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             worker_spin: Duration::from_micros(self.worker_spin_us),
+            max_batch_tokens: self.max_batch_tokens,
+            max_batch_requests: self.max_batch_requests,
+            max_client_batch_size: self.max_client_batch_size,
         })
     }
 }

@@ -11,6 +11,8 @@
 //!   applied to named-feature instances.
 //! - [`model`]: `model.json` + safetensors → candle layers (one file per layer family); the
 //!   signature, labels and scores a model answers with. [`telemetry`]: logs.
+//! - [`text`]: pretrained transformer encoders (BERT): tokenizer + encoder + pooling, and
+//!   `kiln import --hf` (docs/text-models.md).
 //! - [`batcher`]: per-version queue, batching policy and worker threads. [`store`]: the
 //!   model store, where versions live: layout, name rules, scans, publish (validated first)
 //!   and delete; nothing else touches the models directory.
@@ -76,6 +78,7 @@ pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod training;
 
 use std::future::Future;

@@ -182,6 +182,20 @@ pub struct ModelUploadForm {
         content_media_type = "application/octet-stream"
     )]
     pub weights: Vec<u8>,
+    /// A text model's Hugging Face configuration (docs/text-models.md).
+    #[schema(
+        rename = "config.json",
+        value_type = Option<String>,
+        content_media_type = "application/json"
+    )]
+    pub config: Option<Vec<u8>>,
+    /// A text model's tokenizer, as Hugging Face's fast tokenizers save it.
+    #[schema(
+        rename = "tokenizer.json",
+        value_type = Option<String>,
+        content_media_type = "application/json"
+    )]
+    pub tokenizer: Option<Vec<u8>>,
 }
 
 /// A flat row-major buffer serialized as nested lists of `shape`.

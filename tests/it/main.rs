@@ -17,6 +17,7 @@ mod panics;
 mod process;
 mod reload;
 mod repository;
+mod text;
 mod training;
 mod util;
 mod v2;
