@@ -209,14 +209,17 @@ impl Preprocessing {
 
     /// Encodes one instance whose features are looked up by name. `Err` names the feature.
     /// Warnings (unknown categories) are prefixed with the feature name.
+    ///
+    /// `lookup` gets each feature's position and name: callers whose values usually come in
+    /// the features' order check that position first (one comparison, not a search).
     pub fn apply<'a>(
         &self,
-        lookup: impl Fn(&str) -> Option<&'a RawValue>,
+        lookup: impl Fn(usize, &str) -> Option<&'a RawValue>,
         out: &mut Vec<f32>,
         warnings: &mut Vec<String>,
     ) -> Result<(), String> {
-        for f in &self.features {
-            let value = lookup(f.name()).unwrap_or(&RawValue::Missing);
+        for (i, f) in self.features.iter().enumerate() {
+            let value = lookup(i, f.name()).unwrap_or(&RawValue::Missing);
             let before = warnings.len();
             f.apply(value, out, warnings)
                 .map_err(|e| format!("feature '{}' {e}", f.name()))?;
@@ -256,7 +259,7 @@ mod tests {
         let mut out = Vec::new();
         let mut warnings = Vec::new();
         p.apply(
-            |name| values.iter().find(|(n, _)| *n == name).map(|(_, v)| v),
+            |_, name| values.iter().find(|(n, _)| *n == name).map(|(_, v)| v),
             &mut out,
             &mut warnings,
         )?;
@@ -908,7 +911,7 @@ mod fit_tests {
             let vals = [("x", xv), ("c", cv)];
             let (mut out, mut w) = (Vec::new(), Vec::new());
             p.apply(
-                |n| vals.iter().find(|(k, _)| *k == n).map(|(_, v)| v),
+                |_, n| vals.iter().find(|(k, _)| *k == n).map(|(_, v)| v),
                 &mut out,
                 &mut w,
             )

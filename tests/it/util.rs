@@ -320,7 +320,9 @@ pub fn external(var: &str, what: &str) -> Option<String> {
             panic!("{what} is needed: {var} is not set (scripts/test sets it up)")
         }
         _ => {
-            eprintln!("skipped: {what} is not available ({var} is not set; scripts/test sets it up)");
+            eprintln!(
+                "skipped: {what} is not available ({var} is not set; scripts/test sets it up)"
+            );
             None
         }
     }
