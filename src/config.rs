@@ -89,7 +89,8 @@ pub struct TrainingConfig {
     pub data_dir: PathBuf,
     /// Largest dataset (or model) upload, in bytes.
     pub max_upload_bytes: u64,
-    /// Training jobs that run at the same time (each on one thread).
+    /// Training jobs that run at the same time (each on one thread); 0 (with PostgreSQL
+    /// only): this replica runs none, it serves and leaves its jobs to the other replicas.
     pub max_concurrent_jobs: usize,
     /// Where jobs live: SQLite, or PostgreSQL shared by replicas. `None`: the default,
     /// SQLite at `<data_dir>/kiln.db` (see [`TrainingConfig::database`]).
@@ -822,7 +823,11 @@ impl FileModel {
 
 impl TrainingKeys {
     fn validate(self) -> Result<TrainingConfig, ConfigError> {
-        if self.max_upload_bytes == 0 || self.max_concurrent_jobs == 0 {
+        let database = self.database.as_deref().map(Database::parse).transpose()?;
+        // 0: a replica that only serves, and leaves its jobs to the others: only with a
+        // database the others share.
+        let serve_only_ok = matches!(database, Some(Database::Postgres(_)));
+        if self.max_upload_bytes == 0 || (self.max_concurrent_jobs == 0 && !serve_only_ok) {
             return Err(invalid(
                 "max_upload_bytes and max_concurrent_jobs must be positive".into(),
             ));
@@ -835,7 +840,7 @@ impl TrainingKeys {
             return Err(invalid("replica_id must have 1 to 200 characters".into()));
         }
         Ok(TrainingConfig {
-            database: self.database.as_deref().map(Database::parse).transpose()?,
+            database,
             data_dir: self.data_dir,
             max_upload_bytes: self.max_upload_bytes,
             max_concurrent_jobs: self.max_concurrent_jobs,
@@ -939,6 +944,20 @@ mod tests {
             training.database(),
             Database::Sqlite("/srv/data/kiln.db".into())
         );
+    }
+
+    #[test]
+    fn only_a_replica_sharing_its_database_may_run_no_jobs() {
+        let with = |toml: &str| Config::from_toml(toml, &Overrides::default());
+        let err = with("max_concurrent_jobs = 0").unwrap_err().to_string();
+        assert!(
+            err.contains("max_concurrent_jobs must be positive"),
+            "{err}"
+        );
+        let c = with("max_concurrent_jobs = 0\ndatabase = \"postgres://db/kiln\"").unwrap();
+        assert_eq!(c.training.max_concurrent_jobs, 0);
+        let err = with("job_lease_ms = 10").unwrap_err().to_string();
+        assert!(err.contains("job_lease_ms"), "{err}");
     }
 
     #[test]

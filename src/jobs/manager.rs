@@ -158,7 +158,13 @@ impl JobManager {
         if let Some(every) = inner.store.heartbeat_interval() {
             tokio::spawn(heartbeat(Arc::downgrade(&inner), every));
         }
-        tokio::spawn(scheduler(inner.clone(), config.max_concurrent_jobs.max(1)));
+        if config.max_concurrent_jobs > 0 {
+            tokio::spawn(scheduler(inner.clone(), config.max_concurrent_jobs));
+        } else {
+            tracing::info!(
+                "max_concurrent_jobs = 0: this replica runs no jobs, other replicas claim them"
+            );
+        }
         Ok(JobManager { inner })
     }
 

@@ -596,3 +596,48 @@ async fn a_job_of_a_killed_replica_resumes_on_another() {
     signal(&b, "-TERM");
     assert!(b.wait().unwrap().success());
 }
+
+/// A replica with `max_concurrent_jobs = 0` accepts a job and runs none; a replica with
+/// room, started later on the same database (and data directory), runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_only_replica_leaves_its_jobs_to_the_others() {
+    let Some(db) = tokio::task::spawn_blocking(Db::new).await.unwrap() else {
+        return;
+    };
+    let models = tempfile::tempdir().unwrap();
+    let serve_only = toml_for(&db.url, "front", 3000)
+        .replace("max_concurrent_jobs = 1", "max_concurrent_jobs = 0");
+    let front = Server::start(models.path(), &serve_only).await;
+    let (status, ds, _) = upload(&front, "text/csv", iris_csv()).await;
+    assert_eq!(status, 201, "{ds}");
+    let dataset = ds["id"].as_str().unwrap().to_owned();
+    let spec = json!({"model": "later", "dataset": dataset, "target": "species",
+                      "training": {"epochs": 2}});
+    let (status, submitted) = front.post("/v1/training-jobs", &spec).await;
+    assert_eq!(status, 202, "{submitted}");
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(job(&front, &id).await["state"], "queued");
+
+    // A second process on the same data directory (so the same datasets).
+    let env = [
+        ("KILN_DATABASE_URL", db.url.as_str()),
+        ("KILN_REPLICA_ID", "worker"),
+    ];
+    let (mut worker, base, _) =
+        crate::process::spawn_server_logged(models.path(), front.data.path(), &[], &env);
+    crate::process::wait_ready(&reqwest::Client::new(), &base).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = job(&front, &id).await;
+        if j["state"] == "succeeded" {
+            assert_eq!(j["replica"], "worker", "{j}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ran: {j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    crate::process::signal(&worker, "-TERM");
+    assert!(worker.wait().unwrap().success());
+    front.stop().await;
+}
