@@ -424,6 +424,17 @@ async fn scheduler(inner: Arc<Inner>, slots: usize) {
                 .await;
             continue;
         };
+        if inner
+            .running
+            .lock()
+            .expect("job map lock")
+            .contains_key(&job.id)
+        {
+            // Its lease ran out while the database was away, and nobody else took it: the
+            // claim renewed it, and its thread here goes on.
+            drop(permit);
+            continue;
+        }
         let flags = Arc::new(StopFlags {
             cancel: AtomicBool::new(job.cancel_requested),
             shutdown: AtomicBool::new(false),

@@ -497,6 +497,35 @@ mod tests {
         assert_eq!(counts, [(JobState::Cancelled, 2), (JobState::Failed, 1)]);
     }
 
+    /// A database written before jobs recorded their replica opens, keeps its jobs, and
+    /// records the replica from then on.
+    #[test]
+    fn a_database_from_before_replicas_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            let before = SCHEMA.replace(",\n    replica TEXT", "");
+            assert!(!before.contains("replica"));
+            conn.execute_batch(&before).unwrap();
+            conn.execute(
+                "INSERT INTO jobs (id, model, state, spec, created_ms) VALUES ('job_old', 'iris', 'queued', ?1, 1)",
+                [to_json(&spec("iris"))],
+            )
+            .unwrap();
+        }
+        let s = SqliteJobStore::open(&path).unwrap().with_replica("r1");
+        let old = s.get("job_old").unwrap().unwrap();
+        assert_eq!((old.state, old.replica), (JobState::Queued, None));
+        assert_eq!(
+            s.claim_next().unwrap().unwrap().replica.as_deref(),
+            Some("r1")
+        );
+        drop(s);
+        // Opening again does not add it twice.
+        SqliteJobStore::open(&path).unwrap();
+    }
+
     #[test]
     fn lists_filter_and_page_newest_first() {
         let dir = tempfile::tempdir().unwrap();
