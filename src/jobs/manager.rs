@@ -74,6 +74,8 @@ struct Inner {
     metrics: Arc<crate::metrics::Metrics>,
     /// Why the last heartbeat could not reach the store (`None`: it answered).
     store_down: Mutex<Option<String>>,
+    /// `--replica-id`, in the log lines of the jobs that run here.
+    replica: String,
 }
 
 /// Cheap to clone; lives in `AppState`.
@@ -154,6 +156,7 @@ impl JobManager {
             shutting_down: AtomicBool::new(false),
             metrics,
             store_down: Mutex::new(None),
+            replica: config.replica_id.clone(),
         });
         if let Some(every) = inner.store.heartbeat_interval() {
             tokio::spawn(heartbeat(Arc::downgrade(&inner), every));
@@ -523,6 +526,7 @@ enum Ending {
 
 fn run_job(inner: &Inner, job: JobRecord, flags: &StopFlags, events: &broadcast::Sender<JobEvent>) {
     let id = job.id.clone();
+    tracing::info!(job = %id, replica = %inner.replica, model = %job.model(), "training job started");
     let ckdir = inner.checkpoints.join(&id);
     let ending = execute(inner, &job, flags, events, &ckdir);
     let stored = match &ending {
@@ -542,13 +546,16 @@ fn run_job(inner: &Inner, job: JobRecord, flags: &StopFlags, events: &broadcast:
             false
         }
     };
+    let replica = &inner.replica;
     match &ending {
         Ending::Done(JobEnd::Succeeded { version, .. }) => {
-            tracing::info!(job = %id, model = %job.model(), version, "training job succeeded");
+            tracing::info!(job = %id, %replica, model = %job.model(), version, "training job succeeded");
         }
-        Ending::Done(JobEnd::Cancelled) => tracing::info!(job = %id, "training job cancelled"),
+        Ending::Done(JobEnd::Cancelled) => {
+            tracing::info!(job = %id, %replica, "training job cancelled");
+        }
         Ending::Done(JobEnd::Failed(e)) => {
-            tracing::warn!(job = %id, error = %e, "training job failed");
+            tracing::warn!(job = %id, %replica, error = %e, "training job failed");
         }
         Ending::Requeued => {
             tracing::info!(job = %id, "training job stopped by shutdown; it resumes at the next start");

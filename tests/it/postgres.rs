@@ -436,6 +436,15 @@ async fn an_unreachable_database_is_a_startup_error_with_the_password_masked() {
         "{err}"
     );
     assert!(err.contains("password authentication failed"), "{err}");
+    // sslmode=require is honoured: against a server without TLS, no plaintext fallback.
+    if db
+        .url
+        .starts_with(&format!("postgres://kiln:{}@127.0.0.1", pg::PASSWORD))
+    {
+        let err = start_error(&format!("{}?sslmode=require", db.url)).await;
+        assert!(err.contains("TLS"), "{err}");
+        assert!(!err.contains(pg::PASSWORD), "{err}");
+    }
 }
 
 async fn start_error(url: &str) -> String {
