@@ -20,6 +20,12 @@ pub struct Preprocessing {
     /// Regression only: the model predicts `(y - shift) / scale`; answers are mapped back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetTransform>,
+    /// The mean of each model-input value (after encoding) over the training rows: the
+    /// default baseline of explanations (`:explain`). Written by kiln's training; a model
+    /// without it is explained from zero in model-input space, which for standardized
+    /// numeric features is the same point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_mean: Option<Vec<f32>>,
 }
 
 /// The transform of one raw feature column.
@@ -228,6 +234,24 @@ impl Preprocessing {
             }
         }
         Ok(())
+    }
+
+    /// Per model-input value, the `(scale, shift)` that maps it back to its raw feature's
+    /// units (`raw = value · scale + shift`): a numeric feature's fitted scaling, `(1, 0)` for
+    /// the values of a categorical one. Explanations integrate in this raw space.
+    pub fn raw_affine(&self) -> Vec<(f32, f32)> {
+        let mut out = Vec::with_capacity(self.width());
+        for f in &self.features {
+            match f {
+                FeatureTransform::Numeric { shift, scale, .. } => {
+                    out.push((*scale as f32, *shift as f32));
+                }
+                FeatureTransform::Categorical { .. } => {
+                    out.extend(std::iter::repeat_n((1.0, 0.0), f.width()));
+                }
+            }
+        }
+        out
     }
 
     /// Maps a regression output back to the target's original units.
@@ -731,6 +755,7 @@ pub fn fit(
         preprocessing: Preprocessing {
             features,
             target: None,
+            input_mean: None,
         },
         columns: reports,
         kept,

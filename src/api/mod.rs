@@ -5,6 +5,8 @@ pub mod access;
 pub mod datasets;
 pub mod decode;
 pub mod error;
+pub mod evaluate;
+pub mod explain;
 pub mod extract;
 mod fast_rows;
 pub mod health;

@@ -7,6 +7,8 @@ mod batching;
 mod connections;
 mod defaults;
 mod deps;
+mod evaluate;
+mod explain;
 mod fuzz;
 mod import;
 mod openapi;
