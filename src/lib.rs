@@ -157,12 +157,25 @@ pub async fn serve_with_routes(
             .context("opening the dataset store")?
             .with_max_upload_bytes(config.training.max_upload_bytes),
     );
-    let job_store = jobs::SqliteJobStore::open(&data_dir.join("kiln.db"))
-        .context("opening the job database")?;
+    let database = config.training.database();
+    let replica = &config.training.replica_id;
+    let job_store: Arc<dyn jobs::JobStore> = match &database {
+        config::Database::Sqlite(path) => Arc::new(
+            jobs::SqliteJobStore::open(path)
+                .with_context(|| format!("opening the job database {}", database.shown()))?
+                .with_replica(replica.as_str()),
+        ),
+        config::Database::Postgres(url) => Arc::new(
+            jobs::PgJobStore::connect(url, replica)
+                .await
+                .with_context(|| format!("opening the job database {}", database.shown()))?
+                .with_lease(config.training.job_lease),
+        ),
+    };
     let jobs = jobs::JobManager::start(
         &config.training,
         jobs::JobParts {
-            store: Arc::new(job_store),
+            store: job_store,
             datasets: datasets.clone(),
             registry: registry.clone(),
             models: models.clone(),
@@ -185,7 +198,7 @@ pub async fn serve_with_routes(
         .local_addr()
         .context("reading the listening address")?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%addr, scheme, max_connections = config.connections.max_connections, models = %config.registry.models_dir.display(), device = %config.registry.device, workers = config.registry.workers, threads = config.registry.threads, "kiln listening");
+    tracing::info!(%addr, scheme, max_connections = config.connections.max_connections, replica = %replica, database = %database.shown(), models = %config.registry.models_dir.display(), device = %config.registry.device, workers = config.registry.workers, threads = config.registry.threads, "kiln listening");
 
     let drain_jobs = jobs.clone();
     let stop = async move {

@@ -118,7 +118,8 @@ pub struct TensorView<'a> {
 /// `GET /health/*`.
 #[derive(Serialize, ToSchema)]
 pub struct HealthResponse {
-    /// `live`, `ready` or `not_ready`.
+    /// `live`, `ready`, `degraded` (ready, but the job database cannot be reached: job
+    /// routes answer 503) or `not_ready`.
     pub status: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<String>,

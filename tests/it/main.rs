@@ -14,6 +14,8 @@ mod import;
 mod openapi;
 mod ops;
 mod panics;
+mod pg;
+mod postgres;
 mod process;
 mod reload;
 mod repository;
