@@ -16,6 +16,7 @@ use super::respond::batched;
 use super::types::*;
 use crate::error::Error;
 use crate::model::format::{InputDType, Task};
+use crate::model::Model;
 use crate::registry::{LoadedVersion, ModelView, VersionState};
 use crate::state::AppState;
 
@@ -52,7 +53,7 @@ fn summary(m: ModelView) -> ModelSummaryView {
 }
 
 fn stats_view(lv: &LoadedVersion) -> BatchStatsView {
-    let s = lv.batcher.stats();
+    let s = lv.stats();
     BatchStatsView {
         requests: s.requests,
         batches: s.batches,
@@ -63,7 +64,7 @@ fn stats_view(lv: &LoadedVersion) -> BatchStatsView {
             s.rows as f64 / s.batches as f64
         },
         max_batch_rows: s.max_batch_rows,
-        queue_depth: lv.batcher.queue_depth(),
+        queue_depth: lv.queue_depth(),
         rejected_queue_full: s.rejected_queue_full,
         rejected_deadline: s.rejected_deadline,
     }
@@ -158,7 +159,7 @@ pub async fn metadata(
 ) -> Result<Response, ApiError> {
     check_name(&name)?;
     let lv = state.registry.get(&name, None)?;
-    Ok(metadata_of(&lv))
+    metadata_of(&lv)
 }
 
 /// `GET /v1/models/{name}/versions/{version}/metadata`
@@ -178,11 +179,25 @@ pub async fn version_metadata(
     check_name(&name)?;
     let v = parse_version(&name, &version)?;
     let lv = state.registry.get(&name, Some(v))?;
-    Ok(metadata_of(&lv))
+    metadata_of(&lv)
 }
 
-fn metadata_of(lv: &LoadedVersion) -> Response {
-    let spec = lv.model.spec();
+fn metadata_of(lv: &LoadedVersion) -> Result<Response, ApiError> {
+    if let Ok(text) = lv.text() {
+        // What a transformer takes and returns: texts in, one embedding each out.
+        return Ok(Json(serde_json::json!({
+            "model_spec": {"name": lv.name, "version": lv.version.to_string(),
+                           "signature_name": "serving_default"},
+            "metadata": {"signature_def": text_signatures(text.model.hidden_size()),
+                         "transformer": text.model.spec(),
+                         "inputs": [{"name": "text", "dtype": "string", "shape": [-1]}],
+                         "outputs": [{"name": "embedding", "dtype": "float32",
+                                      "shape": [-1, text.model.hidden_size()]}]},
+        }))
+        .into_response());
+    }
+    let model = &lv.layers()?.model;
+    let spec = model.spec();
     let response = MetadataResponse {
         model_spec: ModelSpecView {
             name: lv.name.clone(),
@@ -190,7 +205,7 @@ fn metadata_of(lv: &LoadedVersion) -> Response {
             signature_name: "serving_default",
         },
         metadata: MetadataView {
-            signature_def: tf_signatures(lv),
+            signature_def: tf_signatures(model),
             kiln: SignatureView {
                 task: match spec.task {
                     Task::Classification => "classification",
@@ -205,7 +220,7 @@ fn metadata_of(lv: &LoadedVersion) -> Response {
                 outputs: vec![TensorView {
                     name: "output",
                     dtype: "float32",
-                    shape: batched(lv.model.output_shape()),
+                    shape: batched(model.output_shape()),
                     features: None,
                 }],
                 labels: &spec.labels,
@@ -216,14 +231,14 @@ fn metadata_of(lv: &LoadedVersion) -> Response {
         },
     };
     let body = serde_json::to_vec(&response).expect("metadata views serialize");
-    (
+    Ok((
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
         body,
     )
-        .into_response()
+        .into_response())
 }
 
 /// The version's signatures as TF Serving describes a SavedModel's: `serving_default`
@@ -231,8 +246,7 @@ fn metadata_of(lv: &LoadedVersion) -> Response {
 /// named-feature examples, `classify` (a classifier: `classes` and `scores` per class) or
 /// `regress` (one value per example). The examples of `classify`/`regress` are serialized
 /// `tf.Example`s in TensorFlow (`DT_STRING`); over REST they are JSON objects.
-fn tf_signatures(lv: &LoadedVersion) -> SignatureDefMapView {
-    let model = &lv.model;
+fn tf_signatures(model: &Model) -> SignatureDefMapView {
     let spec = model.spec();
     let input_dtype = match spec.input.dtype {
         InputDType::Float32 => "DT_FLOAT",
@@ -310,5 +324,23 @@ fn tensor_info(name: &'static str, dtype: &'static str, shape: &[i64]) -> Tensor
             unknown_rank: false,
         },
         name,
+    }
+}
+
+/// A transformer's signature as TF Serving describes one: texts in (`DT_STRING`), one
+/// embedding each out.
+fn text_signatures(hidden: usize) -> SignatureDefMapView {
+    SignatureDefMapView {
+        signature_def: BTreeMap::from([(
+            "serving_default",
+            SignatureDefView {
+                inputs: BTreeMap::from([("text", tensor_info("text", "DT_STRING", &[-1]))]),
+                outputs: BTreeMap::from([(
+                    "embedding",
+                    tensor_info("embedding", "DT_FLOAT", &batched(&[hidden])),
+                )]),
+                method_name: "tensorflow/serving/predict",
+            },
+        )]),
     }
 }

@@ -25,7 +25,8 @@ use utoipa::{IntoParams, OpenApi};
 
 use super::error::{status_and_code, ApiError};
 use super::{
-    datasets, evaluate, explain, health, jobs, metrics, models, predict, repository, types, v2,
+    datasets, evaluate, explain, health, jobs, metrics, models, predict, repository, text, types,
+    v2,
 };
 use crate::auth::{Rule, Scope};
 use crate::dataset::DatasetError;
@@ -87,6 +88,14 @@ use crate::state::AppState;
         health::ready,
         metrics::metrics,
         openapi_json,
+        text::embed,
+        text::model_embed,
+        text::tokenize,
+        text::model_tokenize,
+        text::info,
+        text::model_info,
+        text::openai_embeddings,
+        text::model_openai_embeddings,
     ),
     components(schemas(
         super::error::ErrorResponse,
@@ -99,6 +108,7 @@ use crate::state::AppState;
         (name = "serving", description = "TF Serving's REST API: status, metadata, predict, classify, regress"),
         (name = "v2", description = "The Open Inference Protocol (KServe V2), with the binary tensor data extension"),
         (name = "repository", description = "Model management: Triton's repository extension, upload and delete"),
+        (name = "text", description = "Text models: text-embeddings-inference's /embed, /tokenize, /info and OpenAI's /v1/embeddings"),
         (name = "datasets", description = "Training data: CSV or JSON records, profiled at upload"),
         (name = "training", description = "Training jobs: submit, follow, cancel"),
         (name = "operations", description = "Health, metrics and this document"),
@@ -250,9 +260,9 @@ pub async fn openapi_json(State(state): State<AppState>) -> impl IntoResponse {
 #[into_params(parameter_in = Path)]
 pub struct ModelPath {
     /// Model name: 1 to 64 characters of `A-Z a-z 0-9 _ . -`, starting with a letter or
-    /// digit.
+    /// digit, with no two dots in a row.
     #[param(
-        pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+        pattern = r"^[A-Za-z0-9](\.?[A-Za-z0-9_\-])*\.?$",
         min_length = 1,
         max_length = 64
     )]
@@ -264,9 +274,9 @@ pub struct ModelPath {
 #[into_params(parameter_in = Path)]
 pub struct VersionPath {
     /// Model name: 1 to 64 characters of `A-Z a-z 0-9 _ . -`, starting with a letter or
-    /// digit.
+    /// digit, with no two dots in a row.
     #[param(
-        pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+        pattern = r"^[A-Za-z0-9](\.?[A-Za-z0-9_\-])*\.?$",
         min_length = 1,
         max_length = 64
     )]
@@ -408,6 +418,20 @@ error_set! {
         Error::ModelUnavailable { name: S, reason: S },
         Error::QueueFull { name: S, version: 0, capacity: 0 },
         Error::ShuttingDown,
+        Error::DeadlineExceeded(std::time::Duration::ZERO),
+        Error::Forward(S),
+    ];
+    /// The text API: the lookup, the texts (empty 400, too long 413, too many 413), the
+    /// queue and the worker.
+    TextErrors = [
+        ApiError::MalformedJson(S),
+        Error::InvalidInput(S),
+        Error::InvalidModelName(S),
+        Error::ModelNotFound(S),
+        Error::InputTooLong { index: 0, tokens: 0, limit: 0 },
+        Error::TooManyRows { rows: 0, limit: 0 },
+        Error::ModelUnavailable { name: S, reason: S },
+        Error::QueueFull { name: S, version: 0, capacity: 0 },
         Error::DeadlineExceeded(std::time::Duration::ZERO),
         Error::Forward(S),
     ];

@@ -26,6 +26,7 @@ use crate::error::Error;
 use crate::metrics::Protocol;
 use crate::model::format::Task;
 use crate::registry::LoadedVersion;
+use crate::registry::Served;
 use crate::serving::{Prediction, Rows};
 use crate::state::AppState;
 
@@ -156,6 +157,9 @@ async fn handle(
     }
     let serving = state.serving();
     let lv = serving.version(name, version)?;
+    if lv.text().is_ok() {
+        return super::text::tf_predict(state, &lv, verb, timeout, &body).await;
+    }
     check_task(&lv, verb)?;
     let max_rows = serving.max_rows();
     let decoded = if body.len() > BLOCKING_DECODE_BYTES {
@@ -174,9 +178,13 @@ async fn handle(
         .predict(&lv, rows, timeout, &tracing::Span::current())
         .await?;
     let answer = encode(&prediction, verb, decoded.layout, &decoded.warnings);
-    lv.batcher
-        .metrics()
-        .observe_request(Protocol::Http, start.elapsed().as_secs_f64());
+    if let Served::Layers(layers) = &lv.served {
+        let seconds = start.elapsed().as_secs_f64();
+        layers
+            .batcher
+            .metrics()
+            .observe_request(Protocol::Http, seconds);
+    }
     Ok(answer)
 }
 
@@ -186,7 +194,7 @@ fn decode(
     body: &[u8],
     max_rows: usize,
 ) -> Result<Decoded, ApiError> {
-    let spec = InputSpec::of(&lv.model).with_max_rows(max_rows);
+    let spec = InputSpec::of(&lv.layers()?.model).with_max_rows(max_rows);
     match verb {
         Verb::Predict | Verb::Explain | Verb::Evaluate => decode_predict(body, &spec),
         Verb::Classify | Verb::Regress => decode_examples(body, &spec),
@@ -194,7 +202,7 @@ fn decode(
 }
 
 fn check_task(lv: &LoadedVersion, verb: Verb) -> Result<(), Error> {
-    let model = &lv.model;
+    let model = &lv.layers()?.model;
     match (verb, model.task()) {
         (Verb::Predict | Verb::Explain | Verb::Evaluate, _)
         | (Verb::Classify, Task::Classification) => Ok(()),
