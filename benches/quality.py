@@ -192,7 +192,7 @@ class Server:
             self.port = s.getsockname()[1]
         data = os.path.join(tmp, "serve-data")
         os.makedirs(data, exist_ok=True)
-        env = dict(os.environ, KILN_LOG_FORMAT="json")
+        env = dict(os.environ, KILN_LOG_FORMAT="json", KILN_GRPC_LISTEN="")
         self.proc = subprocess.Popen(
             [kiln, "serve", "--models", models, "--data", data, "--listen", f"127.0.0.1:{self.port}",
              "--threads", "1", "--workers", "1", "--max-rows-per-request", "100000",
