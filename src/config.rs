@@ -101,6 +101,8 @@ pub struct ApiConfig {
     pub body_limit: usize,
     /// Most instances in one prediction request (413 beyond).
     pub max_rows_per_request: usize,
+    /// Most interpolation points (instances × steps) in one `:explain` request (413 beyond).
+    pub max_explain_points: usize,
     /// Origins allowed by CORS (`["*"]` for any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
     /// The API key file; `None`: every route is open.
@@ -329,6 +331,9 @@ layer! {
         /// Most instances in one prediction request.
         #[arg(long, env = "KILN_MAX_ROWS_PER_REQUEST")]
         max_rows_per_request: usize = 100_000,
+        /// Most interpolation points (instances × steps) in one explanation (413 beyond).
+        #[arg(long, env = "KILN_MAX_EXPLAIN_POINTS")]
+        max_explain_points: usize = 20_000,
         /// Origins allowed by CORS, comma-separated (`*` for any).
         #[arg(long, env = "KILN_CORS_ORIGINS", value_delimiter = ',')]
         cors_origins: Vec<String> = Vec::new(),
@@ -751,9 +756,13 @@ impl ApiKeys {
         if self.max_rows_per_request == 0 {
             return Err(invalid("max_rows_per_request must be positive".into()));
         }
+        if self.max_explain_points == 0 {
+            return Err(invalid("max_explain_points must be positive".into()));
+        }
         Ok(ApiConfig {
             body_limit: self.body_limit_bytes,
             max_rows_per_request: self.max_rows_per_request,
+            max_explain_points: self.max_explain_points,
             cors_origins: self.cors_origins,
             api_keys: self.api_keys,
         })

@@ -33,6 +33,13 @@ pub enum Error {
     /// More instances than one request may carry.
     #[error("{rows} instances in one request; the limit is {limit}: split the request")]
     TooManyRows { rows: usize, limit: usize },
+    /// An explanation of more interpolation points (rows × steps) than one request may ask.
+    #[error("{rows} instances × {steps} steps = {} interpolation points; the limit is {limit}: send fewer instances or steps", rows * steps)]
+    TooManyPoints {
+        rows: usize,
+        steps: usize,
+        limit: usize,
+    },
     /// The model version's queue is full: overload answered at once.
     #[error(
         "the queue of model '{name}' version {version} is full ({capacity} requests); retry later"

@@ -17,7 +17,9 @@
 //! - [`registry`]: name → version → state; loads from the store, the watcher. [`training`]:
 //!   one training run (spec and its defaults, preparation, the loop, the math); `kiln train`.
 //! - [`serving`]: the one call every protocol makes: decoded rows → batcher → a
-//!   `Prediction` in model terms (labels, scores, original units). [`jobs`]: training runs
+//!   `Prediction` in model terms (labels, scores, original units); explanations (Integrated
+//!   Gradients on a compute thread) and evaluation (a labelled table, chunk by chunk through
+//!   the batcher, training's metrics). [`jobs`]: training runs
 //!   as server jobs: queue, job threads, checkpoints, and the [`jobs::JobStore`] that holds
 //!   every job's state.
 //! - [`auth`]: API keys and scopes. [`server`]: the accept loop: connection limit, read

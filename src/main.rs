@@ -24,6 +24,9 @@ enum Command {
     Serve(cli::serve::Args),
     /// Load a model version directory, run one forward pass and print its signature.
     Check(cli::check::Args),
+    /// A version's loss and metrics on a labelled CSV or JSON-records file, offline (what
+    /// `:evaluate` answers).
+    Evaluate(cli::evaluate::Args),
     /// Train a model from a CSV (or JSON records) file and write it as a new version.
     Train(cli::train::Args),
     /// Import weights saved by PyTorch (`safetensors.torch.save_file(model.state_dict())`) as
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Serve(a) => cli::serve::run(&a),
         Command::Check(a) => cli::check::run(&a),
+        Command::Evaluate(a) => cli::evaluate::run(&a),
         Command::Train(a) => cli::train::run(&a),
         Command::Import(a) => cli::import::run(&a),
         Command::Keys(a) => cli::keys::run(&a),

@@ -20,6 +20,12 @@ pub struct Preprocessing {
     /// Regression only: the model predicts `(y - shift) / scale`; answers are mapped back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetTransform>,
+    /// The mean of each model-input value (after encoding) over the training rows: the
+    /// default baseline of explanations (`:explain`). Written by kiln's training; a model
+    /// without it is explained from zero in model-input space, which for standardized
+    /// numeric features is the same point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_mean: Option<Vec<f32>>,
 }
 
 /// The transform of one raw feature column.
@@ -209,14 +215,17 @@ impl Preprocessing {
 
     /// Encodes one instance whose features are looked up by name. `Err` names the feature.
     /// Warnings (unknown categories) are prefixed with the feature name.
+    ///
+    /// `lookup` gets each feature's position and name: callers whose values usually come in
+    /// the features' order check that position first (one comparison, not a search).
     pub fn apply<'a>(
         &self,
-        lookup: impl Fn(&str) -> Option<&'a RawValue>,
+        lookup: impl Fn(usize, &str) -> Option<&'a RawValue>,
         out: &mut Vec<f32>,
         warnings: &mut Vec<String>,
     ) -> Result<(), String> {
-        for f in &self.features {
-            let value = lookup(f.name()).unwrap_or(&RawValue::Missing);
+        for (i, f) in self.features.iter().enumerate() {
+            let value = lookup(i, f.name()).unwrap_or(&RawValue::Missing);
             let before = warnings.len();
             f.apply(value, out, warnings)
                 .map_err(|e| format!("feature '{}' {e}", f.name()))?;
@@ -225,6 +234,24 @@ impl Preprocessing {
             }
         }
         Ok(())
+    }
+
+    /// Per model-input value, the `(scale, shift)` that maps it back to its raw feature's
+    /// units (`raw = value · scale + shift`): a numeric feature's fitted scaling, `(1, 0)` for
+    /// the values of a categorical one. Explanations integrate in this raw space.
+    pub fn raw_affine(&self) -> Vec<(f32, f32)> {
+        let mut out = Vec::with_capacity(self.width());
+        for f in &self.features {
+            match f {
+                FeatureTransform::Numeric { shift, scale, .. } => {
+                    out.push((*scale as f32, *shift as f32));
+                }
+                FeatureTransform::Categorical { .. } => {
+                    out.extend(std::iter::repeat_n((1.0, 0.0), f.width()));
+                }
+            }
+        }
+        out
     }
 
     /// Maps a regression output back to the target's original units.
@@ -256,7 +283,7 @@ mod tests {
         let mut out = Vec::new();
         let mut warnings = Vec::new();
         p.apply(
-            |name| values.iter().find(|(n, _)| *n == name).map(|(_, v)| v),
+            |_, name| values.iter().find(|(n, _)| *n == name).map(|(_, v)| v),
             &mut out,
             &mut warnings,
         )?;
@@ -728,6 +755,7 @@ pub fn fit(
         preprocessing: Preprocessing {
             features,
             target: None,
+            input_mean: None,
         },
         columns: reports,
         kept,
@@ -908,7 +936,7 @@ mod fit_tests {
             let vals = [("x", xv), ("c", cv)];
             let (mut out, mut w) = (Vec::new(), Vec::new());
             p.apply(
-                |n| vals.iter().find(|(k, _)| *k == n).map(|(_, v)| v),
+                |_, n| vals.iter().find(|(k, _)| *k == n).map(|(_, v)| v),
                 &mut out,
                 &mut w,
             )

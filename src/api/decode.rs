@@ -90,6 +90,19 @@ struct Ctx<'a> {
     root: &'static str,
 }
 
+/// The lookup of raw values sent in the signature's order: the feature at position `i` of
+/// the preprocessing is, in every model kiln trains, `values[i]` (one comparison); other
+/// orders fall back to a search by name.
+fn in_signature_order<'v>(
+    features: &'v [String],
+    values: &'v [RawValue],
+) -> impl Fn(usize, &str) -> Option<&'v RawValue> {
+    move |i, name| match features.get(i) {
+        Some(f) if f == name => values.get(i),
+        _ => features.iter().position(|f| f == name).map(|j| &values[j]),
+    }
+}
+
 impl Ctx<'_> {
     fn here(&self) -> String {
         let mut s = String::from(self.root);
@@ -125,7 +138,11 @@ impl Ctx<'_> {
                 self.shape_str()
             )));
         };
-        for (i, (name, _)) in values.iter().enumerate() {
+        // Values sent in the features' order (what clients generated from the signature
+        // send) are known and unique: one comparison each, no search.
+        let in_order =
+            values.len() == features.len() && values.iter().zip(features).all(|((n, _), f)| n == f);
+        for (i, (name, _)) in values.iter().enumerate().filter(|_| !in_order) {
             if !features.contains(name) {
                 return Err(self.err(format!(
                     "unknown feature '{name}'; the model's features are {features:?}"
@@ -135,13 +152,16 @@ impl Ctx<'_> {
                 return Err(self.err(format!("feature '{name}' is given twice")));
             }
         }
-        let lookup = |name: &str| values.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        let lookup = |i: usize, name: &str| match values.get(i) {
+            Some((n, v)) if n == name => Some(v),
+            _ => values.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+        };
         self.push_lookup(lookup)
     }
 
     fn push_lookup<'v, E: de::Error>(
         &mut self,
-        lookup: impl Fn(&str) -> Option<&'v RawValue>,
+        lookup: impl Fn(usize, &str) -> Option<&'v RawValue>,
     ) -> Result<(), E> {
         let features = self.spec.sig.features.expect("checked by callers");
         match self.spec.sig.preprocessing {
@@ -157,8 +177,8 @@ impl Ctx<'_> {
                 }
             }
             None => {
-                for f in features {
-                    let x = match lookup(f) {
+                for (i, f) in features.iter().enumerate() {
+                    let x = match lookup(i, f) {
                         Some(RawValue::Number(x)) => *x,
                         Some(RawValue::Bool(b)) => f64::from(u8::from(*b)),
                         Some(RawValue::Text(s)) => s.trim().parse::<f64>().map_err(|_| {
@@ -494,8 +514,8 @@ impl<'de> Visitor<'de> for Instance<'_, '_> {
                     values.len()
                 )));
             }
-            return ctx
-                .push_lookup(|name| features.iter().position(|f| f == name).map(|i| &values[i]));
+            // Values in the signature's order: the feature at `i` is usually `values[i]`.
+            return ctx.push_lookup(in_signature_order(features, &values));
         }
         read_dim(ctx, &mut seq, 0)?;
         ctx.end_row();
@@ -855,10 +875,8 @@ pub fn rows_from_tensor(
             for (i, row) in data.chunks(width).enumerate() {
                 c.path.push(i);
                 let values: Vec<RawValue> = row.iter().map(|&x| RawValue::Number(x)).collect();
-                c.push_lookup::<Plain>(|name| {
-                    features.iter().position(|f| f == name).map(|k| &values[k])
-                })
-                .map_err(bad)?;
+                c.push_lookup::<Plain>(in_signature_order(features, &values))
+                    .map_err(bad)?;
                 c.path.pop();
             }
         }
@@ -1153,5 +1171,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("context: unknown feature 'k0'"), "{err}");
+    }
+
+    #[test]
+    fn named_values_in_any_order_read_the_same_and_are_checked() {
+        let m = model(
+            serde_json::json!({"format_version": 1, "task": "classification", "input": {"shape": [3], "features": ["u", "v", "w"]},
+            "layers": [{"type": "dense", "units": 2}]}),
+        );
+        let spec = InputSpec::of(&m);
+        let bodies = [
+            r#"{"instances": [{"u": 1, "v": 2, "w": 3}]}"#,
+            r#"{"instances": [{"w": 3, "u": 1, "v": 2}]}"#,
+            r#"{"instances": [{"v": 2, "w": 3, "u": 1}]}"#,
+        ];
+        for body in bodies {
+            let d = decode_predict(body.as_bytes(), &spec).unwrap();
+            assert_eq!(d.rows, [1.0, 2.0, 3.0], "{body}");
+        }
+        // As many values as features, but not the features: still refused by name.
+        let twice = br#"{"instances": [{"u": 1, "u": 2, "w": 3}]}"#;
+        let err = decode_predict(twice, &spec).unwrap_err().to_string();
+        assert!(err.contains("feature 'u' is given twice"), "{err}");
+        let unknown = br#"{"instances": [{"u": 1, "v": 2, "x": 3}]}"#;
+        let err = decode_predict(unknown, &spec).unwrap_err().to_string();
+        assert!(err.contains("unknown feature 'x'"), "{err}");
+        // With fitted preprocessing, raw arrays and named objects in any order agree.
+        let m = filled();
+        let spec = InputSpec::of(&m);
+        let names = spec.sig.features.unwrap().to_vec();
+        let raw: Vec<String> = (1..=names.len()).map(|i| i.to_string()).collect();
+        let positional = format!(r#"{{"instances": [[{}]]}}"#, raw.join(","));
+        let reversed: Vec<String> = names
+            .iter()
+            .zip(&raw)
+            .rev()
+            .map(|(n, v)| format!(r#""{n}": {v}"#))
+            .collect();
+        let named = format!(r#"{{"instances": [{{{}}}]}}"#, reversed.join(","));
+        let a = decode_predict(positional.as_bytes(), &spec).unwrap();
+        let b = decode_predict(named.as_bytes(), &spec).unwrap();
+        assert_eq!(a.rows, b.rows);
     }
 }

@@ -129,6 +129,7 @@ fn serving_status(err: &Error) -> (StatusCode, &'static str) {
         Error::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
         Error::InvalidModelName(_) => (StatusCode::BAD_REQUEST, "invalid_model_name"),
         Error::TooManyRows { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_rows"),
+        Error::TooManyPoints { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_points"),
         Error::QueueFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
         Error::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
         Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),

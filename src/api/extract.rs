@@ -12,7 +12,8 @@ use crate::state::AppState;
 /// A request body that claims (or does not deny) to be JSON, read up to the body limit.
 ///
 /// Accepted content types: none, `application/json`, `*/*+json`, `text/plain`, and
-/// `application/x-www-form-urlencoded` — what `curl -d` sends without `-H`.
+/// `application/x-www-form-urlencoded` — what `curl -d` sends without `-H`; for `:evaluate`
+/// also CSV (`text/csv`, …).
 pub struct JsonBody(pub Bytes);
 
 impl FromRequest<AppState> for JsonBody {
@@ -26,11 +27,18 @@ impl FromRequest<AppState> for JsonBody {
             let json_suffix = essence.len() >= 5
                 && essence.is_char_boundary(essence.len() - 5)
                 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json");
+            // `:evaluate` also takes its data as CSV (see `api::evaluate`).
+            let csv = || {
+                req.uri().path().ends_with(":evaluate")
+                    && crate::dataset::Format::from_media_type(essence)
+                        == Some(crate::dataset::Format::Csv)
+            };
             let ok = is("application/json")
                 || json_suffix
                 || is("application/x-www-form-urlencoded")
                 || is("text/plain")
-                || essence.is_empty();
+                || essence.is_empty()
+                || csv();
             if !ok {
                 return Err(ApiError::UnsupportedMediaType(essence.to_ascii_lowercase()));
             }
@@ -134,22 +142,28 @@ pub enum Verb {
     Predict,
     Classify,
     Regress,
+    /// Attributions per input column (`api::explain`).
+    Explain,
+    /// Loss and metrics on labelled data (`api::evaluate`).
+    Evaluate,
 }
 
 /// Splits `name:verb` on the last colon.
 pub fn split_verb(segment: &str) -> Result<(&str, Verb), Error> {
     let Some((name, verb)) = segment.rsplit_once(':') else {
         return Err(Error::InvalidInput(format!(
-            "'{segment}' names no method: POST to {segment}:predict, :classify or :regress"
+            "'{segment}' names no method: POST to {segment}:predict, :classify, :regress, :explain or :evaluate"
         )));
     };
     let verb = match verb {
         "predict" => Verb::Predict,
         "classify" => Verb::Classify,
         "regress" => Verb::Regress,
+        "explain" => Verb::Explain,
+        "evaluate" => Verb::Evaluate,
         other => {
             return Err(Error::InvalidInput(format!(
-                "unknown method ':{other}': expected :predict, :classify or :regress"
+                "unknown method ':{other}': expected :predict, :classify, :regress, :explain or :evaluate"
             )))
         }
     };

@@ -5,6 +5,8 @@ pub mod access;
 pub mod datasets;
 pub mod decode;
 pub mod error;
+pub mod evaluate;
+pub mod explain;
 pub mod extract;
 mod fast_rows;
 pub mod health;
@@ -19,6 +21,7 @@ pub mod types;
 pub mod v2;
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
@@ -28,7 +31,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use tower_http::catch_panic::CatchPanicLayer;
+use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::auth::Scope;
@@ -146,9 +149,6 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     app.merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Inside `edge`, so that a panic's 500 still gets its request id, timing headers
-        // and metrics. Costs a boxed response body per request.
-        .layer(CatchPanicLayer::custom(panic_answer))
         .layer(middleware::from_fn_with_state(state.clone(), edge))
         .layer(tower::util::option_layer(cors(
             &state.config.api.cors_origins,
@@ -236,7 +236,11 @@ async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Respon
         version = tracing::field::Empty,
         batch = tracing::field::Empty,
     );
-    let mut res = next.run(req).instrument(span.clone()).await;
+    // A panic in a handler or an extractor is caught here, inside the timing and metrics,
+    // so its 500 still gets the request id and headers. (tower-http's catch-panic layer does
+    // the same but boxes every response body once more.)
+    let answer = AssertUnwindSafe(next.run(req).instrument(span.clone()));
+    let mut res = answer.catch_unwind().await.unwrap_or_else(panic_answer);
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
     tracing::debug!(parent: &span, status, total_ms = elapsed.as_secs_f64() * 1e3, "answered");

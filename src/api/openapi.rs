@@ -8,7 +8,7 @@
 //! error sets below) and its security (the rule its route is declared with, [`super::routes`]).
 //!
 //! TF Serving's verbs are documented as the paths clients type: `/v1/models/{name}:predict`
-//! (and `:classify`, `:regress`, also under `/versions/{version}`) and
+//! (and `:classify`, `:regress`, `:explain`, `:evaluate`, also under `/versions/{version}`) and
 //! `/v1/training-jobs/{id}:cancel`. axum routes each as one segment (`/v1/models/{name}`)
 //! that the handler splits; [`route_of`] maps a documented path back to its route.
 
@@ -23,7 +23,9 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoParams, OpenApi};
 
 use super::error::{status_and_code, ApiError};
-use super::{datasets, health, jobs, metrics, models, predict, repository, types, v2};
+use super::{
+    datasets, evaluate, explain, health, jobs, metrics, models, predict, repository, types, v2,
+};
 use crate::auth::{Rule, Scope};
 use crate::dataset::DatasetError;
 use crate::error::Error;
@@ -50,6 +52,10 @@ use crate::jobs::JobError;
         predict::version_verb,
         predict::version_classify,
         predict::version_regress,
+        explain::explain,
+        explain::version_explain,
+        evaluate::evaluate,
+        evaluate::version_evaluate,
         repository::upload,
         repository::delete_model,
         repository::delete_version,
@@ -340,6 +346,42 @@ error_set! {
         Error::ShuttingDown,
         Error::DeadlineExceeded(std::time::Duration::ZERO),
         Error::Forward(S),
+    ];
+    /// Explanations: inference's errors, and more points (instances × steps) than allowed.
+    ExplainErrors = [
+        ApiError::MalformedJson(S),
+        Error::InvalidInput(S),
+        Error::InvalidModelName(S),
+        Error::ModelNotFound(S),
+        Error::VersionNotFound { name: S, version: S, detail: S },
+        ApiError::BodyTooLarge { limit: 0 },
+        ApiError::BodyTimeout(std::time::Duration::ZERO),
+        Error::TooManyRows { rows: 0, limit: 0 },
+        Error::TooManyPoints { rows: 0, steps: 0, limit: 0 },
+        ApiError::UnsupportedMediaType(S),
+        Error::ModelUnavailable { name: S, reason: S },
+        Error::QueueFull { name: S, version: 0, capacity: 0 },
+        Error::ShuttingDown,
+        Error::DeadlineExceeded(std::time::Duration::ZERO),
+        Error::Forward(S),
+    ];
+    /// Evaluation: the lookups, the data (a dataset or the body), the version's batcher.
+    EvaluateErrors = [
+        ApiError::MalformedJson(S),
+        Error::InvalidInput(S),
+        Error::InvalidModelName(S),
+        Error::ModelNotFound(S),
+        Error::VersionNotFound { name: S, version: S, detail: S },
+        DatasetError::NotFound(S),
+        ApiError::BodyTooLarge { limit: 0 },
+        ApiError::BodyTimeout(std::time::Duration::ZERO),
+        ApiError::UnsupportedMediaType(S),
+        Error::ModelUnavailable { name: S, reason: S },
+        Error::QueueFull { name: S, version: 0, capacity: 0 },
+        Error::ShuttingDown,
+        Error::DeadlineExceeded(std::time::Duration::ZERO),
+        Error::Forward(S),
+        Error::Internal(S),
     ];
     /// A model upload: validated (loaded and run once) before it is published.
     UploadErrors = [

@@ -137,6 +137,13 @@ async fn handle(
     timeout: Option<Duration>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    match verb {
+        Verb::Explain => return super::explain::handle(state, name, version, timeout, body).await,
+        Verb::Evaluate => {
+            return super::evaluate::handle(state, name, version, timeout, body).await
+        }
+        Verb::Predict | Verb::Classify | Verb::Regress => {}
+    }
     let serving = state.serving();
     let lv = serving.version(name, version)?;
     check_task(&lv, verb)?;
@@ -167,7 +174,7 @@ fn decode(
 ) -> Result<Decoded, ApiError> {
     let spec = InputSpec::of(&lv.model).with_max_rows(max_rows);
     match verb {
-        Verb::Predict => decode_predict(body, &spec),
+        Verb::Predict | Verb::Explain | Verb::Evaluate => decode_predict(body, &spec),
         Verb::Classify | Verb::Regress => decode_examples(body, &spec),
     }
 }
@@ -175,7 +182,8 @@ fn decode(
 fn check_task(lv: &LoadedVersion, verb: Verb) -> Result<(), Error> {
     let model = &lv.model;
     match (verb, model.task()) {
-        (Verb::Predict, _) | (Verb::Classify, Task::Classification) => Ok(()),
+        (Verb::Predict | Verb::Explain | Verb::Evaluate, _)
+        | (Verb::Classify, Task::Classification) => Ok(()),
         (Verb::Regress, Task::Regression) if model.output_len() == 1 => Ok(()),
         (Verb::Regress, Task::Regression) => Err(Error::InvalidInput(format!(
             "model '{}' outputs {} values per instance; :regress needs one: use :predict",
@@ -197,7 +205,7 @@ fn check_task(lv: &LoadedVersion, verb: Verb) -> Result<(), Error> {
 /// units), or every class with its score, best first (`:classify`).
 fn encode(p: &Prediction, verb: Verb, layout: Layout, warnings: &[String]) -> Response {
     let body = match verb {
-        Verb::Predict => {
+        Verb::Predict | Verb::Explain | Verb::Evaluate => {
             let mut shape = Vec::with_capacity(p.output_shape().len() + 1);
             shape.push(p.n_rows());
             shape.extend_from_slice(p.output_shape());

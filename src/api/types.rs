@@ -247,6 +247,222 @@ pub struct RegressResponse<'a> {
     pub warnings: &'a [String],
 }
 
+/// `:explain`'s body: `:predict`'s, plus what to explain and from where.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// One entry per instance, as for `:predict`: named feature values or a tensor.
+    #[serde(default)]
+    pub instances: Option<Vec<Value>>,
+    /// A batched tensor, or an object of feature columns (as for `:predict`).
+    #[serde(default)]
+    pub inputs: Option<Value>,
+    /// The class label to explain (classifiers; default: each instance's predicted class),
+    /// or the regression output (its target column's name or its index; default: the
+    /// first output).
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Integration points per instance (Gauss–Legendre nodes), 1 to 1024; default 50.
+    #[serde(default)]
+    pub steps: Option<u64>,
+    /// One instance to integrate from, in the form of `instances`' entries; default: the
+    /// training rows' mean input (zeros in model-input space for models trained elsewhere;
+    /// zero embeddings for token models).
+    #[serde(default)]
+    pub baseline: Option<Value>,
+    /// `serving_default` (the only signature) or empty.
+    #[serde(default)]
+    pub signature_name: Option<String>,
+}
+
+/// `:explain`'s answer: one explanation per instance, in request order.
+#[derive(Serialize, ToSchema)]
+pub struct ExplainResponse<'a> {
+    /// `integrated_gradients`.
+    pub method: &'static str,
+    /// `training_mean`, `zero`, `zero_embedding` or `request`.
+    pub baseline: &'static str,
+    pub explanations: Vec<ExplanationView<'a>>,
+    /// Per instance and feature: unknown categories, encoded as unseen.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub warnings: &'a [String],
+}
+
+/// One instance's explanation.
+#[derive(Serialize, ToSchema)]
+pub struct ExplanationView<'a> {
+    /// The class label (or regression output) explained.
+    pub target: String,
+    /// f(x): the target class's score, or the regression value in original units.
+    pub prediction: f32,
+    /// f(x'): the same at the baseline.
+    pub baseline_prediction: f32,
+    /// By raw column name (tabular models, one-hot groups summed back to their column), or
+    /// nested lists in the instance's shape (images; one value per token for token ids).
+    #[schema(value_type = Object)]
+    pub attributions: Attributions<'a>,
+    /// Σ attributions − (prediction − baseline_prediction): how far the integral is from
+    /// exact (completeness); more steps make it smaller.
+    pub completeness_residual: f32,
+    /// Integration points used (without `steps` in the request: 50, doubled while the
+    /// residual is over 1e-3 of the larger of |prediction − baseline_prediction| and
+    /// Σ|attributions|, within 1024 and the points limit).
+    pub steps: usize,
+}
+
+/// Attributions by column name (in the signature's order) or in the instance's shape.
+pub enum Attributions<'a> {
+    Named {
+        names: &'a [String],
+        values: &'a [f32],
+    },
+    Shaped(Nested<'a>),
+}
+
+impl Serialize for Attributions<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Attributions::Named { names, values } => {
+                let mut map = s.serialize_map(Some(names.len()))?;
+                for (name, value) in names.iter().zip(values.iter()) {
+                    map.serialize_entry(name, value)?;
+                }
+                map.end()
+            }
+            Attributions::Shaped(nested) => nested.serialize(s),
+        }
+    }
+}
+
+/// `:evaluate`'s body when the data is an uploaded dataset (the data may instead be the body
+/// itself: CSV, or a JSON array of records).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateRequest {
+    /// The dataset's id (`ds_…`); it must hold the model's feature columns and the target.
+    pub dataset: String,
+    /// The column of actual values; default: the column the model was trained on.
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+/// `:evaluate`'s answer.
+#[derive(Serialize, ToSchema)]
+pub struct EvaluateResponse<'a> {
+    pub model: &'a str,
+    pub version: u64,
+    /// `classification` or `regression`.
+    pub task: &'static str,
+    /// The column of actual values.
+    pub target: &'a str,
+    /// Rows in the data.
+    pub rows: usize,
+    /// Rows evaluated.
+    pub rows_used: usize,
+    /// Rows left out, by reason.
+    pub rows_dropped: RowsDroppedView,
+    /// Evaluated rows with a category the model did not see in training (encoded as unseen).
+    pub unknown_categories: usize,
+    /// The loss: `log_loss` of the scores (classifiers), `mse` in original units (regression).
+    pub loss: Option<f64>,
+    pub loss_name: &'static str,
+    /// Classifiers: `accuracy`, `precision_macro`, `recall_macro`, `f1_macro`,
+    /// `confusion_matrix` (`[actual][predicted]`, labels in signature order). Regression:
+    /// `mae`, `rmse`, `r2`, in original units.
+    #[schema(value_type = Object)]
+    pub metrics: crate::model::format::Metrics,
+    /// Classifiers: precision, recall, F1 and support of each class.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_class: Vec<ClassMetricsView<'a>>,
+    /// Binary classifiers: area under the ROC curve of the second label's score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roc_auc: Option<f64>,
+    /// Regression: the distribution of predicted − actual.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residuals: Option<ResidualsView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RowsDroppedView {
+    /// The target cell is missing.
+    pub missing_target: usize,
+    /// The target is a label the classifier does not know.
+    pub unknown_label: usize,
+    /// A feature is missing and the model has no fill value for it.
+    pub missing_feature: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClassMetricsView<'a> {
+    pub label: &'a str,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    /// Rows whose actual class this is.
+    pub support: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ResidualsView {
+    pub mean: f64,
+    pub std: f64,
+    pub min: f64,
+    pub p25: f64,
+    pub median: f64,
+    pub p75: f64,
+    pub max: f64,
+}
+
+impl<'a> EvaluateResponse<'a> {
+    pub fn of(model: &'a str, version: u64, e: &'a crate::serving::evaluate::Evaluation) -> Self {
+        use crate::model::format::Task;
+        let mut metrics = e.metrics.clone();
+        let loss = metrics.loss.take();
+        EvaluateResponse {
+            model,
+            version,
+            task: match e.task {
+                Task::Classification => "classification",
+                Task::Regression => "regression",
+            },
+            target: &e.target,
+            rows: e.rows.rows,
+            rows_used: e.rows.used,
+            rows_dropped: RowsDroppedView {
+                missing_target: e.rows.missing_target,
+                unknown_label: e.rows.unknown_label,
+                missing_feature: e.rows.missing_feature,
+            },
+            unknown_categories: e.rows.unknown_categories,
+            loss,
+            loss_name: e.loss_name,
+            metrics,
+            per_class: e
+                .per_class
+                .iter()
+                .map(|(label, s)| ClassMetricsView {
+                    label,
+                    precision: s.precision,
+                    recall: s.recall,
+                    f1: s.f1,
+                    support: s.support,
+                })
+                .collect(),
+            roc_auc: e.roc_auc,
+            residuals: e.residuals.map(|r| ResidualsView {
+                mean: r.mean,
+                std: r.std,
+                min: r.min,
+                p25: r.p25,
+                median: r.median,
+                p75: r.p75,
+                max: r.max,
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! `run`. `main.rs` only parses the command line and dispatches here.
 
 pub mod check;
+pub mod evaluate;
 pub mod health;
 pub mod import;
 pub mod keys;

@@ -136,6 +136,7 @@ mod tests {
                 best: Some((0.25, epoch)),
                 best_tie: None,
                 wait: 0,
+                served: None,
                 stage: None,
             },
         }

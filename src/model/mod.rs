@@ -4,6 +4,7 @@
 //! which are the only callers of `forward` (async code never runs the model).
 
 pub mod error;
+pub mod explain;
 pub mod format;
 pub mod layers;
 pub mod signature;

@@ -13,6 +13,9 @@
 //! span's fields, the default deadline and the batcher call are here, once. Runs on the
 //! request's tokio task; the model itself runs on the version's workers.
 
+pub mod evaluate;
+pub mod explain;
+
 use std::sync::Arc;
 use std::time::Duration;
 

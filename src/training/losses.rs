@@ -92,6 +92,17 @@ pub fn log_softmax(xs: &Tensor) -> candle_core::Result<Tensor> {
 /// to the host once to check them: candle's `gather` would turn `u32::MAX` into a zero loss
 /// and an f32 → u32 cast would turn `-1` into class 0, both silently.
 pub fn sparse_categorical_crossentropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    weighted_sparse_categorical_crossentropy(logits, targets, None)
+}
+
+/// [`sparse_categorical_crossentropy`] with each row's loss multiplied by its class's weight
+/// (`class_weights`: `[C]`), then averaged over the rows — Keras' `class_weight` convention
+/// (`sum(w·l) / N`), so weights of 1 give the plain loss.
+pub fn weighted_sparse_categorical_crossentropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    class_weights: Option<&Tensor>,
+) -> Result<Tensor> {
     let logits = rows(logits)?;
     let (n, classes) = logits.dims2()?;
     if targets.elem_count() != n {
@@ -113,7 +124,18 @@ pub fn sparse_categorical_crossentropy(logits: &Tensor, targets: &Tensor) -> Res
     }
     let index = Tensor::from_vec(index, (n, 1), logits.device())?;
     let picked = log_softmax(&logits)?.gather(&index, 1)?;
-    Ok(picked.mean_all()?.neg()?)
+    let Some(w) = class_weights else {
+        return Ok(picked.mean_all()?.neg()?);
+    };
+    if w.elem_count() != classes {
+        return Err(TrainingError::Shape(format!(
+            "sparse_categorical_crossentropy: {classes} classes but {} class weights",
+            w.elem_count()
+        )));
+    }
+    let row_weights = w.flatten_all()?.index_select(&index.flatten_all()?, 0)?;
+    let weighted = picked.flatten_all()?.mul(&row_weights)?;
+    Ok((weighted.sum_all()?.neg()? / n as f64)?)
 }
 
 /// Mean over rows of `-Σ_c target_c · log softmax(logits)_c`. Targets are one-hot or
@@ -380,5 +402,32 @@ mod tests {
             );
         }
         assert!(serde_json::from_str::<Loss>("\"hinge\"").is_err());
+    }
+
+    #[test]
+    fn class_weights_scale_each_rows_loss_and_gradient() {
+        let logits = t2(&[&[2.0, 0.5, -1.0], &[0.1, 0.2, 0.3], &[-1.0, 3.0, 0.0]]);
+        let targets = t1(&[0.0, 2.0, 1.0]);
+        let ones = t1(&[1.0, 1.0, 1.0]);
+        let plain = scalar(&sparse_categorical_crossentropy(&logits, &targets).unwrap());
+        let same = scalar(
+            &weighted_sparse_categorical_crossentropy(&logits, &targets, Some(&ones)).unwrap(),
+        );
+        assert!((plain - same).abs() < 1e-6, "{plain} vs {same}");
+        // Weights (2, 1, 0.5): row 0 (class 0) counts twice, row 1 (class 2) half.
+        let w = t1(&[2.0, 1.0, 0.5]);
+        let per_row: Vec<f32> = (0..3)
+            .map(|r| {
+                let row = logits.narrow(0, r, 1).unwrap();
+                let y = targets.narrow(0, r, 1).unwrap();
+                scalar(&sparse_categorical_crossentropy(&row, &y).unwrap())
+            })
+            .collect();
+        let want = (2.0 * per_row[0] + 0.5 * per_row[1] + per_row[2]) / 3.0;
+        let got =
+            scalar(&weighted_sparse_categorical_crossentropy(&logits, &targets, Some(&w)).unwrap());
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        let bad = weighted_sparse_categorical_crossentropy(&logits, &targets, Some(&t1(&[1.0])));
+        assert!(bad.is_err());
     }
 }

@@ -294,6 +294,113 @@ pub fn regression_metrics(predicted: &[f32], actual: &[f32], outputs: usize) -> 
     Ok(stats.metrics())
 }
 
+// === ranking and residuals ===
+
+/// The area under the ROC curve of a binary classifier: the probability that a random
+/// positive scores above a random negative, ties counting one half (the Mann–Whitney
+/// statistic, as scikit-learn's `roc_auc_score`). `None` without both classes.
+pub fn roc_auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 || scores.len() != positive.len() {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Sum of the positives' ranks (1-based), equal scores sharing their average rank.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += rank * order[i..=j].iter().filter(|&&r| positive[r]).count() as f64;
+        i = j + 1;
+    }
+    let (p, n) = (n_pos as f64, n_neg as f64);
+    Some((rank_sum - p * (p + 1.0) / 2.0) / (p * n))
+}
+
+/// The distribution of a regression's residuals (predicted − actual).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResidualSummary {
+    pub mean: f64,
+    /// Population standard deviation.
+    pub std: f64,
+    pub min: f64,
+    /// Quartiles, linearly interpolated (numpy's default).
+    pub p25: f64,
+    pub median: f64,
+    pub p75: f64,
+    pub max: f64,
+}
+
+impl ResidualSummary {
+    /// `None` for no residuals. Sorts `residuals`.
+    pub fn of(residuals: &mut [f32]) -> Option<ResidualSummary> {
+        if residuals.is_empty() {
+            return None;
+        }
+        residuals.sort_by(f32::total_cmp);
+        let n = residuals.len() as f64;
+        let mean = residuals.iter().map(|&r| f64::from(r)).sum::<f64>() / n;
+        let var = residuals
+            .iter()
+            .map(|&r| (f64::from(r) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let q = |p: f64| {
+            let at = p * (n - 1.0);
+            let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+            let (a, b) = (f64::from(residuals[lo]), f64::from(residuals[hi]));
+            a + (b - a) * (at - lo as f64)
+        };
+        Some(ResidualSummary {
+            mean,
+            std: var.sqrt(),
+            min: f64::from(residuals[0]),
+            p25: q(0.25),
+            median: q(0.5),
+            p75: q(0.75),
+            max: f64::from(residuals[residuals.len() - 1]),
+        })
+    }
+}
+
+#[cfg(test)]
+mod ranking_tests {
+    use super::*;
+
+    #[test]
+    fn roc_auc_matches_scikit_learn() {
+        // sklearn.metrics.roc_auc_score([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+        let auc = roc_auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]).unwrap();
+        assert!((auc - 0.75).abs() < 1e-12);
+        // Ties count one half: roc_auc_score([0, 1, 0, 1], [0.5, 0.5, 0.2, 0.9]) == 0.875
+        let auc = roc_auc(&[0.5, 0.5, 0.2, 0.9], &[false, true, false, true]).unwrap();
+        assert!((auc - 0.875).abs() < 1e-12);
+        assert_eq!(roc_auc(&[0.3, 0.6], &[true, true]), None);
+    }
+
+    #[test]
+    fn residual_quartiles_interpolate_as_numpy() {
+        // numpy.percentile([-2, 0, 1, 3, 8], [25, 50, 75]) == [0, 1, 3]
+        let s = ResidualSummary::of(&mut [3.0, -2.0, 8.0, 0.0, 1.0]).unwrap();
+        assert_eq!(
+            (s.min, s.p25, s.median, s.p75, s.max),
+            (-2.0, 0.0, 1.0, 3.0, 8.0)
+        );
+        assert!((s.mean - 2.0).abs() < 1e-12);
+        // Population standard deviation (numpy.std's default): sqrt((16 + 4 + 1 + 1 + 36) / 5).
+        assert!((s.std - 11.6f64.sqrt()).abs() < 1e-9);
+        let s = ResidualSummary::of(&mut [1.0, 2.0]).unwrap();
+        assert_eq!(s.p25, 1.25);
+        assert!(ResidualSummary::of(&mut []).is_none());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

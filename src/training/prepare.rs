@@ -342,6 +342,7 @@ pub fn prepare(
         }
     };
     let width = preprocessing.width();
+    preprocessing.input_mean = Some(column_means(&x_train, width));
     let report = DataReport {
         rows: table.n_rows + validation.map_or(0, |v| v.n_rows),
         duplicates_dropped,
@@ -363,6 +364,19 @@ pub fn prepare(
         preprocessing,
         report,
     })
+}
+
+/// The mean of each column of a row-major `[rows, width]` matrix (summed in f64): the
+/// training rows' mean input, which explanations start from.
+fn column_means(x: &[f32], width: usize) -> Vec<f32> {
+    let mut sums = vec![0f64; width];
+    for row in x.chunks_exact(width.max(1)) {
+        for (s, v) in sums.iter_mut().zip(row) {
+            *s += f64::from(*v);
+        }
+    }
+    let n = (x.len() / width.max(1)).max(1) as f64;
+    sums.into_iter().map(|s| (s / n) as f32).collect()
 }
 
 #[cfg(test)]
@@ -420,5 +434,10 @@ mod tests {
         // Duplicates are dropped in each table: 119 rows each.
         assert_eq!((p.n_train(), p.n_val()), (119, 119));
         assert_eq!(p.x_train, p.x_val);
+        // Standardized features average zero over the training rows: the stored mean input
+        // (the explanation baseline) is that point.
+        let mean = p.preprocessing.input_mean.as_deref().unwrap();
+        assert_eq!(mean.len(), p.width);
+        assert!(mean.iter().all(|m| m.abs() < 1e-5), "{mean:?}");
     }
 }

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use super::error::TrainingError;
 use super::init::init_model;
-use super::losses::Loss;
+use super::losses::{weighted_sparse_categorical_crossentropy, Loss};
 use super::metrics::{argmax_rows, classification_metrics, regression_metrics, Metrics};
 use super::optim::Optimizer;
 use super::prepare::Prepared;
@@ -83,6 +83,10 @@ pub struct CheckpointMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_tie: Option<f64>,
     pub wait: u32,
+    /// The epoch whose weights `best_weights` holds when it is not the best one
+    /// (`EarlyStopping::prefer_later`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<u32>,
     /// Where a run of several stages (search trials, refit) stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<super::search::StageMeta>,
@@ -187,6 +191,8 @@ struct Setup<'a> {
     /// Output units per row.
     out: usize,
     device: Device,
+    /// `[classes]`: the training loss's class weights (`training.class_weight`).
+    class_weights: Option<Tensor>,
 }
 
 impl Setup<'_> {
@@ -304,6 +310,13 @@ pub fn train(
         classes: spec.labels.len(),
         out: built.output_shape.iter().product(),
         device: device.clone(),
+        class_weights: match &t.class_weight {
+            Some(cw) => {
+                let w = cw.weights(&spec.labels, &data.y_train);
+                Some(Tensor::from_vec(w, spec.labels.len(), &device)?)
+            }
+            None => None,
+        },
     };
     let layers = training_layers(&built.layers, loss);
     let mut opt = Optimizer::from_varmap(&varmap, &t.optimizer)?;
@@ -315,6 +328,7 @@ pub fn train(
     let mut best_tie: Option<f64> = None;
     let mut wait = 0u32;
     let mut best_weights: Option<HashMap<String, Tensor>> = None;
+    let mut served: Option<u32> = None;
     let mut start_epoch = 0u32;
     if let Some(ck) = resume {
         restore(&varmap, &ck.weights)?;
@@ -326,6 +340,7 @@ pub fn train(
         best_tie = ck.meta.best_tie;
         wait = ck.meta.wait;
         best_weights = ck.best_weights;
+        served = ck.meta.served;
         start_epoch = ck.meta.epoch;
     }
     let target_scale = data.preprocessing.target.map(|t| (t.shift, t.scale));
@@ -372,7 +387,10 @@ pub fn train(
             let xs = Tensor::from_vec(xbuf, (idx.len(), w), &device)?;
             let ys = setup.targets(&ybuf)?;
             let out = forward(&layers, xs, true, &mut dropout_rng, Some(&sink))?;
-            let l = loss.compute(&out, &ys)?;
+            let l = match &setup.class_weights {
+                Some(w) => weighted_sparse_categorical_crossentropy(&out, &ys, Some(w))?,
+                None => loss.compute(&out, &ys)?,
+            };
             let mut grads = l.backward().inspect_err(|_| sink.clear())?;
             sink.drain_into(&mut grads)?;
             opt.step(&grads)?;
@@ -416,6 +434,7 @@ pub fn train(
                 if es.improves(v, tie, best.map(|(b, _)| (b, best_tie))) {
                     best = Some((v, epoch + 1));
                     best_tie = tie;
+                    served = None;
                     wait = 0;
                     if es.restore_best {
                         best_weights = Some(snapshot(&varmap)?);
@@ -423,6 +442,10 @@ pub fn train(
                 } else {
                     wait += 1;
                     stop = wait >= es.patience;
+                    if best.is_some_and(|(b, _)| es.close_enough(v, b, data.n_val())) {
+                        served = Some(epoch + 1);
+                        best_weights = Some(snapshot(&varmap)?);
+                    }
                 }
             }
         }
@@ -453,6 +476,7 @@ pub fn train(
                 best,
                 best_tie,
                 wait,
+                served,
                 stage: None,
             },
         };
@@ -481,7 +505,7 @@ pub fn train(
         outcome,
         weights: snapshot(&varmap)?,
         epochs_run,
-        best_epoch: best.map(|(_, e)| e),
+        best_epoch: served.or(best.map(|(_, e)| e)),
         final_metrics,
         evaluated_on,
     })
@@ -608,14 +632,15 @@ mod tests {
         assert_eq!((t.outcome, hooks.events.len()), (Outcome::Cancelled, 2));
     }
 
-    /// The default early stopping (validation accuracy, loss breaking ties) serves the best
-    /// epoch's weights: the final validation metrics are that epoch's, not the last one's.
+    /// Early stopping on validation accuracy, loss breaking ties, serves the best epoch's
+    /// weights: the final validation metrics are that epoch's, not the last one's.
     #[test]
     fn early_stopping_restores_the_best_epochs_weights() {
         // A high learning rate so that the validation loss wanders after its best epoch.
         let (t, events) = run(
             serde_json::json!({"model": "iris", "dataset": "ds", "target": "species",
-            "training": {"optimizer": {"type": "adam", "learning_rate": 0.05}}}),
+            "training": {"optimizer": {"type": "adam", "learning_rate": 0.05},
+                "early_stopping": {"monitor": "val_accuracy", "tie_breaker": "val_loss", "patience": 30}}}),
         );
         assert_eq!(t.outcome, Outcome::EarlyStopped);
         let best = t.best_epoch.unwrap();
@@ -639,6 +664,87 @@ mod tests {
             (Some(last.metrics["val_accuracy"]), last.val_loss),
             (t.final_metrics.accuracy, t.final_metrics.loss),
             "the test needs a last epoch that differs from the best"
+        );
+    }
+
+    /// The default (`prefer_later`): the served epoch is the latest one whose validation
+    /// accuracy is within one standard error of the best; its metrics are the final ones;
+    /// patience counts from the best epoch.
+    #[test]
+    fn the_default_serves_the_latest_epoch_within_noise_of_the_best() {
+        let (t, events) = run(
+            serde_json::json!({"model": "iris", "dataset": "ds", "target": "species",
+            "training": {"optimizer": {"type": "adam", "learning_rate": 0.05},
+                "early_stopping": {"monitor": "val_accuracy", "tie_breaker": "val_loss",
+                    "patience": 30, "prefer_later": true},
+                "validation_split": 0.4}}),
+        );
+        assert_eq!(t.outcome, Outcome::EarlyStopped);
+        let acc = |e: &EpochEvent| e.metrics["val_accuracy"];
+        // The best epoch: the first with the highest accuracy, the lowest loss among those.
+        let best = events
+            .iter()
+            .fold(None::<&EpochEvent>, |b, e| match b {
+                Some(b) if acc(e) < acc(b) || (acc(e) == acc(b) && e.val_loss >= b.val_loss) => {
+                    Some(b)
+                }
+                _ => Some(e),
+            })
+            .unwrap();
+        assert_eq!(
+            events.len() as u32,
+            best.epoch + 30,
+            "patience counts from the best"
+        );
+        let cm = t.final_metrics.confusion_matrix.as_ref().unwrap();
+        let n_val = cm.iter().flatten().sum::<u64>() as f64;
+        let se = (acc(best) * (1.0 - acc(best)) / n_val).sqrt();
+        let served = events
+            .iter()
+            .rfind(|e| e.epoch >= best.epoch && acc(e) >= acc(best) - se)
+            .unwrap();
+        assert_eq!(t.best_epoch, Some(served.epoch));
+        assert_eq!(Some(acc(served)), t.final_metrics.accuracy);
+        assert_eq!(served.val_loss, t.final_metrics.loss);
+        assert!(
+            events
+                .iter()
+                .any(|e| e.epoch > best.epoch && acc(e) < acc(best) - se),
+            "the test needs a later epoch outside the noise"
+        );
+    }
+
+    /// A heavy weight on one class makes the trained network predict it more often.
+    #[test]
+    fn class_weights_tilt_the_training_loss() {
+        let predicted = |cw: serde_json::Value| {
+            let table = iris();
+            let spec = JobSpec::from_json(
+                serde_json::json!({"model": "iris", "dataset": "ds", "target": "species",
+                    "training": {"epochs": 3, "early_stopping": null, "refit": false,
+                                 "validation_split": 0.0, "class_weight": cw}})
+                .to_string()
+                .as_bytes(),
+            )
+            .unwrap()
+            .resolve(&table)
+            .unwrap();
+            let data = prepare(&table, &spec, None).unwrap();
+            let mut hooks = Quiet {
+                events: Vec::new(),
+                stop_after: None,
+            };
+            let t = train(&spec, &data, None, &mut hooks).unwrap();
+            let cm = t.final_metrics.confusion_matrix.unwrap();
+            let virginica = spec.labels.iter().position(|l| l == "virginica").unwrap();
+            // Rows predicted as virginica: the column of the confusion matrix.
+            cm.iter().map(|row| row[virginica]).sum::<u64>()
+        };
+        let plain = predicted(serde_json::Value::Null);
+        let tilted = predicted(serde_json::json!({"virginica": 50.0}));
+        assert!(
+            tilted > plain,
+            "virginica predicted {tilted} times, unweighted {plain}"
         );
     }
 }

@@ -8,6 +8,8 @@ mod clients;
 mod connections;
 mod defaults;
 mod deps;
+mod evaluate;
+mod explain;
 mod fuzz;
 mod grpc;
 mod import;

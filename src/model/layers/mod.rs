@@ -23,7 +23,7 @@ mod shape;
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
-use crate::model::format::{Initializer, InputDType, LayerSpec};
+use crate::model::format::{Activation, Initializer, InputDType, LayerSpec};
 use crate::model::ModelError;
 
 pub use activation::Act;
@@ -85,6 +85,40 @@ impl Layer {
             Layer::Embedding(e) => embedding::forward(e, xs),
             Layer::Lstm(l, full) => recurrent::forward(l, xs, *full, |s| s.h()),
             Layer::Gru(g, full) => recurrent::forward(g, xs, *full, |s| s.h()),
+        }
+    }
+
+    /// [`Layer::forward_t`] in inference mode (no dropout, running statistics) with every
+    /// op differentiable: the fused softmax kernel has no backward pass (docs/candle.md),
+    /// so a softmax takes the composite op, and pooling takes ops whose backward pass is
+    /// exact (see `pool::differentiable`). Explanations take the input's gradient so.
+    pub fn forward_differentiable(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        use candle_core::Module;
+        let softmax = |a: &Option<Act>| matches!(a, Some(a) if a.kind == Activation::Softmax);
+        let composite = |t: Tensor| candle_nn::ops::softmax(&t, candle_core::D::Minus1);
+        match self {
+            Layer::Activation(a) if a.kind == Activation::Softmax => composite(xs.clone()),
+            Layer::Dense(l, act) if softmax(act) => composite(l.forward(xs)?),
+            Layer::Conv1d(c, act) if softmax(act) => composite(c.forward(xs)?),
+            Layer::Conv2d(c, act) if softmax(act) => composite(c.forward(xs)?),
+            Layer::MaxPool2d { size, stride } => {
+                pool::differentiable(xs, pool::Pool::Max, *size, *stride)
+            }
+            Layer::AvgPool2d { size, stride } => {
+                pool::differentiable(xs, pool::Pool::Avg, *size, *stride)
+            }
+            Layer::Dense(..)
+            | Layer::Activation(_)
+            | Layer::Dropout(_)
+            | Layer::Flatten
+            | Layer::Reshape(_)
+            | Layer::Conv1d(..)
+            | Layer::Conv2d(..)
+            | Layer::BatchNorm(_)
+            | Layer::LayerNorm { .. }
+            | Layer::Embedding(_)
+            | Layer::Lstm(..)
+            | Layer::Gru(..) => self.forward_t(xs, false),
         }
     }
 

@@ -41,3 +41,41 @@ pub(super) fn build(
     };
     Ok((layer, vec![shape[0], hout, wout]))
 }
+
+/// Pooling written with ops whose backward pass is exact, for explanations: the input's
+/// `size²` window offsets picked with `index_select` (each `[batch, channels, hout, wout]`)
+/// and combined with `maximum` or summed. candle's own `max_pool2d` backward scales the
+/// gradient by the share of maxima in the window (`1/size²` for one maximum) and refuses
+/// `stride != size`; its `avg_pool2d` refuses the latter too.
+pub(super) fn differentiable(
+    xs: &candle_core::Tensor,
+    pool: Pool,
+    size: usize,
+    stride: usize,
+) -> candle_core::Result<candle_core::Tensor> {
+    use candle_core::Tensor;
+    let (_, _, h, w) = xs.dims4()?;
+    let (hout, wout) = ((h - size) / stride + 1, (w - size) / stride + 1);
+    let device = xs.device();
+    let picks = |offset: usize, n: usize| {
+        let idx: Vec<u32> = (0..n).map(|o| (offset + o * stride) as u32).collect();
+        Tensor::from_vec(idx, n, device)
+    };
+    let mut out: Option<Tensor> = None;
+    for di in 0..size {
+        let rows = xs.index_select(&picks(di, hout)?, 2)?;
+        for dj in 0..size {
+            let window = rows.index_select(&picks(dj, wout)?, 3)?;
+            out = Some(match (out, pool) {
+                (None, _) => window,
+                (Some(o), Pool::Max) => o.maximum(&window)?,
+                (Some(o), Pool::Avg) => (o + window)?,
+            });
+        }
+    }
+    let out = out.expect("a pool window has at least one value");
+    match pool {
+        Pool::Max => Ok(out),
+        Pool::Avg => out.affine(1.0 / (size * size) as f64, 0.0),
+    }
+}
