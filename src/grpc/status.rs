@@ -17,9 +17,10 @@ fn serving_code(err: &Error) -> Code {
         Error::ModelNotFound(_) | Error::VersionNotFound { .. } => Code::NotFound,
         Error::ModelUnavailable { .. } | Error::ShuttingDown => Code::Unavailable,
         // The client must change the request (split it, for too many rows).
-        Error::InvalidInput(_) | Error::InvalidModelName(_) | Error::TooManyRows { .. } => {
-            Code::InvalidArgument
-        }
+        Error::InvalidInput(_)
+        | Error::InvalidModelName(_)
+        | Error::TooManyRows { .. }
+        | Error::TooManyPoints { .. } => Code::InvalidArgument,
         Error::QueueFull { .. } => Code::ResourceExhausted,
         Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
         // A model that does not load: the repository is not in the state the call needs.
