@@ -190,8 +190,9 @@ class Server:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        data = os.path.join(tmp, "serve-data")
-        os.makedirs(data, exist_ok=True)
+        # A data directory of its own: the previous server may still hold its job database
+        # while it drains.
+        data = tempfile.mkdtemp(prefix="serve-data-", dir=tmp)
         env = dict(os.environ, KILN_LOG_FORMAT="json", KILN_GRPC_LISTEN="")
         self.proc = subprocess.Popen(
             [kiln, "serve", "--models", models, "--data", data, "--listen", f"127.0.0.1:{self.port}",

@@ -82,6 +82,13 @@ pub struct BatchConfig {
     /// other runnable thread) before it sleeps. Zero: it sleeps at once, and every request
     /// that finds all workers asleep pays for waking one.
     pub worker_spin: Duration,
+    /// Text models: a batch closes when the next input would take its padded cost (longest
+    /// input × inputs) over this many tokens.
+    pub max_batch_tokens: usize,
+    /// Text models: most inputs in one batch.
+    pub max_batch_requests: usize,
+    /// Text models: most inputs in one request (413 beyond).
+    pub max_client_batch_size: usize,
 }
 
 /// What training needs: where datasets, the job database and checkpoints live, and how
@@ -91,8 +98,105 @@ pub struct TrainingConfig {
     pub data_dir: PathBuf,
     /// Largest dataset (or model) upload, in bytes.
     pub max_upload_bytes: u64,
-    /// Training jobs that run at the same time (each on one thread).
+    /// Training jobs that run at the same time (each on one thread); 0 (with PostgreSQL
+    /// only): this replica runs none, it serves and leaves its jobs to the other replicas.
     pub max_concurrent_jobs: usize,
+    /// Where jobs live: SQLite, or PostgreSQL shared by replicas. `None`: the default,
+    /// SQLite at `<data_dir>/kiln.db` (see [`TrainingConfig::database`]).
+    pub database: Option<Database>,
+    /// This replica's name in logs and job records (`--replica-id`; hostname-pid).
+    pub replica_id: String,
+    /// How long a replica holds a running job without renewing its lease (a shared
+    /// database only): a dead replica's job is claimable again this long after its last sign.
+    pub job_lease: Duration,
+}
+
+impl TrainingConfig {
+    /// The job database: as configured, else SQLite in the data directory.
+    pub fn database(&self) -> Database {
+        self.database
+            .clone()
+            .unwrap_or_else(|| Database::Sqlite(self.data_dir.join("kiln.db")))
+    }
+}
+
+/// The job database (`--database URL`). Its `Debug` masks a password.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// `sqlite://PATH`: one process owns the file.
+    Sqlite(PathBuf),
+    /// `postgres://…` (or `postgresql://…`): the URL as given, password included.
+    Postgres(String),
+}
+
+impl Database {
+    /// From `--database`.
+    fn parse(url: &str) -> Result<Database, ConfigError> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(invalid("database: sqlite:// needs a file path".into()));
+            }
+            return Ok(Database::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Database::Postgres(url.to_owned()));
+        }
+        Err(invalid(format!(
+            "database: '{}' is neither sqlite://PATH nor postgres://…",
+            mask_password(url)
+        )))
+    }
+
+    /// The URL for messages and logs: password masked.
+    pub fn shown(&self) -> String {
+        match self {
+            Database::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Database::Postgres(url) => mask_password(url),
+        }
+    }
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown())
+    }
+}
+
+/// `url` with its password replaced by `***` (in the user info and in a `password=`
+/// parameter): all that messages and logs ever show of a database URL.
+pub fn mask_password(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@') {
+            if let Some(colon) = out[rest..rest + at].find(':') {
+                out.replace_range(rest + colon + 1..rest + at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let query: Vec<String> = out[q + 1..]
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out = format!("{}?{}", &out[..q], query.join("&"));
+    }
+    out
+}
+
+/// The default `--replica-id`: the host's name and this process's id.
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "kiln".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 /// What the HTTP edge enforces on each request.
@@ -304,6 +408,15 @@ layer! {
         /// Microseconds an idle worker stays awake before it sleeps (0: sleeps at once).
         #[arg(long, env = "KILN_WORKER_SPIN_US")]
         worker_spin_us: u64 = 100,
+        /// Text models: most padded tokens (longest input × inputs) in one batch.
+        #[arg(long, env = "KILN_MAX_BATCH_TOKENS")]
+        max_batch_tokens: usize = 16_384,
+        /// Text models: most inputs in one batch.
+        #[arg(long, env = "KILN_MAX_BATCH_REQUESTS")]
+        max_batch_requests: usize = 64,
+        /// Text models: most inputs in one request.
+        #[arg(long, env = "KILN_MAX_CLIENT_BATCH_SIZE")]
+        max_client_batch_size: usize = 32,
     }
 }
 
@@ -319,6 +432,16 @@ layer! {
         /// Training jobs that run at the same time.
         #[arg(long, env = "KILN_MAX_CONCURRENT_JOBS")]
         max_concurrent_jobs: usize = 1,
+        /// Job database: sqlite://PATH (default <data>/kiln.db) or postgres://… (shared by replicas).
+        #[arg(long = "database", env = "KILN_DATABASE_URL")]
+        database: String,
+        /// This replica's name in logs and job records (default: hostname-pid).
+        #[arg(long, env = "KILN_REPLICA_ID")]
+        replica_id: String,
+        /// With a shared (PostgreSQL) job database: milliseconds a replica holds a running
+        /// job without renewing its lease.
+        #[arg(long, env = "KILN_JOB_LEASE_MS")]
+        job_lease_ms: u64 = 30_000,
     }
 }
 
@@ -684,6 +807,14 @@ impl BatchingKeys {
                 "{at}: max_batch_size, queue_capacity and request_timeout_ms must be positive"
             )));
         }
+        if self.max_batch_tokens == 0
+            || self.max_batch_requests == 0
+            || self.max_client_batch_size == 0
+        {
+            return Err(invalid(format!(
+                "{at}: max_batch_tokens, max_batch_requests and max_client_batch_size must be positive"
+            )));
+        }
         if self.worker_spin_us > MAX_WORKER_SPIN_US {
             return Err(invalid(format!(
                 "{at}: worker_spin_us {} is over the limit of {MAX_WORKER_SPIN_US} (10 ms)",
@@ -696,6 +827,9 @@ impl BatchingKeys {
             queue_capacity: self.queue_capacity,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             worker_spin: Duration::from_micros(self.worker_spin_us),
+            max_batch_tokens: self.max_batch_tokens,
+            max_batch_requests: self.max_batch_requests,
+            max_client_batch_size: self.max_client_batch_size,
         })
     }
 }
@@ -735,15 +869,29 @@ impl FileModel {
 
 impl TrainingKeys {
     fn validate(self) -> Result<TrainingConfig, ConfigError> {
-        if self.max_upload_bytes == 0 || self.max_concurrent_jobs == 0 {
+        let database = self.database.as_deref().map(Database::parse).transpose()?;
+        // 0: a replica that only serves, and leaves its jobs to the others: only with a
+        // database the others share.
+        let serve_only_ok = matches!(database, Some(Database::Postgres(_)));
+        if self.max_upload_bytes == 0 || (self.max_concurrent_jobs == 0 && !serve_only_ok) {
             return Err(invalid(
                 "max_upload_bytes and max_concurrent_jobs must be positive".into(),
             ));
         }
+        if self.job_lease_ms < 300 {
+            return Err(invalid("job_lease_ms must be at least 300".into()));
+        }
+        let replica_id = self.replica_id.unwrap_or_else(default_replica_id);
+        if replica_id.is_empty() || replica_id.len() > 200 {
+            return Err(invalid("replica_id must have 1 to 200 characters".into()));
+        }
         Ok(TrainingConfig {
+            database,
             data_dir: self.data_dir,
             max_upload_bytes: self.max_upload_bytes,
             max_concurrent_jobs: self.max_concurrent_jobs,
+            replica_id,
+            job_lease: Duration::from_millis(self.job_lease_ms),
         })
     }
 }
@@ -805,6 +953,62 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    #[test]
+    fn database_urls_parse_and_never_show_a_password() {
+        assert_eq!(
+            mask_password("postgres://kiln:s3cr%40t@db.example:5432/kiln?sslmode=require"),
+            "postgres://kiln:***@db.example:5432/kiln?sslmode=require"
+        );
+        assert_eq!(
+            mask_password("postgresql://kiln@db/kiln?password=hunter2&sslmode=require"),
+            "postgresql://kiln@db/kiln?password=***&sslmode=require"
+        );
+        assert_eq!(
+            mask_password("postgres://db.example/kiln"),
+            "postgres://db.example/kiln"
+        );
+        // An unescaped '@' in the password: everything up to the last '@' is masked.
+        assert_eq!(
+            mask_password("postgres://u:p@ss@h/db"),
+            "postgres://u:***@h/db"
+        );
+
+        let db = Database::parse("postgres://kiln:hunter2@db/kiln").unwrap();
+        assert!(!format!("{db:?}").contains("hunter2"));
+        assert_eq!(
+            Database::parse("sqlite:///var/kiln/jobs.db").unwrap(),
+            Database::Sqlite("/var/kiln/jobs.db".into())
+        );
+        let err = Database::parse("mysql://root:hunter2@db/kiln")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mysql://root:***@db/kiln"), "{err}");
+        assert!(Database::parse("sqlite://").is_err());
+        // The default follows the data directory.
+        let training = TrainingConfig {
+            data_dir: "/srv/data".into(),
+            ..Config::default().training
+        };
+        assert_eq!(
+            training.database(),
+            Database::Sqlite("/srv/data/kiln.db".into())
+        );
+    }
+
+    #[test]
+    fn only_a_replica_sharing_its_database_may_run_no_jobs() {
+        let with = |toml: &str| Config::from_toml(toml, &Overrides::default());
+        let err = with("max_concurrent_jobs = 0").unwrap_err().to_string();
+        assert!(
+            err.contains("max_concurrent_jobs must be positive"),
+            "{err}"
+        );
+        let c = with("max_concurrent_jobs = 0\ndatabase = \"postgres://db/kiln\"").unwrap();
+        assert_eq!(c.training.max_concurrent_jobs, 0);
+        let err = with("job_lease_ms = 10").unwrap_err().to_string();
+        assert!(err.contains("job_lease_ms"), "{err}");
+    }
 
     #[test]
     fn shipped_config_parses_and_equals_the_defaults() {

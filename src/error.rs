@@ -33,6 +33,13 @@ pub enum Error {
     /// More instances than one request may carry.
     #[error("{rows} instances in one request; the limit is {limit}: split the request")]
     TooManyRows { rows: usize, limit: usize },
+    /// A text longer than the model's maximum, sent without `truncate`.
+    #[error("input {index} is {tokens} tokens long; the model takes at most {limit}: shorten it or send \"truncate\": true")]
+    InputTooLong {
+        index: usize,
+        tokens: usize,
+        limit: usize,
+    },
     /// An explanation of more interpolation points (rows × steps) than one request may ask.
     #[error("{rows} instances × {steps} steps = {} interpolation points; the limit is {limit}: send fewer instances or steps", rows * steps)]
     TooManyPoints {

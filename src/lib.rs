@@ -11,6 +11,8 @@
 //!   applied to named-feature instances.
 //! - [`model`]: `model.json` + safetensors → candle layers (one file per layer family); the
 //!   signature, labels and scores a model answers with. [`telemetry`]: logs.
+//! - [`text`]: pretrained transformer encoders (BERT): tokenizer + encoder + pooling, and
+//!   `kiln import --hf` (docs/text-models.md).
 //! - [`batcher`]: per-version queue, batching policy and worker threads. [`store`]: the
 //!   model store, where versions live: layout, name rules, scans, publish (validated first)
 //!   and delete; nothing else touches the models directory.
@@ -80,6 +82,7 @@ pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod training;
 
 use std::future::Future;
@@ -185,12 +188,25 @@ pub async fn serve_on(
             .context("opening the dataset store")?
             .with_max_upload_bytes(config.training.max_upload_bytes),
     );
-    let job_store = jobs::SqliteJobStore::open(&data_dir.join("kiln.db"))
-        .context("opening the job database")?;
+    let database = config.training.database();
+    let replica = &config.training.replica_id;
+    let job_store: Arc<dyn jobs::JobStore> = match &database {
+        config::Database::Sqlite(path) => Arc::new(
+            jobs::SqliteJobStore::open(path)
+                .with_context(|| format!("opening the job database {}", database.shown()))?
+                .with_replica(replica.as_str()),
+        ),
+        config::Database::Postgres(url) => Arc::new(
+            jobs::PgJobStore::connect(url, replica)
+                .await
+                .with_context(|| format!("opening the job database {}", database.shown()))?
+                .with_lease(config.training.job_lease),
+        ),
+    };
     let jobs = jobs::JobManager::start(
         &config.training,
         jobs::JobParts {
-            store: Arc::new(job_store),
+            store: job_store,
             datasets: datasets.clone(),
             registry: registry.clone(),
             models: models.clone(),
@@ -239,7 +255,7 @@ pub async fn serve_on(
         .local_addr()
         .context("reading the listening address")?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%addr, scheme, max_connections = config.connections.max_connections, models = %config.registry.models_dir.display(), device = %config.registry.device, workers = config.registry.workers, threads = config.registry.threads, "kiln listening");
+    tracing::info!(%addr, scheme, max_connections = config.connections.max_connections, replica = %replica, database = %database.shown(), models = %config.registry.models_dir.display(), device = %config.registry.device, workers = config.registry.workers, threads = config.registry.threads, "kiln listening");
 
     let drain_jobs = jobs.clone();
     let stop = async move {

@@ -8,7 +8,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,6 +48,10 @@ pub struct BatchMetrics {
     pub queue_seconds: Histogram,
     pub compute_seconds: Histogram,
     pub batch_rows: Histogram,
+    /// Text models: tokens computed per batch (padding excluded).
+    pub batch_tokens: Histogram,
+    /// Text models: the share of a batch's padded cost that is padding.
+    pub padding_ratio: Histogram,
     pub rejected_queue_full: Counter,
     pub rejected_deadline: Counter,
 }
@@ -63,6 +67,8 @@ pub struct Metrics {
     queue_seconds: Family<ModelLabels, Histogram>,
     compute_seconds: Family<ModelLabels, Histogram>,
     batch_rows: Family<ModelLabels, Histogram>,
+    batch_tokens: Family<ModelLabels, Histogram>,
+    padding_ratio: Family<ModelLabels, Histogram>,
     rejected: Family<RejectLabels, Counter>,
     pub queue_depth: Family<ModelLabels, Gauge>,
     pub models: Family<StateLabels, Gauge>,
@@ -100,6 +106,12 @@ impl Metrics {
         );
         let batch_rows = Family::<ModelLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(1.0, 2.0, 12))) as fn() -> Histogram,
+        );
+        let batch_tokens = Family::<ModelLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(8.0, 2.0, 12))) as fn() -> Histogram,
+        );
+        let padding_ratio = Family::<ModelLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(linear_buckets(0.1, 0.1, 9))) as fn() -> Histogram,
         );
         let rejected = Family::<RejectLabels, Counter>::default();
         let http_connections = Gauge::default();
@@ -142,6 +154,16 @@ impl Metrics {
         );
         registry.register("batch_rows", "Rows per computed batch", batch_rows.clone());
         registry.register(
+            "batch_tokens",
+            "Text models: tokens per computed batch, padding excluded",
+            batch_tokens.clone(),
+        );
+        registry.register(
+            "batch_padding_ratio",
+            "Text models: padding's share of a batch's padded cost (longest input x inputs)",
+            padding_ratio.clone(),
+        );
+        registry.register(
             "rejected_requests",
             "Predictions refused: reason=queue_full (503) or deadline (504)",
             rejected.clone(),
@@ -183,6 +205,8 @@ impl Metrics {
             queue_seconds,
             compute_seconds,
             batch_rows,
+            batch_tokens,
+            padding_ratio,
             rejected,
             queue_depth,
             models,
@@ -208,6 +232,8 @@ impl Metrics {
             queue_seconds: self.queue_seconds.get_or_create_owned(&l),
             compute_seconds: self.compute_seconds.get_or_create_owned(&l),
             batch_rows: self.batch_rows.get_or_create_owned(&l),
+            batch_tokens: self.batch_tokens.get_or_create_owned(&l),
+            padding_ratio: self.padding_ratio.get_or_create_owned(&l),
             rejected_queue_full: self.rejected.get_or_create_owned(&reject("queue_full")),
             rejected_deadline: self.rejected.get_or_create_owned(&reject("deadline")),
         }

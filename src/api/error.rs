@@ -80,7 +80,8 @@ fn job_message(e: &JobError) -> String {
         e @ (JobError::NotFound(_)
         | JobError::InvalidSpec(_)
         | JobError::Conflict(_)
-        | JobError::Internal(_)) => e.to_string(),
+        | JobError::Internal(_)
+        | JobError::Unavailable(_)) => e.to_string(),
     }
 }
 
@@ -106,6 +107,7 @@ pub fn status_and_code(err: &ApiError) -> (StatusCode, &'static str) {
             }
             JobError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             JobError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            JobError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
         },
         ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
         ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
@@ -129,6 +131,7 @@ fn serving_status(err: &Error) -> (StatusCode, &'static str) {
         Error::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
         Error::InvalidModelName(_) => (StatusCode::BAD_REQUEST, "invalid_model_name"),
         Error::TooManyRows { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_rows"),
+        Error::InputTooLong { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "input_too_long"),
         Error::TooManyPoints { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_points"),
         Error::QueueFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
         Error::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
@@ -184,7 +187,7 @@ impl IntoResponse for ApiError {
             self,
             ApiError::Serving(
                 Error::QueueFull { .. } | Error::ShuttingDown | Error::ModelUnavailable { .. }
-            )
+            ) | ApiError::Job(JobError::Unavailable(_))
         ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -251,6 +254,11 @@ mod tests {
             capacity: 4,
         })
         .into_response();
+        assert_eq!(res.headers()["retry-after"], "1");
+        // The job database down: 503, retry later, and no detail of the connection.
+        let res = ApiError::from(JobError::Unavailable("connect to 10.0.0.7 refused".into()))
+            .into_response();
+        assert_eq!(res.status(), 503);
         assert_eq!(res.headers()["retry-after"], "1");
     }
 }

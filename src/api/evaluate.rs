@@ -108,7 +108,7 @@ pub(super) async fn handle(
             (table, None)
         }
     };
-    let data = EvalData::of(&lv.model, &table, target.as_deref())?;
+    let data = EvalData::of(&lv.layers()?.model, &table, target.as_deref())?;
     let evaluation = serving
         .evaluate(&lv, data, timeout, &tracing::Span::current())
         .await?;

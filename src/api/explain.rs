@@ -107,12 +107,11 @@ pub(super) async fn handle(
         }
     };
     let baseline = fields.remove("baseline").filter(|b| !b.is_null());
-    let spec = InputSpec::of(&lv.model).with_max_rows(serving.max_rows());
+    let model = &lv.layers()?.model;
+    let spec = InputSpec::of(model).with_max_rows(serving.max_rows());
     let body = serde_json::to_vec(&fields).expect("JSON values serialize");
     let decoded = decode_predict(&body, &spec)?;
-    let baseline = baseline
-        .map(|b| decode_baseline(&lv.model, b))
-        .transpose()?;
+    let baseline = baseline.map(|b| decode_baseline(model, b)).transpose()?;
     let input = ExplainInput {
         rows: Rows {
             data: decoded.rows,

@@ -43,6 +43,19 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthRes
         reasons.push("models found at startup are still loading".to_owned());
     }
     if reasons.is_empty() {
+        if let Some(e) = state.jobs.store_unavailable() {
+            // Still ready: predictions come from memory and go on; job routes answer 503
+            // until the database is back. Load balancers must not take every replica out.
+            return (
+                StatusCode::OK,
+                Json(HealthResponse {
+                    status: "degraded",
+                    reasons: vec![format!("the job database cannot be reached: {e}")],
+                }),
+            );
+        }
+    }
+    if reasons.is_empty() {
         (
             StatusCode::OK,
             Json(HealthResponse {

@@ -54,6 +54,9 @@ pub struct JobView<'a> {
     #[schema(value_type = Option<serde_json::Value>)]
     pub metrics: Option<&'a Metrics>,
     pub error: Option<&'a str>,
+    /// The replica (`--replica-id`) that claimed the job last; absent until one has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<&'a str>,
     /// The spec with every default filled in.
     #[schema(value_type = ResolvedSpec)]
     pub spec: &'a ResolvedSpec,
@@ -104,6 +107,7 @@ fn view<'a>(r: &'a JobRecord, history: Option<&'a [EpochEvent]>) -> JobView<'a> 
         report: r.report.as_ref(),
         metrics: r.metrics.as_ref(),
         error: r.error.as_deref(),
+        replica: r.replica.as_deref(),
         spec: &r.spec,
     }
 }

@@ -46,7 +46,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 };
                 m.queue_depth
                     .get_or_create(&labels)
-                    .set(lv.batcher.queue_depth() as i64);
+                    .set(lv.queue_depth() as i64);
             }
         }
     }

@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod predict;
 pub mod repository;
 mod respond;
+pub mod text;
 pub mod types;
 pub mod v2;
 
@@ -45,7 +46,7 @@ use error::ApiError;
 /// the router, the route table ([`routes`]) and the OpenAPI document's security all come
 /// from here. Add routes only inside a group, never with a bare `.route()`: a route outside
 /// the groups would have no access check.
-fn groups(upload_limit: usize) -> [Group; 4] {
+fn groups(upload_limit: usize) -> [Group; 5] {
     use crate::auth::Scope::{Admin, Predict, Train};
     [
         // Health checks and a static description of the API: nothing to protect.
@@ -85,6 +86,19 @@ fn groups(upload_limit: usize) -> [Group; 4] {
             .post(
                 "/v2/models/{name}/versions/{version}/infer",
                 v2::version_infer,
+            ),
+        // The text API of text models (docs/text-models.md): TEI's and OpenAI's routes.
+        Group::scope(Predict)
+            .post("/embed", text::embed)
+            .post("/tokenize", text::tokenize)
+            .get("/info", text::info)
+            .post("/v1/embeddings", text::openai_embeddings)
+            .post("/models/{name}/embed", text::model_embed)
+            .post("/models/{name}/tokenize", text::model_tokenize)
+            .get("/models/{name}/info", text::model_info)
+            .post(
+                "/models/{name}/v1/embeddings",
+                text::model_openai_embeddings,
             ),
         // Datasets and training jobs.
         Group::scope(Train)

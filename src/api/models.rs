@@ -50,7 +50,7 @@ fn summary(m: ModelView) -> ModelSummaryView {
 }
 
 fn stats_view(lv: &LoadedVersion) -> BatchStatsView {
-    let s = lv.batcher.stats();
+    let s = lv.stats();
     BatchStatsView {
         requests: s.requests,
         batches: s.batches,
@@ -61,7 +61,7 @@ fn stats_view(lv: &LoadedVersion) -> BatchStatsView {
             s.rows as f64 / s.batches as f64
         },
         max_batch_rows: s.max_batch_rows,
-        queue_depth: lv.batcher.queue_depth(),
+        queue_depth: lv.queue_depth(),
         rejected_queue_full: s.rejected_queue_full,
         rejected_deadline: s.rejected_deadline,
     }
@@ -159,7 +159,7 @@ pub async fn metadata(
 ) -> Result<Response, ApiError> {
     check_name(&name)?;
     let lv = state.registry.get(&name, None)?;
-    Ok(metadata_of(&lv))
+    metadata_of(&lv)
 }
 
 /// `GET /v1/models/{name}/versions/{version}/metadata`
@@ -179,11 +179,24 @@ pub async fn version_metadata(
     check_name(&name)?;
     let v = parse_version(&name, &version)?;
     let lv = state.registry.get(&name, Some(v))?;
-    Ok(metadata_of(&lv))
+    metadata_of(&lv)
 }
 
-fn metadata_of(lv: &LoadedVersion) -> Response {
-    let spec = lv.model.spec();
+fn metadata_of(lv: &LoadedVersion) -> Result<Response, ApiError> {
+    if let Ok(text) = lv.text() {
+        // What a transformer takes and returns: texts in, one embedding each out.
+        return Ok(Json(serde_json::json!({
+            "model_spec": {"name": lv.name, "version": lv.version.to_string(),
+                           "signature_name": "serving_default"},
+            "metadata": {"transformer": text.model.spec(),
+                         "inputs": [{"name": "text", "dtype": "string", "shape": [-1]}],
+                         "outputs": [{"name": "embedding", "dtype": "float32",
+                                      "shape": [-1, text.model.hidden_size()]}]},
+        }))
+        .into_response());
+    }
+    let model = &lv.layers()?.model;
+    let spec = model.spec();
     let response = MetadataResponse {
         model_spec: ModelSpecView {
             name: lv.name.clone(),
@@ -205,7 +218,7 @@ fn metadata_of(lv: &LoadedVersion) -> Response {
                 outputs: vec![TensorView {
                     name: "output",
                     dtype: "float32",
-                    shape: batched(lv.model.output_shape()),
+                    shape: batched(model.output_shape()),
                     features: None,
                 }],
                 labels: &spec.labels,
@@ -216,12 +229,12 @@ fn metadata_of(lv: &LoadedVersion) -> Response {
         },
     };
     let body = serde_json::to_vec(&response).expect("metadata views serialize");
-    (
+    Ok((
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
         body,
     )
-        .into_response()
+        .into_response())
 }

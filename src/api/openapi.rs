@@ -24,7 +24,8 @@ use utoipa::{IntoParams, OpenApi};
 
 use super::error::{status_and_code, ApiError};
 use super::{
-    datasets, evaluate, explain, health, jobs, metrics, models, predict, repository, types, v2,
+    datasets, evaluate, explain, health, jobs, metrics, models, predict, repository, text, types,
+    v2,
 };
 use crate::auth::{Rule, Scope};
 use crate::dataset::DatasetError;
@@ -84,6 +85,14 @@ use crate::jobs::JobError;
         health::ready,
         metrics::metrics,
         openapi_json,
+        text::embed,
+        text::model_embed,
+        text::tokenize,
+        text::model_tokenize,
+        text::info,
+        text::model_info,
+        text::openai_embeddings,
+        text::model_openai_embeddings,
     ),
     components(schemas(
         super::error::ErrorResponse,
@@ -96,6 +105,7 @@ use crate::jobs::JobError;
         (name = "serving", description = "TF Serving's REST API: status, metadata, predict, classify, regress"),
         (name = "v2", description = "The Open Inference Protocol (KServe V2), with the binary tensor data extension"),
         (name = "repository", description = "Model management: Triton's repository extension, upload and delete"),
+        (name = "text", description = "Text models: text-embeddings-inference's /embed, /tokenize, /info and OpenAI's /v1/embeddings"),
         (name = "datasets", description = "Training data: CSV or JSON records, profiled at upload"),
         (name = "training", description = "Training jobs: submit, follow, cancel"),
         (name = "operations", description = "Health, metrics and this document"),
@@ -344,6 +354,20 @@ error_set! {
         Error::ModelUnavailable { name: S, reason: S },
         Error::QueueFull { name: S, version: 0, capacity: 0 },
         Error::ShuttingDown,
+        Error::DeadlineExceeded(std::time::Duration::ZERO),
+        Error::Forward(S),
+    ];
+    /// The text API: the lookup, the texts (empty 400, too long 413, too many 413), the
+    /// queue and the worker.
+    TextErrors = [
+        ApiError::MalformedJson(S),
+        Error::InvalidInput(S),
+        Error::InvalidModelName(S),
+        Error::ModelNotFound(S),
+        Error::InputTooLong { index: 0, tokens: 0, limit: 0 },
+        Error::TooManyRows { rows: 0, limit: 0 },
+        Error::ModelUnavailable { name: S, reason: S },
+        Error::QueueFull { name: S, version: 0, capacity: 0 },
         Error::DeadlineExceeded(std::time::Duration::ZERO),
         Error::Forward(S),
     ];

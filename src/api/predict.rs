@@ -146,6 +146,9 @@ async fn handle(
     }
     let serving = state.serving();
     let lv = serving.version(name, version)?;
+    if lv.text().is_ok() {
+        return super::text::tf_predict(state, &lv, verb, timeout, &body).await;
+    }
     check_task(&lv, verb)?;
     let max_rows = serving.max_rows();
     let decoded = if body.len() > BLOCKING_DECODE_BYTES {
@@ -172,7 +175,7 @@ fn decode(
     body: &[u8],
     max_rows: usize,
 ) -> Result<Decoded, ApiError> {
-    let spec = InputSpec::of(&lv.model).with_max_rows(max_rows);
+    let spec = InputSpec::of(&lv.layers()?.model).with_max_rows(max_rows);
     match verb {
         Verb::Predict | Verb::Explain | Verb::Evaluate => decode_predict(body, &spec),
         Verb::Classify | Verb::Regress => decode_examples(body, &spec),
@@ -180,7 +183,7 @@ fn decode(
 }
 
 fn check_task(lv: &LoadedVersion, verb: Verb) -> Result<(), Error> {
-    let model = &lv.model;
+    let model = &lv.layers()?.model;
     match (verb, model.task()) {
         (Verb::Predict | Verb::Explain | Verb::Evaluate, _)
         | (Verb::Classify, Task::Classification) => Ok(()),

@@ -200,6 +200,8 @@ pub async fn upload(
 ) -> Result<Response, ApiError> {
     check_name(&name)?;
     let (mut spec, mut weights) = (None, None);
+    // A text model's config.json and tokenizer.json (docs/text-models.md).
+    let mut extra = std::collections::BTreeMap::new();
     while let Some(field) = form
         .next_field()
         .await
@@ -217,12 +219,17 @@ pub async fn upload(
         match key.as_str() {
             SPEC_PART | "spec" => spec = Some(bytes),
             WEIGHTS_PART | "weights" => weights = Some(bytes),
-            other => {
-                return Err(Error::InvalidInput(format!(
-                    "unexpected part '{other}': send '{SPEC_PART}' and '{WEIGHTS_PART}'"
-                ))
-                .into())
-            }
+            other => match crate::store::EXTRA_FILES.iter().find(|f| **f == other) {
+                Some(file) => {
+                    extra.insert(*file, bytes);
+                }
+                None => {
+                    return Err(Error::InvalidInput(format!(
+                        "unexpected part '{other}': send '{SPEC_PART}' and '{WEIGHTS_PART}' (and a text model's 'config.json' and 'tokenizer.json')"
+                    ))
+                    .into())
+                }
+            },
         }
     }
     let (Some(spec), Some(weights)) = (spec, weights) else {
@@ -231,7 +238,9 @@ pub async fn upload(
         ))
         .into());
     };
-    let published = validate_and_publish(&*state.models, &name, ModelFiles::new(spec, weights))
+    let mut files = ModelFiles::new(spec, weights);
+    files.extra = extra;
+    let published = validate_and_publish(&*state.models, &name, files)
         .await
         .map_err(Error::from)?;
     let version = published.version;

@@ -118,7 +118,8 @@ pub struct TensorView<'a> {
 /// `GET /health/*`.
 #[derive(Serialize, ToSchema)]
 pub struct HealthResponse {
-    /// `live`, `ready` or `not_ready`.
+    /// `live`, `ready`, `degraded` (ready, but the job database cannot be reached: job
+    /// routes answer 503) or `not_ready`.
     pub status: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<String>,
@@ -182,6 +183,20 @@ pub struct ModelUploadForm {
         content_media_type = "application/octet-stream"
     )]
     pub weights: Vec<u8>,
+    /// A text model's Hugging Face configuration (docs/text-models.md).
+    #[schema(
+        rename = "config.json",
+        value_type = Option<String>,
+        content_media_type = "application/json"
+    )]
+    pub config: Option<Vec<u8>>,
+    /// A text model's tokenizer, as Hugging Face's fast tokenizers save it.
+    #[schema(
+        rename = "tokenizer.json",
+        value_type = Option<String>,
+        content_media_type = "application/json"
+    )]
+    pub tokenizer: Option<Vec<u8>>,
 }
 
 /// A flat row-major buffer serialized as nested lists of `shape`.

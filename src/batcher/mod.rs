@@ -17,7 +17,10 @@
 //! cost more than the wait they saved.
 
 mod policy;
+mod text;
 mod worker;
+
+pub use text::{spawn_text, Embedded, TextBatcher};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -512,6 +515,9 @@ mod tests {
                 queue_capacity: 8,
                 request_timeout: Duration::from_secs(10),
                 worker_spin,
+                max_batch_tokens: 16_384,
+                max_batch_requests: 64,
+                max_client_batch_size: 32,
             },
             1,
         ))

@@ -19,7 +19,27 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     let device = device.open()?;
     let started = std::time::Instant::now();
     let files = kiln::store::read_version_dir(dir)?;
-    let model = kiln::store::load_and_warm(&files, &device)?;
+    let model = match kiln::store::load_any(&files, &device)? {
+        kiln::store::Loaded::Layers(model) => model,
+        kiln::store::Loaded::Text(model) => {
+            let spec = model.spec();
+            println!(
+                "ok: {} loaded and embedded one input in {:.1} ms",
+                dir.display(),
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            println!(
+                "transformer: {}, {} pooling, normalize {}, max_length {}",
+                spec.architecture.as_str(),
+                spec.pooling.as_str(),
+                spec.normalize,
+                spec.max_length
+            );
+            println!("input:   texts");
+            println!("output:  float32 [{}] per text", model.hidden_size());
+            return Ok(());
+        }
+    };
     let spec = model.spec();
     println!(
         "ok: {} loaded and ran one forward pass in {:.1} ms",

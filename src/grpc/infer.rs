@@ -13,10 +13,11 @@ use tracing::Instrument;
 use super::proto::inference as pb;
 use super::status;
 use crate::api::decode::InputSpec;
-use crate::api::v2::decode::{decode_binary, to_rows, Data, InferInput};
+use crate::api::v2::decode::{decode_binary, to_rows, to_texts, Data, InferInput};
 use crate::api::v2::encode::{self, ModelOutput, Values};
 use crate::api::v2::{self as v2, ModelMetadataResponse};
 use crate::error::Error;
+use crate::registry::LoadedVersion;
 use crate::serving::{Rows, Timing};
 use crate::state::AppState;
 
@@ -266,13 +267,17 @@ impl Inference {
         let serving = state.serving();
         let raw_out = !req.raw_input_contents.is_empty()
             || bool_param(&req.parameters, "binary_data_output") == Some(true);
+        if lv.text().is_ok() {
+            return self.embed(&lv, req, raw_out, timeout, span).await;
+        }
+        let model = &lv.layers().map_err(status::from)?.model;
         // Refused before anything is computed, as REST does.
         let requested =
             (!req.outputs.is_empty()).then(|| req.outputs.iter().map(|o| (o.name.as_str(), None)));
         let selected =
-            encode::select_named(lv.model.task(), requested, raw_out).map_err(status::from)?;
+            encode::select_named(model.task(), requested, raw_out).map_err(status::from)?;
         let inputs = inputs(req.inputs, req.raw_input_contents).map_err(status::from)?;
-        let spec = InputSpec::of(&lv.model).with_max_rows(serving.max_rows());
+        let spec = InputSpec::of(model).with_max_rows(serving.max_rows());
         let decoded = to_rows(&spec, inputs).map_err(status::from)?;
         let rows = Rows {
             data: decoded.rows,
@@ -307,6 +312,71 @@ impl Inference {
             raw_output_contents: raw,
         });
         timing_metadata(&mut res, &prediction.timing);
+        Ok(res)
+    }
+}
+
+impl Inference {
+    /// A text model, as REST's V2 `text_infer`: one BYTES input of texts → `embedding`, FP32
+    /// `[N, size]` (inputs longer than the model's maximum are refused, not truncated).
+    async fn embed(
+        &self,
+        lv: &LoadedVersion,
+        req: pb::ModelInferRequest,
+        raw_out: bool,
+        timeout: Option<Duration>,
+        span: &tracing::Span,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        if let Some(out) = req.outputs.iter().find(|o| o.name != "embedding") {
+            return Err(status::from(Error::InvalidInput(format!(
+                "output '{}': a text model answers 'embedding'",
+                out.name
+            ))));
+        }
+        let inputs = inputs(req.inputs, req.raw_input_contents).map_err(status::from)?;
+        let texts = to_texts(inputs).map_err(status::from)?;
+        let request = crate::serving::text::TextRequest {
+            texts,
+            truncate: false,
+            normalize: None,
+        };
+        let embeddings = self
+            .state
+            .serving()
+            .embed(lv, request, timeout, span)
+            .await
+            .map_err(status::from)?;
+        let size = lv.text().map_err(status::from)?.model.hidden_size();
+        let n = embeddings.vectors.len();
+        let values: Vec<f32> = embeddings.vectors.concat();
+        let mut raw = Vec::new();
+        let contents = if raw_out {
+            let mut buf = Vec::with_capacity(values.len() * 4);
+            encode::write_binary(&Values::Numbers(values.into()), &mut buf);
+            raw.push(buf.into());
+            None
+        } else {
+            Some(pb::InferTensorContents {
+                fp32_contents: values,
+                ..Default::default()
+            })
+        };
+        let output = pb::model_infer_response::InferOutputTensor {
+            name: "embedding".into(),
+            datatype: "FP32".into(),
+            shape: vec![n as i64, size as i64],
+            parameters: HashMap::new(),
+            contents,
+        };
+        let mut res = Response::new(pb::ModelInferResponse {
+            model_name: lv.name.clone(),
+            model_version: lv.version.to_string(),
+            id: req.id,
+            parameters: HashMap::new(),
+            outputs: vec![output],
+            raw_output_contents: raw,
+        });
+        timing_metadata(&mut res, &embeddings.timing);
         Ok(res)
     }
 }
@@ -363,7 +433,7 @@ impl GrpcInferenceService for Inference {
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let req = req.into_inner();
         let lv = v2::lookup(&self.state, &req.name, version(&req.version)).map_err(status::from)?;
-        let m = v2::model_metadata(&self.state, &lv);
+        let m = v2::model_metadata(&self.state, &lv).map_err(status::from)?;
         Ok(Response::new(metadata(m)))
     }
 

@@ -20,7 +20,8 @@ fn serving_code(err: &Error) -> Code {
         Error::InvalidInput(_)
         | Error::InvalidModelName(_)
         | Error::TooManyRows { .. }
-        | Error::TooManyPoints { .. } => Code::InvalidArgument,
+        | Error::TooManyPoints { .. }
+        | Error::InputTooLong { .. } => Code::InvalidArgument,
         Error::QueueFull { .. } => Code::ResourceExhausted,
         Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
         // A model that does not load: the repository is not in the state the call needs.

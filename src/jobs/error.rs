@@ -16,11 +16,23 @@ pub enum JobError {
     Conflict(String),
     #[error("{0}")]
     Internal(String),
+    /// The job database cannot be reached (the API answers 503 with Retry-After). The
+    /// detail goes to the log, not to the client.
+    #[error("the job database cannot be reached right now; retry later")]
+    Unavailable(String),
 }
 
 impl From<StoreError> for JobError {
     fn from(e: StoreError) -> Self {
-        JobError::Internal(e.to_string())
+        match e {
+            e @ StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "job request refused: the job database is unavailable");
+                JobError::Unavailable(e.to_string())
+            }
+            e @ (StoreError::Database(_)
+            | StoreError::LeaseLost(_)
+            | StoreError::Corrupt { .. }) => JobError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -9,6 +9,9 @@
 //! - Progress goes to the store (the history) and to a broadcast channel per running job,
 //!   which `GET …/events` turns into server-sent events.
 //! - After a crash, jobs left `running` are queued again and resume from their checkpoint.
+//! - With a shared store (PostgreSQL), a heartbeat task renews the leases of the jobs
+//!   running here, passes on cancels made through other replicas, stops jobs whose lease
+//!   was lost (they run elsewhere now), and tells readiness whether the database answers.
 //!
 //! The store decides every transition; the map of running jobs holds only what a job thread
 //! needs from outside (its stop signals and event sender) while it runs here.
@@ -22,7 +25,7 @@ use tokio::sync::{broadcast, Notify, Semaphore};
 
 use super::checkpoint;
 use super::error::JobError;
-use super::store::{CancelOutcome, JobEnd, JobFilter, JobRecord, JobState, JobStore};
+use super::store::{CancelOutcome, JobEnd, JobFilter, JobRecord, JobState, JobStore, StoreError};
 use crate::config::TrainingConfig;
 use crate::dataset::DatasetStore;
 use crate::registry::{Registry, VersionState};
@@ -46,6 +49,8 @@ struct StopFlags {
     cancel: AtomicBool,
     /// The server is shutting down: stop and go back to the queue.
     shutdown: AtomicBool,
+    /// This replica's lease ran out (another may run the job now): stop, change nothing.
+    lost: AtomicBool,
 }
 
 /// What outside code reaches of a job this process runs.
@@ -67,6 +72,10 @@ struct Inner {
     wake: Notify,
     shutting_down: AtomicBool,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Why the last heartbeat could not reach the store (`None`: it answered).
+    store_down: Mutex<Option<String>>,
+    /// `--replica-id`, in the log lines of the jobs that run here.
+    replica: String,
 }
 
 /// Cheap to clone; lives in `AppState`.
@@ -146,8 +155,19 @@ impl JobManager {
             wake: Notify::new(),
             shutting_down: AtomicBool::new(false),
             metrics,
+            store_down: Mutex::new(None),
+            replica: config.replica_id.clone(),
         });
-        tokio::spawn(scheduler(inner.clone(), config.max_concurrent_jobs.max(1)));
+        if let Some(every) = inner.store.heartbeat_interval() {
+            tokio::spawn(heartbeat(Arc::downgrade(&inner), every));
+        }
+        if config.max_concurrent_jobs > 0 {
+            tokio::spawn(scheduler(inner.clone(), config.max_concurrent_jobs));
+        } else {
+            tracing::info!(
+                "max_concurrent_jobs = 0: this replica runs no jobs, other replicas claim them"
+            );
+        }
         Ok(JobManager { inner })
     }
 
@@ -266,6 +286,70 @@ impl JobManager {
     pub fn busy(&self) -> bool {
         !self.inner.running.lock().expect("job map lock").is_empty()
     }
+
+    /// Why the job store cannot be reached, when its last heartbeat failed (readiness).
+    pub fn store_unavailable(&self) -> Option<String> {
+        self.inner
+            .store_down
+            .lock()
+            .expect("store state lock")
+            .clone()
+    }
+}
+
+/// Renews the leases of the jobs running here every `every`, and acts on what the store
+/// says of them. Ends with the manager.
+async fn heartbeat(inner: std::sync::Weak<Inner>, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let running: Vec<String> = inner
+            .running
+            .lock()
+            .expect("job map lock")
+            .keys()
+            .cloned()
+            .collect();
+        let store = inner.store.clone();
+        let beat = tokio::task::spawn_blocking(move || store.heartbeat(&running))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let beat = match beat {
+            Ok(beat) => beat,
+            Err(e) => {
+                let mut down = inner.store_down.lock().expect("store state lock");
+                if down.is_none() {
+                    tracing::warn!(error = %e, "the job store cannot be reached: job routes answer 503 until it can");
+                }
+                *down = Some(e);
+                continue;
+            }
+        };
+        if inner
+            .store_down
+            .lock()
+            .expect("store state lock")
+            .take()
+            .is_some()
+        {
+            tracing::info!("the job store answers again");
+        }
+        let map = inner.running.lock().expect("job map lock");
+        for id in &beat.cancel {
+            if let Some(r) = map.get(id) {
+                r.flags.cancel.store(true, Ordering::Release);
+            }
+        }
+        for id in &beat.lost {
+            if let Some(r) = map.get(id) {
+                tracing::warn!(job = %id, "this replica lost the job's lease; stopping it here");
+                r.flags.lost.store(true, Ordering::Release);
+            }
+        }
+    }
 }
 
 /// Queues again the jobs a crash or kill left running, to resume from their checkpoint (or
@@ -332,7 +416,7 @@ async fn scheduler(inner: Arc<Inner>, slots: usize) {
             Ok(Some(job)) => Some(job),
             Ok(None) => None,
             Err(e) => {
-                tracing::error!(error = %e, "cannot claim a queued job");
+                tracing::warn!(error = %e, "cannot claim a queued job");
                 None
             }
         };
@@ -343,9 +427,21 @@ async fn scheduler(inner: Arc<Inner>, slots: usize) {
                 .await;
             continue;
         };
+        if inner
+            .running
+            .lock()
+            .expect("job map lock")
+            .contains_key(&job.id)
+        {
+            // Its lease ran out while the database was away, and nobody else took it: the
+            // claim renewed it, and its thread here goes on.
+            drop(permit);
+            continue;
+        }
         let flags = Arc::new(StopFlags {
             cancel: AtomicBool::new(job.cancel_requested),
             shutdown: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
         });
         let (tx, _) = broadcast::channel(256);
         inner.running.lock().expect("job map lock").insert(
@@ -388,7 +484,9 @@ struct JobHooks<'a> {
 
 impl Hooks for JobHooks<'_> {
     fn should_stop(&self) -> bool {
-        self.flags.cancel.load(Ordering::Relaxed) || self.flags.shutdown.load(Ordering::Relaxed)
+        self.flags.cancel.load(Ordering::Relaxed)
+            || self.flags.shutdown.load(Ordering::Relaxed)
+            || self.flags.lost.load(Ordering::Relaxed)
     }
 
     fn epoch_done(&mut self, event: &EpochEvent, ck: &Checkpoint) -> Result<(), String> {
@@ -400,11 +498,15 @@ impl Hooks for JobHooks<'_> {
             .epoch_seconds
             .observe(event.epoch_seconds);
         checkpoint::save(&self.ckdir, ck, event)?;
-        let cancel = self
-            .inner
-            .store
-            .record_epoch(self.id, event)
-            .map_err(|e| e.to_string())?;
+        let cancel = match self.inner.store.record_epoch(self.id, event) {
+            Ok(cancel) => cancel,
+            Err(StoreError::LeaseLost(_)) => {
+                // Another replica runs the job now: stop before the next step, quietly.
+                self.flags.lost.store(true, Ordering::Release);
+                return Ok(());
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         if cancel {
             self.flags.cancel.store(true, Ordering::Release);
         }
@@ -418,34 +520,53 @@ enum Ending {
     Done(JobEnd),
     /// Stopped by a shutdown: back to the queue, to resume from its checkpoint.
     Requeued,
+    /// Its lease ran out: the job is another replica's now, and nothing here changes it.
+    Lost,
 }
 
 fn run_job(inner: &Inner, job: JobRecord, flags: &StopFlags, events: &broadcast::Sender<JobEvent>) {
     let id = job.id.clone();
+    tracing::info!(job = %id, replica = %inner.replica, model = %job.model(), "training job started");
     let ckdir = inner.checkpoints.join(&id);
     let ending = execute(inner, &job, flags, events, &ckdir);
     let stored = match &ending {
         Ending::Done(end) => inner.store.finish(&id, end),
         Ending::Requeued => inner.store.requeue(&id),
+        Ending::Lost => Ok(false),
     };
-    match stored {
-        Ok(true) => {}
-        Ok(false) => tracing::error!(job = %id, "the job was no longer running in the store"),
-        Err(e) => tracing::error!(job = %id, error = %e, "cannot record the job's end"),
-    }
+    let ended_here = match stored {
+        Ok(true) => true,
+        Ok(false) if matches!(ending, Ending::Lost) => false,
+        Ok(false) => {
+            tracing::error!(job = %id, "the job was no longer running here in the store (its lease ran out?)");
+            false
+        }
+        Err(e) => {
+            tracing::error!(job = %id, error = %e, "cannot record the job's end");
+            false
+        }
+    };
+    let replica = &inner.replica;
     match &ending {
         Ending::Done(JobEnd::Succeeded { version, .. }) => {
-            tracing::info!(job = %id, model = %job.model(), version, "training job succeeded");
+            tracing::info!(job = %id, %replica, model = %job.model(), version, "training job succeeded");
         }
-        Ending::Done(JobEnd::Cancelled) => tracing::info!(job = %id, "training job cancelled"),
+        Ending::Done(JobEnd::Cancelled) => {
+            tracing::info!(job = %id, %replica, "training job cancelled");
+        }
         Ending::Done(JobEnd::Failed(e)) => {
-            tracing::warn!(job = %id, error = %e, "training job failed");
+            tracing::warn!(job = %id, %replica, error = %e, "training job failed");
         }
         Ending::Requeued => {
             tracing::info!(job = %id, "training job stopped by shutdown; it resumes at the next start");
         }
+        Ending::Lost => {
+            tracing::warn!(job = %id, "training job stopped here: its lease ran out and another replica may run it");
+        }
     }
-    if let Ending::Done(_) = ending {
+    // The checkpoint goes only with a job that ended here: one that runs elsewhere now
+    // (lost lease) may resume from it.
+    if ended_here && matches!(ending, Ending::Done(_)) {
         checkpoint::remove(&ckdir);
     }
     let _ = events.send(JobEvent::Ended);
@@ -485,10 +606,11 @@ fn execute(
         Ok(c) => c,
         Err(e) => return fail(format!("cannot resume: {e}")),
     };
-    if let Some(c) = &resume {
-        if let Err(e) = rewind_history(inner.store.as_ref(), &job.id, ckdir, c.epoch) {
-            return fail(e.to_string());
-        }
+    // The history as far as the checkpoint (all of it gone without one): a job taken over
+    // from a replica that died recomputes the epochs after it, and none counts twice.
+    let from = resume.as_ref().map_or(0, |c| c.epoch);
+    if let Err(e) = rewind_history(inner.store.as_ref(), &job.id, ckdir, from) {
+        return fail(e.to_string());
     }
     let mut hooks = JobHooks {
         inner,
@@ -501,6 +623,9 @@ fn execute(
         Ok(r) => r,
         Err(e) => return fail(e),
     };
+    if flags.lost.load(Ordering::Acquire) {
+        return Ending::Lost;
+    }
     if result.trained.outcome == Outcome::Cancelled {
         return if flags.shutdown.load(Ordering::Acquire) && !flags.cancel.load(Ordering::Acquire) {
             Ending::Requeued

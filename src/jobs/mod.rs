@@ -5,7 +5,8 @@
 //! - [`JobManager`] (`manager`): accepts jobs, schedules them on a bounded pool of job
 //!   threads (never the async runtime), streams their epochs, cancels and stops them.
 //! - [`JobStore`] (`store`): the trait every state change goes through, the one source of
-//!   truth about a job; [`SqliteJobStore`] (`sqlite`) keeps it in `<data>/kiln.db`.
+//!   truth about a job; [`SqliteJobStore`] (`sqlite`) keeps it in `<data>/kiln.db`,
+//!   [`PgJobStore`] (`postgres`) in PostgreSQL for replicas sharing their jobs (leases).
 //! - `checkpoint`: a job's resumable state on disk, replaced atomically after every epoch.
 //!
 //! What else holds a job lives only as long as its thread and decides nothing: the
@@ -14,10 +15,12 @@
 pub mod checkpoint;
 pub mod error;
 pub mod manager;
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 
 pub use error::JobError;
 pub use manager::{JobDetails, JobEvent, JobManager, JobParts};
+pub use postgres::PgJobStore;
 pub use sqlite::SqliteJobStore;
-pub use store::{JobEnd, JobFilter, JobRecord, JobState, JobStore};
+pub use store::{Heartbeat, JobEnd, JobFilter, JobRecord, JobState, JobStore, StoreError};

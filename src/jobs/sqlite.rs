@@ -10,10 +10,10 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use serde::de::DeserializeOwned;
 
 use super::store::{
-    now_ms, CancelOutcome, JobEnd, JobFilter, JobRecord, JobState, JobStore, StoreError,
+    json_column, now_ms, to_json, CancelOutcome, JobEnd, JobFilter, JobRecord, JobState, JobStore,
+    RawRecord, StoreError,
 };
 use crate::preprocess::DataReport;
 use crate::training::spec::ResolvedSpec;
@@ -28,6 +28,8 @@ impl From<rusqlite::Error> for StoreError {
 pub struct SqliteJobStore {
     /// One connection: SQLite serializes writers anyway, and every use is a short statement.
     conn: Mutex<Connection>,
+    /// Written on the jobs this process claims (`--replica-id`).
+    replica: Option<String>,
 }
 
 // `progress` and `checkpoint_epoch` are no longer written (the history and the checkpoint
@@ -48,7 +50,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_ms INTEGER,
     finished_ms INTEGER,
     checkpoint_epoch INTEGER,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    replica TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_model ON jobs(model);
@@ -60,92 +63,34 @@ CREATE TABLE IF NOT EXISTS job_epochs (
 );
 ";
 
-/// A job row with its last epoch event, in the order [`Row::read`] reads them.
+/// A job row with its last epoch event, in the order [`read_row`] reads them.
 const SELECT: &str = "SELECT j.id, j.state, j.spec, \
      (SELECT e.event FROM job_epochs e WHERE e.job_id = j.id ORDER BY e.epoch DESC LIMIT 1), \
      j.report, j.metrics, j.version, j.error, j.created_ms, j.started_ms, j.finished_ms, \
-     j.cancel_requested FROM jobs j";
+     j.cancel_requested, j.replica FROM jobs j";
 
-/// A row as SQLite hands it over; [`Row::decode`] reads its JSON columns.
-struct Row {
-    id: String,
-    state: String,
-    spec: String,
-    progress: Option<String>,
-    report: Option<String>,
-    metrics: Option<String>,
-    version: Option<i64>,
-    error: Option<String>,
-    created_ms: i64,
-    started_ms: Option<i64>,
-    finished_ms: Option<i64>,
-    cancel_requested: bool,
-}
-
-impl Row {
-    fn read(r: &rusqlite::Row) -> rusqlite::Result<Row> {
-        Ok(Row {
-            id: r.get(0)?,
-            state: r.get(1)?,
-            spec: r.get(2)?,
-            progress: r.get(3)?,
-            report: r.get(4)?,
-            metrics: r.get(5)?,
-            version: r.get(6)?,
-            error: r.get(7)?,
-            created_ms: r.get(8)?,
-            started_ms: r.get(9)?,
-            finished_ms: r.get(10)?,
-            cancel_requested: r.get::<_, i64>(11)? != 0,
-        })
-    }
-
-    fn decode(self) -> Result<JobRecord, StoreError> {
-        let id = self.id;
-        fn opt<T: DeserializeOwned>(
-            id: &str,
-            column: &'static str,
-            text: Option<String>,
-        ) -> Result<Option<T>, StoreError> {
-            text.map(|t| json_column(id, column, &t)).transpose()
-        }
-        Ok(JobRecord {
-            state: JobState::parse(&self.state).unwrap_or(JobState::Failed),
-            spec: json_column(&id, "spec", &self.spec)?,
-            progress: opt(&id, "progress", self.progress)?,
-            report: opt(&id, "report", self.report)?,
-            metrics: opt(&id, "metrics", self.metrics)?,
-            version: self.version.map(|v| v as u64),
-            error: self.error,
-            created_ms: self.created_ms,
-            started_ms: self.started_ms,
-            finished_ms: self.finished_ms,
-            cancel_requested: self.cancel_requested,
-            id,
-        })
-    }
-}
-
-fn json_column<T: DeserializeOwned>(
-    job: &str,
-    column: &'static str,
-    text: &str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
-        job: job.to_owned(),
-        column,
-        source,
+fn read_row(r: &rusqlite::Row) -> rusqlite::Result<RawRecord> {
+    Ok(RawRecord {
+        id: r.get(0)?,
+        state: r.get(1)?,
+        spec: r.get(2)?,
+        progress: r.get(3)?,
+        report: r.get(4)?,
+        metrics: r.get(5)?,
+        version: r.get(6)?,
+        error: r.get(7)?,
+        created_ms: r.get(8)?,
+        started_ms: r.get(9)?,
+        finished_ms: r.get(10)?,
+        cancel_requested: r.get::<_, i64>(11)? != 0,
+        replica: r.get(12)?,
     })
 }
 
-fn to_json(value: &impl serde::Serialize) -> String {
-    serde_json::to_string(value).expect("job records serialize")
-}
-
 fn select_one(conn: &Connection, id: &str) -> Result<Option<JobRecord>, StoreError> {
-    conn.query_row(&format!("{SELECT} WHERE j.id = ?1"), [id], Row::read)
+    conn.query_row(&format!("{SELECT} WHERE j.id = ?1"), [id], read_row)
         .optional()?
-        .map(Row::decode)
+        .map(RawRecord::decode)
         .transpose()
 }
 
@@ -159,9 +104,23 @@ impl SqliteJobStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // A database from before `replica` existed gains the column (NULL in old rows).
+        let has_replica = conn
+            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'replica'")?
+            .exists([])?;
+        if !has_replica {
+            conn.execute_batch("ALTER TABLE jobs ADD COLUMN replica TEXT")?;
+        }
         Ok(SqliteJobStore {
             conn: Mutex::new(conn),
+            replica: None,
         })
+    }
+
+    /// Records `replica` on the jobs this process claims.
+    pub fn with_replica(mut self, replica: impl Into<String>) -> SqliteJobStore {
+        self.replica = Some(replica.into());
+        self
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -202,7 +161,7 @@ impl JobStore for SqliteJobStore {
         let limit = i64::try_from(f.limit).unwrap_or(i64::MAX);
         let rows = stmt.query_map(
             params![f.state.map(JobState::as_str), f.model, before_seq, limit],
-            Row::read,
+            read_row,
         )?;
         rows.map(|r| r?.decode()).collect()
     }
@@ -243,9 +202,9 @@ impl JobStore for SqliteJobStore {
             return Ok(None);
         };
         tx.execute(
-            "UPDATE jobs SET state = 'running', started_ms = COALESCE(started_ms, ?2) \
-             WHERE id = ?1 AND state = 'queued'",
-            params![id, now_ms()],
+            "UPDATE jobs SET state = 'running', started_ms = COALESCE(started_ms, ?2), \
+             replica = ?3 WHERE id = ?1 AND state = 'queued'",
+            params![id, now_ms(), self.replica],
         )?;
         let record = select_one(&tx, &id)?;
         tx.commit()?;
@@ -536,6 +495,35 @@ mod tests {
         let mut counts = s.count_by_state().unwrap();
         counts.sort_by_key(|(state, _)| state.as_str());
         assert_eq!(counts, [(JobState::Cancelled, 2), (JobState::Failed, 1)]);
+    }
+
+    /// A database written before jobs recorded their replica opens, keeps its jobs, and
+    /// records the replica from then on.
+    #[test]
+    fn a_database_from_before_replicas_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            let before = SCHEMA.replace(",\n    replica TEXT", "");
+            assert!(!before.contains("replica"));
+            conn.execute_batch(&before).unwrap();
+            conn.execute(
+                "INSERT INTO jobs (id, model, state, spec, created_ms) VALUES ('job_old', 'iris', 'queued', ?1, 1)",
+                [to_json(&spec("iris"))],
+            )
+            .unwrap();
+        }
+        let s = SqliteJobStore::open(&path).unwrap().with_replica("r1");
+        let old = s.get("job_old").unwrap().unwrap();
+        assert_eq!((old.state, old.replica), (JobState::Queued, None));
+        assert_eq!(
+            s.claim_next().unwrap().unwrap().replica.as_deref(),
+            Some("r1")
+        );
+        drop(s);
+        // Opening again does not add it twice.
+        SqliteJobStore::open(&path).unwrap();
     }
 
     #[test]

@@ -6,12 +6,16 @@
 //! its columns. Every state change is one conditional step in the store (claim: queued →
 //! running; cancel: queued → cancelled; finish and requeue: running → …), so two callers
 //! racing on one job — a cancel and the scheduler, or two replicas sharing a database —
-//! cannot both win. A store shared by several processes (PostgreSQL) implements the same
-//! steps with row locks (`FOR UPDATE SKIP LOCKED` for the claim) and ties `running` jobs to a
-//! lease renewed by [`JobStore::record_epoch`] and its own heartbeat.
+//! cannot both win. A store shared by several processes ([`super::PgJobStore`]) implements
+//! the same steps with row locks (`FOR UPDATE SKIP LOCKED` for the claim) and ties `running`
+//! jobs to the replica that claimed them by a lease, renewed by [`JobStore::heartbeat`] and
+//! by [`JobStore::record_epoch`]: a job whose lease ran out is claimable again, and the
+//! replica that lost it can no longer write its history or end it.
 //!
 //! Every method blocks (on the disk, or on the network for a remote database): call them
 //! from a blocking thread (`spawn_blocking`, a job thread), never from async code directly.
+//! That is why the trait stays synchronous even for PostgreSQL: its callers already run off
+//! the runtime, and the PostgreSQL store drives its async driver from them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -87,6 +91,8 @@ pub struct JobRecord {
     pub finished_ms: Option<i64>,
     /// A cancel was asked for while the job ran; it stops at its next step or epoch.
     pub cancel_requested: bool,
+    /// The replica that claimed the job last (`--replica-id`), once one has.
+    pub replica: Option<String>,
 }
 
 impl JobRecord {
@@ -137,12 +143,28 @@ pub struct JobFilter {
     pub limit: usize,
 }
 
+/// What a heartbeat learned about the jobs this replica runs.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Heartbeat {
+    /// Jobs asked to cancel (through any replica).
+    pub cancel: Vec<String>,
+    /// Jobs this replica no longer holds (its lease ran out and it may run elsewhere now):
+    /// they stop without ending, keeping their checkpoint.
+    pub lost: Vec<String>,
+}
+
 /// Why the store could not answer. Implementations convert their driver's errors into
-/// [`StoreError::Database`].
+/// [`StoreError::Database`], or [`StoreError::Unavailable`] when the database cannot be
+/// reached at all (worth retrying: the API answers 503 with `Retry-After`).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("job database: {0}")]
     Database(Box<dyn std::error::Error + Send + Sync>),
+    #[error("job database unavailable: {0}")]
+    Unavailable(String),
+    /// This replica's lease on a running job ran out: another replica may hold it now.
+    #[error("job '{0}' is no longer held by this replica (its lease ran out)")]
+    LeaseLost(String),
     #[error("job database: job '{job}' has an unreadable {column}: {source}")]
     Corrupt {
         job: String,
@@ -194,6 +216,82 @@ pub trait JobStore: Send + Sync + 'static {
     /// Puts a running job back in the queue (it resumes from its checkpoint); `false` if it
     /// was not running.
     fn requeue(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// How often [`JobStore::heartbeat`] must run; `None` for a store only this process uses
+    /// (no leases to renew).
+    fn heartbeat_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Renews this replica's lease on `running` (the jobs it runs), and says which of them
+    /// were asked to cancel and which it lost. Also how the manager learns whether the
+    /// database answers (readiness).
+    fn heartbeat(&self, running: &[String]) -> Result<Heartbeat, StoreError> {
+        let _ = running;
+        Ok(Heartbeat::default())
+    }
+}
+
+/// A job row as a SQL driver hands it over (JSON columns still text), one shape for every
+/// implementation; [`RawRecord::decode`] reads the JSON.
+pub(super) struct RawRecord {
+    pub id: String,
+    pub state: String,
+    pub spec: String,
+    pub progress: Option<String>,
+    pub report: Option<String>,
+    pub metrics: Option<String>,
+    pub version: Option<i64>,
+    pub error: Option<String>,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub cancel_requested: bool,
+    pub replica: Option<String>,
+}
+
+impl RawRecord {
+    pub(super) fn decode(self) -> Result<JobRecord, StoreError> {
+        let id = self.id;
+        fn opt<T: serde::de::DeserializeOwned>(
+            id: &str,
+            column: &'static str,
+            text: Option<String>,
+        ) -> Result<Option<T>, StoreError> {
+            text.map(|t| json_column(id, column, &t)).transpose()
+        }
+        Ok(JobRecord {
+            state: JobState::parse(&self.state).unwrap_or(JobState::Failed),
+            spec: json_column(&id, "spec", &self.spec)?,
+            progress: opt(&id, "progress", self.progress)?,
+            report: opt(&id, "report", self.report)?,
+            metrics: opt(&id, "metrics", self.metrics)?,
+            version: self.version.map(|v| v as u64),
+            error: self.error,
+            created_ms: self.created_ms,
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            cancel_requested: self.cancel_requested,
+            replica: self.replica,
+            id,
+        })
+    }
+}
+
+pub(super) fn json_column<T: serde::de::DeserializeOwned>(
+    job: &str,
+    column: &'static str,
+    text: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
+        job: job.to_owned(),
+        column,
+        source,
+    })
+}
+
+pub(super) fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("job records serialize")
 }
 
 pub fn now_ms() -> i64 {

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{LoadedVersion, Registry, Slot, VersionState};
+use super::{LayerModel, LoadedVersion, Registry, Served, Slot, TextServed, VersionState};
 use crate::batcher;
 use crate::model::ModelError;
-use crate::store::{load_and_warm, Revision};
+use crate::store::{load_any, Loaded, Revision};
 
 impl Registry {
     /// Loads one version in the background of the caller's task; the registry shows it
@@ -41,34 +41,41 @@ impl Registry {
         };
         let device = self.device.clone();
         let files = stored.files;
-        let loaded = tokio::task::spawn_blocking(move || load_and_warm(&files, &device))
+        let loaded = tokio::task::spawn_blocking(move || load_any(&files, &device))
             .await
             .unwrap_or_else(|e| Err(ModelError::Invalid(format!("the loader panicked: {e}"))));
         let dir = stored.location;
         let state = match loaded {
-            Ok(model) => {
-                for t in model.unused_tensors() {
+            Ok(loaded) => {
+                for t in loaded.unused_tensors() {
                     tracing::warn!(model = name, version, tensor = %t, "tensor in the weights file is not used by any layer");
                 }
-                let model = Arc::new(model);
-                let handle = batcher::spawn(
-                    model.clone(),
-                    batcher::Spec {
-                        name,
-                        version,
-                        batching: self.config.batching_for(name),
-                        workers: self.config.workers,
-                        threads: self.config.threads,
-                    },
-                    self.metrics.for_version(name, version),
-                );
+                let spec = batcher::Spec {
+                    name,
+                    version,
+                    batching: self.config.batching_for(name),
+                    workers: self.config.workers,
+                    threads: self.config.threads,
+                };
+                let prom = self.metrics.for_version(name, version);
+                let served = match loaded {
+                    Loaded::Layers(model) => {
+                        let model = Arc::new(model);
+                        let batcher = batcher::spawn(model.clone(), spec, prom);
+                        Served::Layers(LayerModel { model, batcher })
+                    }
+                    Loaded::Text(model) => {
+                        let model = Arc::new(model);
+                        let batcher = batcher::spawn_text(model.clone(), spec, prom);
+                        Served::Text(TextServed { model, batcher })
+                    }
+                };
                 tracing::info!(model = name, version, path = %dir.display(), ms = started.elapsed().as_millis() as u64, "version available");
                 VersionState::Available(Arc::new(LoadedVersion {
                     name: name.to_owned(),
                     version,
                     path: dir,
-                    model,
-                    batcher: handle,
+                    served,
                     loaded_at: SystemTime::now(),
                 }))
             }

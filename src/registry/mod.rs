@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use crate::batcher::BatcherHandle;
+use crate::batcher::{BatcherHandle, StatsSnapshot, TextBatcher};
 use crate::config::RegistryConfig;
 use crate::error::Error;
 use crate::model::Model;
 use crate::store::{ModelStore, Revision};
+use crate::text::TextModel;
 
 pub use watcher::spawn_watcher;
 
@@ -27,9 +28,66 @@ pub struct LoadedVersion {
     pub name: String,
     pub version: u64,
     pub path: PathBuf,
+    pub served: Served,
+    pub loaded_at: SystemTime,
+}
+
+/// What kind of model a version is, with the batcher that computes it.
+pub enum Served {
+    /// kiln's own layer-list model: rows in, rows out (TF Serving's and V2's APIs).
+    Layers(LayerModel),
+    /// A pretrained transformer: texts in, embeddings out (the text API).
+    Text(TextServed),
+}
+
+pub struct LayerModel {
     pub model: Arc<Model>,
     pub batcher: BatcherHandle,
-    pub loaded_at: SystemTime,
+}
+
+pub struct TextServed {
+    pub model: Arc<TextModel>,
+    pub batcher: TextBatcher,
+}
+
+impl LoadedVersion {
+    /// The layer-list model, or 400 naming the API a transformer answers.
+    pub fn layers(&self) -> Result<&LayerModel, Error> {
+        match &self.served {
+            Served::Layers(l) => Ok(l),
+            Served::Text(_) => Err(Error::InvalidInput(format!(
+                "model '{}' is a transformer: it takes texts (/models/{}/embed, /v1/embeddings, :predict with a list of texts, V2 BYTES; docs/text-models.md)",
+                self.name, self.name
+            ))),
+        }
+    }
+
+    /// The transformer, or 400 when this is a layer-list model.
+    pub fn text(&self) -> Result<&TextServed, Error> {
+        match &self.served {
+            Served::Text(t) => Ok(t),
+            Served::Layers(_) => Err(Error::InvalidInput(format!(
+                "model '{}' is not a text model: use /v1/models/{}:predict or /v2/models/{}/infer",
+                self.name, self.name, self.name
+            ))),
+        }
+    }
+
+    /// Its batcher's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        match &self.served {
+            Served::Layers(l) => l.batcher.stats(),
+            Served::Text(t) => t.batcher.stats(),
+        }
+    }
+
+    /// Entries waiting in its queue.
+    pub fn queue_depth(&self) -> usize {
+        match &self.served {
+            Served::Layers(l) => l.batcher.queue_depth(),
+            Served::Text(t) => t.batcher.queue_depth(),
+        }
+    }
 }
 
 impl Drop for LoadedVersion {

@@ -422,7 +422,7 @@ impl Serving<'_> {
         timeout: Option<Duration>,
         span: &tracing::Span,
     ) -> Result<Evaluation, Error> {
-        let model = &*lv.model;
+        let model = &*lv.layers()?.model;
         let mut evaluator = Evaluator::new(model);
         let chunk = CHUNK_ROWS.min(self.max_rows()).max(1);
         let mut start = 0;

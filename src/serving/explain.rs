@@ -151,7 +151,8 @@ impl Serving<'_> {
         timeout: Option<Duration>,
         span: &tracing::Span,
     ) -> Result<Explanations<'v>, Error> {
-        let model = &lv.model;
+        let layers = lv.layers()?;
+        let model = &layers.model;
         span.record("model", lv.name.as_str());
         span.record("version", lv.version);
         let (steps, refine) = match input.steps {
@@ -184,7 +185,7 @@ impl Serving<'_> {
                 version: lv.version,
                 capacity: slots(),
             })?;
-        let timeout = timeout.unwrap_or(lv.batcher.config().request_timeout);
+        let timeout = timeout.unwrap_or(layers.batcher.config().request_timeout);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let work_model = Arc::clone(model);
         let work_span = span.clone();

@@ -15,6 +15,7 @@
 
 pub mod evaluate;
 pub mod explain;
+pub mod text;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,13 +73,14 @@ impl<'a> Serving<'a> {
             rows.n_rows <= self.max_rows,
             "decoders refuse more rows than the limit"
         );
-        let model = &*lv.model;
+        let layers = lv.layers()?;
+        let model = &*layers.model;
         let row_len = model.signature().row_len;
         debug_assert_eq!(rows.data.len(), rows.n_rows * row_len);
         span.record("model", lv.name.as_str());
         span.record("version", lv.version);
-        let timeout = timeout.unwrap_or(lv.batcher.config().request_timeout);
-        let computed = lv
+        let timeout = timeout.unwrap_or(layers.batcher.config().request_timeout);
+        let computed = layers
             .batcher
             .run(rows.data, rows.n_rows, row_len, timeout, span)
             .await?;

@@ -3,6 +3,8 @@
 //! ```text
 //! <root>/<name>/<version>/model.json          a version: a positive decimal number, no
 //! <root>/<name>/<version>/model.safetensors   leading zero, holding model.json
+//! <root>/<name>/<version>/config.json         a transformer's Hugging Face files, beside
+//! <root>/<name>/<version>/tokenizer.json      them (docs/text-models.md)
 //! <root>/<name>/.publish-<pid>-<n>.tmp/       a publish being written (never listed)
 //! <root>/.deleted-<name>[-<version>]-<pid>-<n>/  a delete being removed (never listed)
 //! ```
@@ -90,10 +92,11 @@ fn version_of(dir_name: &str) -> Option<u64> {
         .filter(|v| *v > 0 && v.to_string() == dir_name)
 }
 
-/// Sizes and modification times of the two files: a copy or an edit in place changes it.
+/// Sizes and modification times of the files: a copy or an edit in place changes it.
 fn revision(dir: &Path) -> Revision {
     let parts: Vec<String> = [SPEC_FILE, WEIGHTS_FILE]
         .iter()
+        .chain(super::EXTRA_FILES.iter())
         .map(|f| match std::fs::metadata(dir.join(f)) {
             Ok(m) => {
                 let modified = m
@@ -165,11 +168,19 @@ pub fn read_version_dir(dir: &Path) -> Result<ModelFiles, StoreError> {
             return Err(e);
         }
     };
+    let mut extra = std::collections::BTreeMap::new();
+    for name in super::EXTRA_FILES {
+        let path = dir.join(name);
+        if path.is_file() {
+            extra.insert(name, read(&path)?.into());
+        }
+    }
     Ok(ModelFiles {
         spec: spec_bytes.into(),
         weights: weight_bytes.into(),
         spec_origin: spec,
         weights_origin: weights,
+        extra,
     })
 }
 
@@ -333,7 +344,11 @@ impl LocalDir {
             dir,
             committed: false,
         };
-        for (file, bytes) in [(SPEC_FILE, &files.spec), (WEIGHTS_FILE, &files.weights)] {
+        let extra = files.extra.iter().map(|(name, bytes)| (*name, bytes));
+        for (file, bytes) in [(SPEC_FILE, &files.spec), (WEIGHTS_FILE, &files.weights)]
+            .into_iter()
+            .chain(extra)
+        {
             let path = staged.dir.join(file);
             std::fs::write(&path, bytes).map_err(io_error("write", &path))?;
             // Readable by a server running as another user, whatever the umask.

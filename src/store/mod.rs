@@ -60,16 +60,24 @@ pub type Versions = BTreeMap<u64, Revision>;
 /// Every model that has at least one version.
 pub type Catalog = BTreeMap<String, Versions>;
 
-/// The two files of a version, in memory: the spec (`model.json`) and the weights
-/// (safetensors), each with where it came from, which every error message names. `Bytes`, so
-/// validating and publishing the same upload shares one buffer.
+/// The files of a version, in memory: the spec (`model.json`) and the weights
+/// (safetensors), each with where it came from, which every error message names, and a
+/// transformer's Hugging Face files ([`EXTRA_FILES`]). `Bytes`, so validating and
+/// publishing the same upload shares one buffer.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
     pub spec: Bytes,
     pub weights: Bytes,
     pub spec_origin: PathBuf,
     pub weights_origin: PathBuf,
+    /// Files beside those two, by name (only names in [`EXTRA_FILES`]); empty for kiln's
+    /// layer-list models.
+    pub extra: BTreeMap<&'static str, Bytes>,
 }
+
+/// The other files a version may hold: a transformer's `config.json` and `tokenizer.json`
+/// (docs/text-models.md).
+pub const EXTRA_FILES: [&str; 2] = [crate::text::CONFIG_FILE, crate::text::TOKENIZER_FILE];
 
 impl ModelFiles {
     /// Files that arrived without a path of their own (an upload): errors name them by their
@@ -80,7 +88,21 @@ impl ModelFiles {
             weights: weights.into(),
             spec_origin: PathBuf::from(local::SPEC_FILE),
             weights_origin: PathBuf::from(local::WEIGHTS_FILE),
+            extra: BTreeMap::new(),
         }
+    }
+
+    /// A transformer version's files (`kiln import --hf`).
+    pub fn transformer(imported: crate::text::import::Imported) -> Self {
+        let spec = serde_json::to_vec_pretty(&imported.spec).expect("text specs serialize");
+        let mut files = ModelFiles::new(spec, imported.weights);
+        files
+            .extra
+            .insert(crate::text::CONFIG_FILE, imported.config.into());
+        files
+            .extra
+            .insert(crate::text::TOKENIZER_FILE, imported.tokenizer.into());
+        files
     }
 
     /// Reads a spec and a weights file from anywhere (`kiln import`); errors name the paths.
@@ -97,6 +119,7 @@ impl ModelFiles {
             weights: read(weights)?.into(),
             spec_origin: spec.to_owned(),
             weights_origin: weights.to_owned(),
+            extra: BTreeMap::new(),
         })
     }
 
@@ -189,6 +212,50 @@ pub fn load_and_warm(files: &ModelFiles, device: &Device) -> Result<Model, Model
     Ok(model)
 }
 
+/// A version built and warmed up, of either kind.
+// One value per load, moved once into an `Arc`: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Loaded {
+    /// kiln's own layer-list model.
+    Layers(Model),
+    /// A pretrained transformer (`"kind": "transformer"`).
+    Text(crate::text::TextModel),
+}
+
+impl Loaded {
+    /// Tensors of the weights file that no layer reads (layer-list models only).
+    pub fn unused_tensors(&self) -> &[String] {
+        match self {
+            Loaded::Layers(m) => m.unused_tensors(),
+            Loaded::Text(_) => &[],
+        }
+    }
+}
+
+/// [`load_and_warm`] for a version of any kind: `model.json`'s `kind` decides.
+pub fn load_any(files: &ModelFiles, device: &Device) -> Result<Loaded, ModelError> {
+    match crate::text::format::kind_of(&files.spec) {
+        None => load_and_warm(files, device).map(Loaded::Layers),
+        Some(_) => {
+            let origin = files.spec_origin.parent().unwrap_or(Path::new(""));
+            let extra = |name: &str| {
+                files.extra.get(name).ok_or_else(|| ModelError::Invalid(format!(
+                    "{}: missing (a transformer version holds config.json, tokenizer.json, model.safetensors and model.json)",
+                    origin.join(name).display()
+                )))
+            };
+            let text = crate::text::TextFiles {
+                spec: &files.spec,
+                config: extra(crate::text::CONFIG_FILE)?,
+                tokenizer: extra(crate::text::TOKENIZER_FILE)?,
+                weights: &files.weights,
+                origin,
+            };
+            crate::text::TextModel::load_and_warm(&text, device).map(Loaded::Text)
+        }
+    }
+}
+
 /// Parses `model.json`; the error names `origin` and says what is wrong and where.
 fn parse_spec(bytes: &[u8], origin: &Path) -> Result<ModelSpec, ModelError> {
     let text = std::str::from_utf8(bytes).map_err(|e| ModelError::Spec {
@@ -220,7 +287,7 @@ pub async fn validate_and_publish(
     check_name(name)?;
     let checked = files.clone();
     let unused_tensors = tokio::task::spawn_blocking(move || {
-        load_and_warm(&checked, &Device::Cpu).map(|m| m.unused_tensors().to_vec())
+        load_any(&checked, &Device::Cpu).map(|m| m.unused_tensors().to_vec())
     })
     .await
     .unwrap_or_else(|e| Err(ModelError::Invalid(format!("validation panicked: {e}"))))?;

@@ -16,6 +16,8 @@ const LAYERS: &[&[&str]] = &[
     &["error", "device", "shutdown", "metrics", "dataset"],
     &["config", "preprocess"],
     &["model", "telemetry"],
+    // Pretrained transformers (tokenizer, encoder, pooling) beside the layer-list models.
+    &["text"],
     // A version's queue and workers; where versions live.
     &["batcher", "store"],
     // Loaded versions; one training run.

@@ -24,7 +24,7 @@ fn spawn_server_with_data(models: &Path, data: &Path, extra: &[&str]) -> (Server
 
 /// [`spawn_server_with_data`] with `env` set, also returning every JSON log line the server
 /// writes after "kiln listening".
-fn spawn_server_logged(
+pub(crate) fn spawn_server_logged(
     models: &Path,
     data: &Path,
     extra: &[&str],
@@ -83,7 +83,7 @@ fn spawn_server_logged(
 
 /// A spawned server that is killed when dropped: a test that fails half-way (a panic
 /// unwinds through it) leaves no `kiln serve` behind, training on in the background.
-struct Server(Child);
+pub(crate) struct Server(Child);
 
 impl std::ops::Deref for Server {
     type Target = Child;
@@ -109,7 +109,7 @@ impl Drop for Server {
     }
 }
 
-fn signal(child: &Child, sig: &str) {
+pub(crate) fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()
@@ -296,6 +296,11 @@ fn help_names_every_flag_and_variable() {
         "--tls-cert",
         "--tls-key",
         "KILN_TLS_CERT",
+        "--database",
+        "KILN_DATABASE_URL",
+        "--replica-id",
+        "KILN_REPLICA_ID",
+        "--job-lease-ms",
     ] {
         assert!(text.contains(flag), "serve --help lacks {flag}");
     }
@@ -306,7 +311,7 @@ fn help_names_every_flag_and_variable() {
     assert!(out.status.success());
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str) {
+pub(crate) async fn wait_ready(client: &reqwest::Client, base: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = client.get(format!("{base}/health/ready")).send().await {
@@ -319,7 +324,7 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
     }
 }
 
-async fn job(client: &reqwest::Client, base: &str, id: &str) -> Value {
+pub(crate) async fn job(client: &reqwest::Client, base: &str, id: &str) -> Value {
     client
         .get(format!("{base}/v1/training-jobs/{id}"))
         .send()
@@ -331,7 +336,12 @@ async fn job(client: &reqwest::Client, base: &str, id: &str) -> Value {
 }
 
 /// Waits until the job has checkpointed at least `epochs` epochs.
-async fn wait_epochs(client: &reqwest::Client, base: &str, id: &str, epochs: u64) -> Value {
+pub(crate) async fn wait_epochs(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    epochs: u64,
+) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let j = job(client, base, id).await;
@@ -344,7 +354,7 @@ async fn wait_epochs(client: &reqwest::Client, base: &str, id: &str, epochs: u64
 }
 
 /// Uploads the iris data and queues a job that would train for a very long time.
-async fn start_endless_job(client: &reqwest::Client, base: &str, model: &str) -> String {
+pub(crate) async fn start_endless_job(client: &reqwest::Client, base: &str, model: &str) -> String {
     let csv = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/iris.csv"))
         .unwrap();
     let ds: Value = client

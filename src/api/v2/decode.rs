@@ -390,6 +390,39 @@ pub fn decode_infer(
     to_rows(&InputSpec::of(model).with_max_rows(max_rows), req.inputs)
 }
 
+/// A text model's input: one BYTES tensor of shape `[N]` (or `[N, 1]`), a text per element,
+/// by any name (`text` in the metadata), as JSON strings or binary data.
+pub(crate) fn to_texts(inputs: Vec<InferInput>) -> Result<Vec<String>, Error> {
+    let [input] = <[InferInput; 1]>::try_from(inputs).map_err(|inputs| {
+        Error::InvalidInput(format!(
+            "a text model takes one BYTES input of texts, got {} inputs",
+            inputs.len()
+        ))
+    })?;
+    let n = elements(&input.name, &input.shape)?;
+    let ok_shape = input.shape.len() == 1 || (input.shape.len() == 2 && input.shape[1] == 1);
+    if input.datatype != "BYTES" || !ok_shape {
+        return Err(Error::InvalidInput(format!(
+            "input '{}': a text model takes BYTES of shape [N] or [N, 1], got {} {:?}",
+            input.name, input.datatype, input.shape
+        )));
+    }
+    match input.data {
+        Data::Strings(texts) if texts.len() == n => Ok(texts),
+        Data::Absent if n == 0 => Ok(Vec::new()),
+        other @ (Data::Strings(_) | Data::Absent) => Err(Error::InvalidInput(format!(
+            "input '{}': shape {:?} holds {n} texts but {} were sent",
+            input.name,
+            input.shape,
+            other.len()
+        ))),
+        Data::Numbers(_) | Data::Bools(_) => Err(Error::InvalidInput(format!(
+            "input '{}': BYTES data must be strings (texts)",
+            input.name
+        ))),
+    }
+}
+
 /// The model rows of a request: one raw tensor, or one input per feature; more instances
 /// than the spec's limit are refused before their rows are built.
 pub(crate) fn to_rows(spec: &InputSpec, inputs: Vec<InferInput>) -> Result<Decoded, ApiError> {

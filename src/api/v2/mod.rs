@@ -165,8 +165,40 @@ pub struct ModelReadyResponse {
 }
 
 /// The protocol's model metadata of a version (REST's answer; gRPC converts it).
-pub(crate) fn model_metadata(state: &AppState, lv: &LoadedVersion) -> ModelMetadataResponse {
-    let model = &lv.model;
+pub(crate) fn model_metadata(
+    state: &AppState,
+    lv: &LoadedVersion,
+) -> Result<ModelMetadataResponse, Error> {
+    let versions: Vec<String> = state
+        .registry
+        .view(&lv.name)
+        .map(|v| {
+            v.versions
+                .iter()
+                .filter(|(_, s)| s.loaded().is_some())
+                .map(|(n, _)| n.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Ok(text) = lv.text() {
+        // A text model: texts in (BYTES), one embedding each out.
+        return Ok(ModelMetadataResponse {
+            name: lv.name.clone(),
+            versions,
+            platform: PLATFORM,
+            inputs: vec![TensorMetadataView {
+                name: "text".into(),
+                datatype: "BYTES",
+                shape: vec![-1],
+            }],
+            outputs: vec![TensorMetadataView {
+                name: "embedding".into(),
+                datatype: "FP32",
+                shape: batched(&[text.model.hidden_size()]),
+            }],
+        });
+    }
+    let model = &lv.layers()?.model;
     let sig = model.signature();
     let dtype = match sig.dtype {
         InputDType::Float32 => "FP32",
@@ -198,24 +230,13 @@ pub(crate) fn model_metadata(state: &AppState, lv: &LoadedVersion) -> ModelMetad
             shape: batched(&o.shape(model)),
         })
         .collect();
-    let versions: Vec<String> = state
-        .registry
-        .view(&lv.name)
-        .map(|v| {
-            v.versions
-                .iter()
-                .filter(|(_, s)| s.loaded().is_some())
-                .map(|(n, _)| n.to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    ModelMetadataResponse {
+    Ok(ModelMetadataResponse {
         name: lv.name.clone(),
         versions,
         platform: PLATFORM,
         inputs,
         outputs,
-    }
+    })
 }
 
 /// `GET /v2/models/{name}`
@@ -233,7 +254,7 @@ pub async fn metadata(
     Path(name): Path<String>,
 ) -> Result<Json<ModelMetadataResponse>, ApiError> {
     let lv = lookup(&state, &name, None)?;
-    Ok(Json(model_metadata(&state, &lv)))
+    Ok(Json(model_metadata(&state, &lv)?))
 }
 
 /// `GET /v2/models/{name}/versions/{version}`
@@ -251,7 +272,7 @@ pub async fn version_metadata(
     Path((name, v)): Path<(String, String)>,
 ) -> Result<Json<ModelMetadataResponse>, ApiError> {
     let lv = lookup(&state, &name, Some(&v))?;
-    Ok(Json(model_metadata(&state, &lv)))
+    Ok(Json(model_metadata(&state, &lv)?))
 }
 
 fn readiness(
@@ -349,11 +370,15 @@ async fn infer_on(
     let lv = lookup(state, name, version)?;
     let serving = state.serving();
     let req: InferRequest = decode::parse_request(body.json_len.as_ref(), &body.bytes)?;
-    let spec = InputSpec::of(&lv.model).with_max_rows(serving.max_rows());
+    if lv.text().is_ok() {
+        return text_infer(state, &lv, req, timeout).await;
+    }
+    let model = &lv.layers()?.model;
+    let spec = InputSpec::of(model).with_max_rows(serving.max_rows());
     let decoded = decode::to_rows(&spec, req.inputs)?;
     // Refused before anything is computed; only the outputs named are computed after.
     let selected = encode::select(
-        lv.model.task(),
+        model.task(),
         req.outputs.as_deref(),
         req.parameters.as_ref(),
     )?;
@@ -371,6 +396,51 @@ async fn infer_on(
         warnings: &decoded.warnings,
     };
     Ok(encode::answer(&prediction, envelope, &selected))
+}
+
+/// A text model's V2 inference: a BYTES tensor of texts → `embedding`, FP32 `[N, size]`
+/// (as JSON data; inputs longer than the model's maximum are refused, not truncated).
+async fn text_infer(
+    state: &AppState,
+    lv: &LoadedVersion,
+    req: InferRequest,
+    timeout: Option<std::time::Duration>,
+) -> Result<Response, ApiError> {
+    if let Some(out) = req.outputs.iter().flatten().find(|o| o.name != "embedding") {
+        return Err(Error::InvalidInput(format!(
+            "output '{}': a text model answers 'embedding'",
+            out.name
+        ))
+        .into());
+    }
+    let texts = decode::to_texts(req.inputs)?;
+    let embeddings = state
+        .serving()
+        .embed(
+            lv,
+            crate::serving::text::TextRequest {
+                texts,
+                truncate: false,
+                normalize: None,
+            },
+            timeout,
+            &tracing::Span::current(),
+        )
+        .await?;
+    let size = lv.text()?.model.hidden_size();
+    let n = embeddings.vectors.len();
+    let data: Vec<f32> = embeddings.vectors.concat();
+    let mut answer = serde_json::json!({
+        "model_name": lv.name,
+        "model_version": lv.version.to_string(),
+        "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [n, size], "data": data}],
+    });
+    if let Some(id) = req.id {
+        answer["id"] = serde_json::Value::String(id);
+    }
+    let mut res = super::respond::json(serde_json::to_vec(&answer).expect("JSON values serialize"));
+    super::respond::timing_headers(&mut res, &embeddings.timing);
+    Ok(res)
 }
 
 /// `POST /v2/models/{name}/infer`

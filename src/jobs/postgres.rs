@@ -1,0 +1,609 @@
+//! [`PgJobStore`]: the [`JobStore`] in PostgreSQL (`--database postgres://…`), shared by
+//! every replica of a fleet. The same rows as the SQLite store (JSON in TEXT columns, the
+//! epoch history in `job_epochs`), plus who holds a running job and until when:
+//!
+//! - **Claim**: the oldest job that is queued, or running under a lease that ran out, is
+//!   taken with `FOR UPDATE SKIP LOCKED` — replicas claiming at once each get a different
+//!   job, and none waits on another's lock.
+//! - **Lease**: a claim writes `replica` and `lease_until` (the database's clock, so the
+//!   replicas' clocks do not matter). The running replica renews it with every epoch and
+//!   with a heartbeat (a third of the lease). A replica that dies stops renewing; once the
+//!   lease has run out another replica claims the job and resumes it from its checkpoint.
+//! - **Fencing**: recording an epoch, finishing and requeueing check that this replica still
+//!   holds the job, so a replica that lost its lease (a long pause, a partition) cannot add
+//!   to the history of a job that now runs elsewhere.
+//! - **Migrations**: versioned (`kiln_schema_migrations`), run at connect inside one
+//!   transaction that first takes an advisory lock: replicas starting at once apply them one
+//!   after the other, the later ones finding nothing to do.
+//!
+//! Cancel, status, list and the event stream read and write these rows, so they work through
+//! any replica; the event stream of a job running elsewhere follows its history rows.
+//!
+//! The trait is synchronous and called from blocking threads (see [`super::store`]); each
+//! call runs the async driver on the server's runtime (`Handle::block_on`) with a deadline,
+//! so a database that stops answering fails the call with [`StoreError::Unavailable`]
+//! instead of hanging a job thread or a request.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::Row;
+
+use super::store::{
+    now_ms, to_json, CancelOutcome, Heartbeat, JobEnd, JobFilter, JobRecord, JobState, JobStore,
+    RawRecord, StoreError,
+};
+use crate::preprocess::DataReport;
+use crate::training::spec::ResolvedSpec;
+use crate::training::trainer::EpochEvent;
+
+/// How long a claim holds a job without renewal.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// The longest one store call may take (waiting for a connection included).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connecting, and waiting for a free pooled connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const POOL_SIZE: usize = 8;
+/// The advisory lock that serializes migrations ("kilnjobs" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6b69_6c6e_6a6f_6273;
+
+/// The schema, one entry per version; a version once released never changes.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "jobs, their epoch history and leases",
+    "
+CREATE TABLE jobs (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    model TEXT NOT NULL,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    report TEXT,
+    metrics TEXT,
+    version BIGINT,
+    error TEXT,
+    created_ms BIGINT NOT NULL,
+    started_ms BIGINT,
+    finished_ms BIGINT,
+    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+    replica TEXT,
+    lease_until TIMESTAMPTZ
+);
+CREATE INDEX jobs_claimable ON jobs (seq) WHERE state IN ('queued', 'running');
+CREATE INDEX jobs_state ON jobs (state, seq);
+CREATE INDEX jobs_model ON jobs (model, seq);
+CREATE TABLE job_epochs (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (job_id, epoch)
+);
+",
+)];
+
+/// A job row with its last epoch event, in the order [`read_row`] reads them.
+const SELECT: &str = "SELECT j.id, j.state, j.spec, \
+     (SELECT e.event FROM job_epochs e WHERE e.job_id = j.id ORDER BY e.epoch DESC LIMIT 1), \
+     j.report, j.metrics, j.version, j.error, j.created_ms, j.started_ms, j.finished_ms, \
+     j.cancel_requested, j.replica FROM jobs j";
+
+fn read_row(r: &Row) -> Result<RawRecord, tokio_postgres::Error> {
+    Ok(RawRecord {
+        id: r.try_get(0)?,
+        state: r.try_get(1)?,
+        spec: r.try_get(2)?,
+        progress: r.try_get(3)?,
+        report: r.try_get(4)?,
+        metrics: r.try_get(5)?,
+        version: r.try_get(6)?,
+        error: r.try_get(7)?,
+        created_ms: r.try_get(8)?,
+        started_ms: r.try_get(9)?,
+        finished_ms: r.try_get(10)?,
+        cancel_requested: r.try_get(11)?,
+        replica: r.try_get(12)?,
+    })
+}
+
+/// The driver's error, as unavailable when the database could not be reached or went away.
+fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    let connection_lost = e.is_closed()
+        || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>())
+        || e.code().is_some_and(|c| {
+            let c = c.code();
+            // Class 08: connection exception; 57P01-57P03: shutting down, cannot connect now.
+            c.starts_with("08") || c.starts_with("57P")
+        });
+    if connection_lost {
+        StoreError::Unavailable(describe(&e))
+    } else {
+        StoreError::Database(describe(&e).into())
+    }
+}
+
+/// The driver's error with what it wraps (its own text is only "db error" for what the
+/// server said, e.g. a failed password authentication).
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_error(e),
+        e @ (deadpool_postgres::PoolError::Timeout(_)
+        | deadpool_postgres::PoolError::Closed
+        | deadpool_postgres::PoolError::NoRuntimeSpecified
+        | deadpool_postgres::PoolError::PostCreateHook(_)) => {
+            StoreError::Unavailable(e.to_string())
+        }
+    }
+}
+
+pub struct PgJobStore {
+    pool: Pool,
+    runtime: tokio::runtime::Handle,
+    /// Written on the jobs this replica claims; its leases are checked against it.
+    replica: String,
+    lease: Duration,
+}
+
+impl PgJobStore {
+    /// Connects to `url` (`postgres://…`; TLS when it says `sslmode=require`), runs the
+    /// schema migrations, and checks the database answers. Errors never hold the URL (it
+    /// may hold a password): the caller names it, masked (`config::Database::shown`).
+    /// `replica` is this process's `--replica-id`.
+    pub async fn connect(url: &str, replica: &str) -> Result<PgJobStore, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Database(format!("invalid database URL: {e}").into()))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("kiln");
+        }
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = if config.get_ssl_mode() == SslMode::Require {
+            let (tls, _unreadable) =
+                tokio_postgres_rustls::MakeRustlsConnect::with_native_certs().map_err(|e| {
+                    StoreError::Database(
+                        format!("sslmode=require, and no trusted root certificate could be loaded: {e:?}").into(),
+                    )
+                })?;
+            Manager::from_config(config, tls, manager_config)
+        } else {
+            Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+        };
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Database(e.to_string().into()))?;
+        let mut client = pool.get().await.map_err(pool_error)?;
+        migrate(&mut client).await?;
+        drop(client);
+        Ok(PgJobStore {
+            pool,
+            runtime: tokio::runtime::Handle::current(),
+            replica: replica.to_owned(),
+            lease: DEFAULT_LEASE,
+        })
+    }
+
+    /// How long a claim holds a job without renewal (tests shorten it).
+    pub fn with_lease(mut self, lease: Duration) -> PgJobStore {
+        self.lease = lease;
+        self
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Runs `f` with a pooled connection on the runtime, from this blocking thread, within
+    /// [`CALL_TIMEOUT`]. `block_in_place` makes a call from a runtime worker (the manager's
+    /// recovery at startup) safe too; on a blocking or plain thread it does nothing.
+    fn call<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        tokio::task::block_in_place(|| self.block_on(f))
+    }
+
+    fn block_on<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.runtime.block_on(async {
+            let work = async {
+                let mut client = self.pool.get().await.map_err(pool_error)?;
+                f(&mut client).await
+            };
+            tokio::time::timeout(CALL_TIMEOUT, work)
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable(format!(
+                        "no answer within {} s",
+                        CALL_TIMEOUT.as_secs()
+                    ))
+                })?
+        })
+    }
+
+    fn lease_secs(&self) -> f64 {
+        self.lease.as_secs_f64()
+    }
+}
+
+async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(pg_error)?;
+    // Held until the commit: a second replica starting now waits here, then finds the
+    // schema up to date.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg_error)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS kiln_schema_migrations (
+            version INTEGER PRIMARY KEY,
+            description TEXT NOT NULL,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(pg_error)?;
+    let current: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM kiln_schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > latest {
+        return Err(StoreError::Database(
+            format!(
+                "the database schema is at version {current}, newer than this kiln knows ({latest}): \
+                 run a newer kiln"
+            )
+            .into(),
+        ));
+    }
+    for &(version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        tx.batch_execute(sql).await.map_err(pg_error)?;
+        tx.execute(
+            "INSERT INTO kiln_schema_migrations (version, description) VALUES ($1, $2)",
+            &[&version, &description],
+        )
+        .await
+        .map_err(pg_error)?;
+        tracing::info!(version, description, "job database migrated");
+    }
+    tx.commit().await.map_err(pg_error)
+}
+
+async fn select_one(
+    client: &deadpool_postgres::Client,
+    id: &str,
+) -> Result<Option<JobRecord>, StoreError> {
+    let row = client
+        .query_opt(&format!("{SELECT} WHERE j.id = $1"), &[&id])
+        .await
+        .map_err(pg_error)?;
+    row.map(|r| read_row(&r).map_err(pg_error)?.decode())
+        .transpose()
+}
+
+impl JobStore for PgJobStore {
+    fn insert(&self, id: &str, spec: &ResolvedSpec) -> Result<JobRecord, StoreError> {
+        self.call(async |c| {
+            c.execute(
+                "INSERT INTO jobs (id, model, state, spec, created_ms) \
+                 VALUES ($1, $2, 'queued', $3, $4)",
+                &[&id, &spec.spec.model, &to_json(spec), &now_ms()],
+            )
+            .await
+            .map_err(pg_error)?;
+            select_one(c, id).await?.ok_or_else(|| {
+                StoreError::Database(format!("job '{id}' is missing right after its insert").into())
+            })
+        })
+    }
+
+    fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.call(async |c| select_one(c, id).await)
+    }
+
+    fn list(&self, f: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+        self.call(async |c| {
+            let before_seq: Option<i64> = match &f.before {
+                Some(id) => c
+                    .query_opt("SELECT seq FROM jobs WHERE id = $1", &[id])
+                    .await
+                    .map_err(pg_error)?
+                    .map(|r| r.get(0)),
+                None => None,
+            };
+            let limit = i64::try_from(f.limit).unwrap_or(i64::MAX);
+            let rows = c
+                .query(
+                    &format!(
+                        "{SELECT} WHERE ($1::text IS NULL OR j.state = $1) \
+                         AND ($2::text IS NULL OR j.model = $2) \
+                         AND ($3::bigint IS NULL OR j.seq < $3) ORDER BY j.seq DESC LIMIT $4"
+                    ),
+                    &[
+                        &f.state.map(JobState::as_str),
+                        &f.model,
+                        &before_seq,
+                        &limit,
+                    ],
+                )
+                .await
+                .map_err(pg_error)?;
+            rows.iter()
+                .map(|r| read_row(r).map_err(pg_error)?.decode())
+                .collect()
+        })
+    }
+
+    fn history(&self, id: &str) -> Result<Vec<EpochEvent>, StoreError> {
+        self.call(async |c| {
+            let rows = c
+                .query(
+                    "SELECT event FROM job_epochs WHERE job_id = $1 ORDER BY epoch",
+                    &[&id],
+                )
+                .await
+                .map_err(pg_error)?;
+            rows.iter()
+                .map(|r| super::store::json_column(id, "epoch event", r.get(0)))
+                .collect()
+        })
+    }
+
+    fn count_by_state(&self) -> Result<Vec<(JobState, i64)>, StoreError> {
+        self.call(async |c| {
+            let rows = c
+                .query("SELECT state, COUNT(*) FROM jobs GROUP BY state", &[])
+                .await
+                .map_err(pg_error)?;
+            Ok(rows
+                .iter()
+                .filter_map(|r| Some((JobState::parse(r.get(0))?, r.get::<_, i64>(1))))
+                .collect())
+        })
+    }
+
+    fn claim_next(&self) -> Result<Option<JobRecord>, StoreError> {
+        self.call(async |c| {
+            let claimed = c
+                .query_opt(
+                    "UPDATE jobs j SET state = 'running', \
+                        started_ms = COALESCE(j.started_ms, $2), replica = $1, \
+                        lease_until = now() + make_interval(secs => $3) \
+                     FROM (SELECT id, state, replica FROM jobs \
+                           WHERE state = 'queued' OR (state = 'running' AND lease_until < now()) \
+                           ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) next \
+                     WHERE j.id = next.id RETURNING j.id, next.state, next.replica",
+                    &[&self.replica, &now_ms(), &self.lease_secs()],
+                )
+                .await
+                .map_err(pg_error)?;
+            let Some(row) = claimed else {
+                return Ok(None);
+            };
+            let id: String = row.get(0);
+            let previous: String = row.get(1);
+            if previous == "running" {
+                let from: Option<String> = row.get(2);
+                tracing::warn!(job = %id, from = from.as_deref().unwrap_or("?"), "took over a job whose replica stopped renewing its lease");
+            }
+            select_one(c, &id).await
+        })
+    }
+
+    fn interrupted(&self) -> Result<Vec<JobRecord>, StoreError> {
+        // Only this replica's own (a restart under the same --replica-id): another
+        // replica's running jobs are its to finish, or to lose with their lease.
+        self.call(async |c| {
+            let rows = c
+                .query(
+                    &format!(
+                        "{SELECT} WHERE j.state = 'running' AND j.replica = $1 ORDER BY j.seq DESC"
+                    ),
+                    &[&self.replica],
+                )
+                .await
+                .map_err(pg_error)?;
+            rows.iter()
+                .map(|r| read_row(r).map_err(pg_error)?.decode())
+                .collect()
+        })
+    }
+
+    fn set_report(&self, id: &str, report: &DataReport) -> Result<(), StoreError> {
+        self.call(async |c| {
+            c.execute(
+                "UPDATE jobs SET report = $2 WHERE id = $1",
+                &[&id, &to_json(report)],
+            )
+            .await
+            .map_err(pg_error)?;
+            Ok(())
+        })
+    }
+
+    fn record_epoch(&self, id: &str, event: &EpochEvent) -> Result<bool, StoreError> {
+        self.call(async |c| {
+            let tx = c.transaction().await.map_err(pg_error)?;
+            // Renews the lease and locks the row: a replica that lost the job writes nothing.
+            let held = tx
+                .query_opt(
+                    "UPDATE jobs SET lease_until = now() + make_interval(secs => $3) \
+                     WHERE id = $1 AND state = 'running' AND replica = $2 \
+                     RETURNING cancel_requested",
+                    &[&id, &self.replica, &self.lease_secs()],
+                )
+                .await
+                .map_err(pg_error)?;
+            let Some(held) = held else {
+                return Err(StoreError::LeaseLost(id.to_owned()));
+            };
+            let epoch = i32::try_from(event.epoch).unwrap_or(i32::MAX);
+            tx.execute(
+                "INSERT INTO job_epochs (job_id, epoch, event) VALUES ($1, $2, $3) \
+                 ON CONFLICT (job_id, epoch) DO UPDATE SET event = EXCLUDED.event",
+                &[&id, &epoch, &to_json(event)],
+            )
+            .await
+            .map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok(held.get(0))
+        })
+    }
+
+    fn truncate_history(&self, id: &str, epoch: u32) -> Result<(), StoreError> {
+        let epoch = i32::try_from(epoch).unwrap_or(i32::MAX);
+        self.call(async |c| {
+            c.execute(
+                "DELETE FROM job_epochs WHERE job_id = $1 AND epoch > $2",
+                &[&id, &epoch],
+            )
+            .await
+            .map_err(pg_error)?;
+            Ok(())
+        })
+    }
+
+    fn request_cancel(&self, id: &str) -> Result<CancelOutcome, StoreError> {
+        self.call(async |c| {
+            let tx = c.transaction().await.map_err(pg_error)?;
+            let outcome = if tx
+                .execute(
+                    "UPDATE jobs SET state = 'cancelled', cancel_requested = TRUE, \
+                     finished_ms = $2, lease_until = NULL WHERE id = $1 AND state = 'queued'",
+                    &[&id, &now_ms()],
+                )
+                .await
+                .map_err(pg_error)?
+                == 1
+            {
+                CancelOutcome::Cancelled
+            } else if tx
+                .execute(
+                    "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND state = 'running'",
+                    &[&id],
+                )
+                .await
+                .map_err(pg_error)?
+                == 1
+            {
+                CancelOutcome::Requested
+            } else {
+                let state = tx
+                    .query_opt("SELECT state FROM jobs WHERE id = $1", &[&id])
+                    .await
+                    .map_err(pg_error)?;
+                match state {
+                    None => CancelOutcome::NotFound,
+                    Some(r) => CancelOutcome::AlreadyFinal(
+                        JobState::parse(r.get(0)).unwrap_or(JobState::Failed),
+                    ),
+                }
+            };
+            tx.commit().await.map_err(pg_error)?;
+            Ok(outcome)
+        })
+    }
+
+    fn finish(&self, id: &str, end: &JobEnd) -> Result<bool, StoreError> {
+        let (version, metrics, error) = match end {
+            JobEnd::Succeeded { version, metrics } => {
+                (Some(*version as i64), Some(to_json(metrics)), None)
+            }
+            JobEnd::Failed(e) => (None, None, Some(e.as_str())),
+            JobEnd::Cancelled => (None, None, None),
+        };
+        self.call(async |c| {
+            let changed = c
+                .execute(
+                    "UPDATE jobs SET state = $3, version = $4, metrics = $5, error = $6, \
+                     finished_ms = $7, lease_until = NULL \
+                     WHERE id = $1 AND state = 'running' AND replica = $2",
+                    &[
+                        &id,
+                        &self.replica,
+                        &end.state().as_str(),
+                        &version,
+                        &metrics,
+                        &error,
+                        &now_ms(),
+                    ],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn requeue(&self, id: &str) -> Result<bool, StoreError> {
+        self.call(async |c| {
+            let changed = c
+                .execute(
+                    "UPDATE jobs SET state = 'queued', lease_until = NULL \
+                     WHERE id = $1 AND state = 'running' AND replica = $2",
+                    &[&id, &self.replica],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn heartbeat_interval(&self) -> Option<Duration> {
+        Some(self.lease / 3)
+    }
+
+    fn heartbeat(&self, running: &[String]) -> Result<Heartbeat, StoreError> {
+        self.call(async |c| {
+            // Also the readiness probe: it runs (and reaches the database) with no job here.
+            let rows = c
+                .query(
+                    "UPDATE jobs SET lease_until = now() + make_interval(secs => $3) \
+                     WHERE id = ANY($2) AND state = 'running' AND replica = $1 \
+                     RETURNING id, cancel_requested",
+                    &[&self.replica, &running, &self.lease_secs()],
+                )
+                .await
+                .map_err(pg_error)?;
+            let mut beat = Heartbeat::default();
+            let held: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            for r in &rows {
+                if r.get::<_, bool>(1) {
+                    beat.cancel.push(r.get(0));
+                }
+            }
+            beat.lost = running
+                .iter()
+                .filter(|id| !held.contains(id))
+                .cloned()
+                .collect();
+            Ok(beat)
+        })
+    }
+}
