@@ -193,7 +193,7 @@ class Server:
         # A data directory of its own: the previous server may still hold its job database
         # while it drains.
         data = tempfile.mkdtemp(prefix="serve-data-", dir=tmp)
-        env = dict(os.environ, KILN_LOG_FORMAT="json")
+        env = dict(os.environ, KILN_LOG_FORMAT="json", KILN_GRPC_LISTEN="")
         self.proc = subprocess.Popen(
             [kiln, "serve", "--models", models, "--data", data, "--listen", f"127.0.0.1:{self.port}",
              "--threads", "1", "--workers", "1", "--max-rows-per-request", "100000",

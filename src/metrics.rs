@@ -76,6 +76,8 @@ pub struct Metrics {
     pub epoch_seconds: Histogram,
     pub resident_memory_bytes: Gauge,
     pub cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The gRPC listener's calls (`crate::grpc`).
+    pub grpc: GrpcMetrics,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -192,7 +194,9 @@ impl Metrics {
             "CPU time (user + system) used by the kiln process",
             cpu_seconds.clone(),
         );
+        let grpc = GrpcMetrics::register(&mut registry);
         Metrics {
+            grpc,
             registry,
             http_requests,
             http_seconds,
@@ -263,6 +267,46 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    /// The call's full name (`inference.GRPCInferenceService/ModelInfer`), interned.
+    pub method: &'static str,
+    /// The gRPC status code's name (`OK`, `INVALID_ARGUMENT`, …).
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcMethodLabels {
+    pub method: &'static str,
+}
+
+/// gRPC calls, as `http_requests` / `http_request_duration_seconds` count HTTP requests.
+#[derive(Clone)]
+pub struct GrpcMetrics {
+    pub requests: Family<GrpcLabels, Counter>,
+    pub seconds: Family<GrpcMethodLabels, Histogram>,
+}
+
+impl GrpcMetrics {
+    fn register(registry: &mut Registry) -> GrpcMetrics {
+        let requests = Family::<GrpcLabels, Counter>::default();
+        let seconds = Family::<GrpcMethodLabels, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "grpc_requests",
+            "gRPC calls answered, by method and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "grpc_request_duration_seconds",
+            "Time to answer a gRPC call, by method",
+            seconds.clone(),
+        );
+        GrpcMetrics { requests, seconds }
     }
 }
 
