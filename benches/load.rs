@@ -30,7 +30,8 @@
 //! - `KILN_BENCH_ONLY` (`all`): `binary` or `inproc` to run one half; `versus` runs instead
 //!   kiln binaries (`KILN_BENCH_VERSUS=label=path,…`, default this build's) beside the ceiling,
 //!   each in its own process, under this bench's client and wrk (`KILN_BENCH_GENERATORS`,
-//!   default `own,wrk`) in the same run: see `load_parts/versus.rs`.
+//!   default `own,wrk`) in the same run: see `load_parts/versus.rs`. `grpc` runs instead
+//!   ModelInfer over gRPC against V2 infer over REST on one kiln: see `load_parts/grpc.rs`.
 //! - `KILN_BENCH_CONFIG` (empty: kiln's defaults): a kiln config file's text, used by both the
 //!   binary and the in-process server, e.g. `KILN_BENCH_CONFIG=$'workers = 1\n'`.
 //! - `KILN_BENCH_SCENARIOS` (`single,batch,compute`): which in-process scenarios to run;
@@ -39,6 +40,8 @@
 //!   the batch size the batcher reached (on 1 thread, and on as many threads as workers).
 
 mod common;
+#[path = "load_parts/grpc.rs"]
+mod grpc;
 #[path = "load_parts/versus.rs"]
 mod versus;
 
@@ -1024,12 +1027,14 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    if s.only == "versus" {
+    if s.only == "grpc" {
+        grpc::bench_grpc(&s, &models, &client_rt);
+    } else if s.only == "versus" {
         versus::bench_versus(&s, &models, tmp.path(), &client_rt);
     } else if s.only != "inproc" {
         bench_binary(&s, &models, tmp.path(), &client_rt);
     }
-    if s.only != "binary" && s.only != "versus" {
+    if !matches!(s.only.as_str(), "binary" | "versus" | "grpc") {
         bench_inprocess(&s, &models, &client_rt);
     }
     println!(

@@ -193,12 +193,15 @@ class Server:
         # A data directory of its own: the previous server may still hold its job database
         # while it drains.
         data = tempfile.mkdtemp(prefix="serve-data-", dir=tmp)
-        env = dict(os.environ, KILN_LOG_FORMAT="json")
+        env = dict(os.environ, KILN_LOG_FORMAT="json", KILN_GRPC_LISTEN="")
         self.proc = subprocess.Popen(
             [kiln, "serve", "--models", models, "--data", data, "--listen", f"127.0.0.1:{self.port}",
              "--threads", "1", "--workers", "1", "--max-rows-per-request", "100000",
              "--body-limit-bytes", str(512 << 20)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(data, "serve.log"), "wb"), env=env,
+            # Not the repository: its config/kiln.toml may name keys an older binary refuses.
+            cwd=data)
+        self.log = os.path.join(data, "serve.log")
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -209,7 +212,9 @@ class Server:
                 pass
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 self.close()
-                raise RuntimeError("kiln serve did not become ready")
+                with open(self.log, errors="replace") as f:
+                    tail = f.read()[-3000:]
+                raise RuntimeError(f"kiln serve did not become ready; its log ends:\n{tail}")
             time.sleep(0.2)
 
     def url(self, path):

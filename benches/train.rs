@@ -385,6 +385,7 @@ fn start_server(dir: &Path) -> Server {
         .arg("--max-upload-bytes")
         .arg((1u64 << 30).to_string())
         .env("RUST_LOG", "warn")
+        .env("KILN_GRPC_LISTEN", "")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -37,6 +37,8 @@ use crate::device::DeviceSpec;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The gRPC listener's address; `None`: gRPC is off (an empty `grpc_listen`).
+    pub grpc_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub drain_timeout: Duration,
     /// After SIGTERM, how long readiness answers 503 while requests are still served.
@@ -351,6 +353,9 @@ layer! {
         /// Address to listen on.
         #[arg(long, env = "KILN_LISTEN")]
         listen: String = "0.0.0.0:8080".into(),
+        /// Address of the gRPC listener (Open Inference Protocol); empty: no gRPC.
+        #[arg(long, env = "KILN_GRPC_LISTEN")]
+        grpc_listen: String = "0.0.0.0:8081".into(),
         /// Log format.
         #[arg(long, env = "KILN_LOG_FORMAT", value_enum)]
         log_format: LogFormat = LogFormat::Text,
@@ -704,6 +709,14 @@ impl Config {
                 server.listen
             ))
         })?;
+        let grpc_listen = match server.grpc_listen.trim() {
+            "" => None,
+            addr => Some(addr.parse().map_err(|_| {
+                invalid(format!(
+                    "grpc_listen address '{addr}' is not HOST:PORT (empty turns gRPC off)"
+                ))
+            })?),
+        };
         let server_batching = f.batching.merge(o.batching);
         let batching = server_batching.clone().or_defaults().validate("batching")?;
         let mut models = BTreeMap::new();
@@ -727,6 +740,7 @@ impl Config {
         let api = f.api.merge(o.api).or_defaults().validate()?;
         Ok(Config {
             listen,
+            grpc_listen,
             log_format: server.log_format,
             drain_timeout: Duration::from_millis(server.drain_timeout_ms),
             drain_delay: Duration::from_secs_f64(drain_delay),

@@ -30,6 +30,9 @@
 //! - [`api`]: the HTTP edge: routes (each declared once, with its scope), decoders and
 //!   encoders of TF Serving's REST API and the Open Inference Protocol, datasets, jobs,
 //!   the repository, health, metrics, the OpenAPI document.
+//! - [`grpc`]: the gRPC edge on a listener of its own: the Open Inference Protocol (its
+//!   tensors decoded and encoded by `api::v2`'s protocol-independent halves) and
+//!   `grpc.health.v1`.
 //! - This file assembles the server ([`serve`]); the binary's `cli/` holds the commands.
 
 //! # The prediction flow
@@ -67,6 +70,7 @@ pub mod config;
 pub mod dataset;
 pub mod device;
 pub mod error;
+pub mod grpc;
 pub mod jobs;
 pub mod metrics;
 pub mod model;
@@ -115,6 +119,33 @@ pub async fn serve_with_routes(
     extra: axum::Router<state::AppState>,
     shutdown: impl Future<Output = shutdown::Drain> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let listeners = Listeners {
+        http: listener,
+        grpc: None,
+    };
+    serve_on(config, listeners, extra, shutdown).await
+}
+
+/// The sockets a server answers on, bound by the caller (so tests can bind port 0 and learn
+/// the ports): HTTP, and gRPC unless it is off.
+pub struct Listeners {
+    pub http: TcpListener,
+    /// The gRPC listener (`grpc_listen`); `None`: no gRPC.
+    pub grpc: Option<TcpListener>,
+}
+
+/// [`serve_with_routes`] on both listeners: the HTTP and the gRPC one stop, drain and are
+/// drained together (within one `drain_timeout`).
+pub async fn serve_on(
+    config: Config,
+    listeners: Listeners,
+    extra: axum::Router<state::AppState>,
+    shutdown: impl Future<Output = shutdown::Drain> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Listeners {
+        http: listener,
+        grpc: grpc_listener,
+    } = listeners;
     let device = config
         .registry
         .device
@@ -193,6 +224,32 @@ pub async fn serve_with_routes(
         metrics: metrics.clone(),
         keys,
     });
+    // The gRPC listener stops when the HTTP one does (after the drain delay).
+    let (stopped, mut grpc_stop) = tokio::sync::watch::channel(false);
+    let grpc = match grpc_listener {
+        Some(grpc_listener) => {
+            let tls = config
+                .connections
+                .tls
+                .as_ref()
+                .map(server::tls::grpc_acceptor)
+                .transpose()?;
+            let addr = grpc_listener
+                .local_addr()
+                .context("reading the gRPC listening address")?;
+            tracing::info!(%addr, tls = tls.is_some(), "kiln gRPC listening");
+            let stop = async move {
+                let _ = grpc_stop.wait_for(|stopped| *stopped).await;
+            };
+            Some(tokio::spawn(grpc::serve_until(
+                grpc_listener,
+                grpc::service(state.clone()),
+                tls,
+                stop,
+            )))
+        }
+        None => None,
+    };
     let watcher = registry::spawn_watcher(registry);
     let addr = listener
         .local_addr()
@@ -210,6 +267,7 @@ pub async fn serve_with_routes(
         }
         // Running jobs stop at their next step and go back to the queue (checkpoint kept).
         drain_jobs.shutdown();
+        let _ = stopped.send(true);
     };
     let server = server::Server::new(
         &config.connections,
@@ -221,8 +279,20 @@ pub async fn serve_with_routes(
     let open = tokio::spawn(server.serve_until(listener, stop))
         .await
         .context("the accept loop failed")?;
+    let grpc_open = match grpc {
+        Some(task) => Some(task.await.context("the gRPC accept loop failed")?),
+        None => None,
+    };
     // Listening has stopped; in-flight requests finish within the drain timeout.
-    if tokio::time::timeout(config.drain_timeout, open.shutdown())
+    let drained = async {
+        let grpc = async {
+            if let Some(g) = grpc_open {
+                g.shutdown().await;
+            }
+        };
+        tokio::join!(open.shutdown(), grpc);
+    };
+    if tokio::time::timeout(config.drain_timeout, drained)
         .await
         .is_err()
     {

@@ -119,6 +119,8 @@ pub struct Metrics {
     /// CPU time (user + system) of every thread of the process: a counter that follows the
     /// kernel's figure at each scrape.
     pub cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// The gRPC listener's calls (`crate::grpc`).
+    pub grpc: GrpcMetrics,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -244,7 +246,9 @@ impl Metrics {
             "CPU time (user + system) used by the kiln process",
             cpu_seconds.clone(),
         );
+        let grpc = GrpcMetrics::register(&mut registry);
         Metrics {
+            grpc,
             registry,
             http_requests,
             http_seconds,
@@ -348,6 +352,46 @@ fn cpu_seconds(stat: &str, ticks_per_second: u64) -> Option<f64> {
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     (ticks_per_second > 0).then(|| (utime + stime) as f64 / ticks_per_second as f64)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    /// The call's full name (`inference.GRPCInferenceService/ModelInfer`), interned.
+    pub method: &'static str,
+    /// The gRPC status code's name (`OK`, `INVALID_ARGUMENT`, …).
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcMethodLabels {
+    pub method: &'static str,
+}
+
+/// gRPC calls, as `http_requests` / `http_request_duration_seconds` count HTTP requests.
+#[derive(Clone)]
+pub struct GrpcMetrics {
+    pub requests: Family<GrpcLabels, Counter>,
+    pub seconds: Family<GrpcMethodLabels, Histogram>,
+}
+
+impl GrpcMetrics {
+    fn register(registry: &mut Registry) -> GrpcMetrics {
+        let requests = Family::<GrpcLabels, Counter>::default();
+        let seconds = Family::<GrpcMethodLabels, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "grpc_requests",
+            "gRPC calls answered, by method and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "grpc_request_duration_seconds",
+            "Time to answer a gRPC call, by method",
+            seconds.clone(),
+        );
+        GrpcMetrics { requests, seconds }
+    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ pub fn spawn_kiln_at(
         .args(extra)
         .current_dir(cwd)
         .env_remove("RUST_LOG")
+        // gRPC on a free port (a build without gRPC ignores it): binaries run side by side.
+        .env("KILN_GRPC_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -80,6 +80,11 @@ pub struct UploadResponse {
     responses((status = 200, body = Vec<RepositoryIndexView>)),
 )]
 pub async fn index(State(state): State<AppState>) -> Json<Vec<RepositoryIndexView>> {
+    Json(index_of(&state))
+}
+
+/// Every model version with its state and the reason (REST and gRPC).
+pub(crate) fn index_of(state: &AppState) -> Vec<RepositoryIndexView> {
     let mut out = Vec::new();
     for m in state.registry.list() {
         for (v, s) in &m.versions {
@@ -96,7 +101,7 @@ pub async fn index(State(state): State<AppState>) -> Json<Vec<RepositoryIndexVie
             });
         }
     }
-    Json(out)
+    out
 }
 
 /// `POST /v2/repository/models/{name}/load`
@@ -113,6 +118,14 @@ pub async fn load(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<RepositoryModelResponse>, ApiError> {
+    Ok(Json(load_named(&state, name).await?))
+}
+
+/// Loads (or reloads) a model's versions; an error when none of them loads (REST and gRPC).
+pub(crate) async fn load_named(
+    state: &AppState,
+    name: String,
+) -> Result<RepositoryModelResponse, ApiError> {
     check_name(&name)?;
     state.registry.load_model(&name).await?;
     let view = state.registry.view(&name)?;
@@ -128,11 +141,11 @@ pub async fn load(
         ))
         .into());
     }
-    Ok(Json(RepositoryModelResponse {
+    Ok(RepositoryModelResponse {
         name,
         state: "READY",
         default_version: view.default_version.map(|v| v.to_string()),
-    }))
+    })
 }
 
 /// `POST /v2/repository/models/{name}/unload`
@@ -149,13 +162,21 @@ pub async fn unload(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<RepositoryModelResponse>, ApiError> {
+    Ok(Json(unload_named(&state, name).await?))
+}
+
+/// Unloads a model: its requests in flight finish, new ones are refused (REST and gRPC).
+pub(crate) async fn unload_named(
+    state: &AppState,
+    name: String,
+) -> Result<RepositoryModelResponse, ApiError> {
     check_name(&name)?;
     state.registry.unload_model(&name).await?;
-    Ok(Json(RepositoryModelResponse {
+    Ok(RepositoryModelResponse {
         name,
         state: "UNAVAILABLE",
         default_version: None,
-    }))
+    })
 }
 
 /// `POST /v1/models/{name}/versions` (multipart: `model.json` + `model.safetensors`): the

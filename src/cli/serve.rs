@@ -28,7 +28,20 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let grpc = match config.grpc_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for gRPC on {addr}"))?,
+            ),
+            None => None,
+        };
         let delay = config.drain_delay;
-        kiln::serve(config, listener, kiln::shutdown::signal(delay)).await
+        let listeners = kiln::Listeners {
+            http: listener,
+            grpc,
+        };
+        let extra = axum::Router::new();
+        kiln::serve_on(config, listeners, extra, kiln::shutdown::signal(delay)).await
     })
 }

@@ -40,6 +40,16 @@ fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 
 /// The acceptor for `files`; every error names the file and what is wrong with it.
 pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
+    // kiln serves HTTP/1.1 only; saying so lets clients that offer h2 settle at once.
+    acceptor_for(files, b"http/1.1")
+}
+
+/// The acceptor of the gRPC listener (`crate::grpc`): the same files, HTTP/2 only.
+pub fn grpc_acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
+    acceptor_for(files, b"h2")
+}
+
+fn acceptor_for(files: &TlsFiles, alpn: &[u8]) -> anyhow::Result<TlsAcceptor> {
     let certs = read_certs(&files.cert)?;
     let pem = std::fs::read(&files.key)
         .with_context(|| format!("reading the TLS key {}", files.key.display()))?;
@@ -61,8 +71,7 @@ pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
                 files.cert.display()
             )
         })?;
-    // kiln serves HTTP/1.1 only; saying so lets clients that offer h2 settle at once.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -4,9 +4,11 @@
 //! Checks what a client asked for (steps, target, baseline width, the rows × steps bound),
 //! then runs the model's one forward/backward pass on a compute thread of its own
 //! (`device::spawn_compute`), never on the runtime; the request's task awaits the answer.
-//! At most [`slots`] explanations compute at once; beyond that a request is answered 503 at
-//! once, as a full batcher queue is.
+//! At most [`slots`] explanations compute at once; the next ones wait for a slot until
+//! their deadline (504 then), and past [`WAITING_PER_SLOT`] waiting per slot a request is
+//! answered 503 at once, as a full batcher queue is.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -57,6 +59,12 @@ pub fn slots() -> usize {
 }
 
 static RUNNING: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(slots())));
+
+/// Explanations waiting for a slot, process-wide. A request waits (up to its deadline) while
+/// fewer than [`WAITING_PER_SLOT`] × slots wait; beyond that it is refused at once with
+/// `queue_full`, as a full prediction queue is.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+const WAITING_PER_SLOT: usize = 16;
 
 /// A version's explanations of one request.
 #[derive(Debug)]
@@ -177,15 +185,32 @@ impl Serving<'_> {
         if let Some(b) = &input.baseline {
             debug_assert_eq!(b.len(), model.signature().row_len, "decoded as one row");
         }
-        let permit = RUNNING
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::QueueFull {
-                name: lv.name.clone(),
-                version: lv.version,
-                capacity: slots(),
-            })?;
         let timeout = timeout.unwrap_or(layers.batcher.config().request_timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let permit = match RUNNING.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let capacity = slots() * WAITING_PER_SLOT;
+                if WAITING.fetch_add(1, Ordering::Relaxed) >= capacity {
+                    WAITING.fetch_sub(1, Ordering::Relaxed);
+                    return Err(Error::QueueFull {
+                        name: lv.name.clone(),
+                        version: lv.version,
+                        capacity,
+                    });
+                }
+                let waited =
+                    tokio::time::timeout_at(deadline, RUNNING.clone().acquire_owned()).await;
+                WAITING.fetch_sub(1, Ordering::Relaxed);
+                match waited {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => {
+                        return Err(Error::Internal("the explanation slots closed".into()))
+                    }
+                    Err(_) => return Err(Error::DeadlineExceeded(timeout)),
+                }
+            }
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let work_model = Arc::clone(model);
         let work_span = span.clone();
@@ -223,7 +248,7 @@ impl Serving<'_> {
             let _ = tx.send(result);
         })
         .map_err(|e| Error::Internal(format!("starting an explanation thread: {e}")))?;
-        let (rows, compute) = tokio::time::timeout(timeout, rx)
+        let (rows, compute) = tokio::time::timeout_at(deadline, rx)
             .await
             .map_err(|_| Error::DeadlineExceeded(timeout))?
             .map_err(|_| Error::Forward("the explanation thread stopped".into()))??;

@@ -28,6 +28,9 @@ const LAYERS: &[&[&str]] = &[
     &["auth", "server"],
     &["state"],
     &["api"],
+    // The gRPC edge: its tensors are decoded and encoded by api::v2's protocol-independent
+    // halves, its errors mapped from api::error's table.
+    &["grpc"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

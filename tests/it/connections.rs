@@ -394,14 +394,21 @@ fn tls_startup_errors_name_the_problem() {
     ];
     for (files, expected) in cases {
         let mut cmd = Command::new(KILN);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--models"])
-            .arg(dir.path())
-            .arg("--data")
-            .arg(dir.path())
-            .env_remove("KILN_CONFIG")
-            .env_remove("KILN_TLS_CERT")
-            .env_remove("KILN_TLS_KEY")
-            .current_dir(dir.path());
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "",
+            "--models",
+        ])
+        .arg(dir.path())
+        .arg("--data")
+        .arg(dir.path())
+        .env_remove("KILN_CONFIG")
+        .env_remove("KILN_TLS_CERT")
+        .env_remove("KILN_TLS_KEY")
+        .current_dir(dir.path());
         cmd.arg("--tls-cert").arg(files[0]);
         if let Some(k) = files.get(1) {
             cmd.arg("--tls-key").arg(k);

@@ -35,6 +35,8 @@ pub(crate) fn spawn_server_logged(
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
             "--log-format",
             "json",
             "--models",
@@ -236,6 +238,8 @@ fn startup_errors_are_clear() {
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
                 "--device",
                 "cuda:0",
                 "--models",
@@ -274,6 +278,8 @@ fn help_names_every_flag_and_variable() {
     let text = String::from_utf8_lossy(&out.stdout);
     for flag in [
         "--listen",
+        "--grpc-listen",
+        "KILN_GRPC_LISTEN",
         "--models",
         "--data",
         "--device",

@@ -16,6 +16,8 @@ use serde_json::Value;
 pub struct Server {
     pub base: String,
     pub addr: SocketAddr,
+    /// The gRPC listener's address (on 127.0.0.1:0); `None` when the config turns it off.
+    pub grpc: Option<SocketAddr>,
     /// The server's data directory (datasets, job database, checkpoints).
     pub data: tempfile::TempDir,
     pub client: reqwest::Client,
@@ -59,19 +61,25 @@ impl Server {
             .try_init();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
+        // gRPC on a port of its own too, unless the config turns it off.
+        let grpc = match config.grpc_listen {
+            Some(_) => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            None => None,
+        };
+        let grpc_addr = grpc.as_ref().map(|l| l.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(kiln::serve_with_routes(
-            config,
-            listener,
-            extra,
-            async move {
-                let _ = rx.await;
-                kiln::shutdown::Drain::immediate()
-            },
-        ));
+        let listeners = kiln::Listeners {
+            http: listener,
+            grpc,
+        };
+        let handle = tokio::spawn(kiln::serve_on(config, listeners, extra, async move {
+            let _ = rx.await;
+            kiln::shutdown::Drain::immediate()
+        }));
         let server = Server {
             data,
             addr,
+            grpc: grpc_addr,
             base: format!("{}://{addr}", if tls { "https" } else { "http" }),
             client: reqwest::Client::new(),
             shutdown: Some(tx),

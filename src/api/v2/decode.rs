@@ -18,9 +18,10 @@ use crate::preprocess::RawValue;
 
 use super::HEADER_LENGTH;
 
-/// Tensor data as sent: a flat or nested list, flattened while parsing.
+/// Tensor data as sent: a flat or nested list, flattened while parsing (REST), or a typed
+/// field or raw bytes (gRPC, `grpc::infer`).
 #[derive(Debug, Default)]
-enum Data {
+pub(crate) enum Data {
     #[default]
     Absent,
     Numbers(Vec<f64>),
@@ -130,11 +131,11 @@ pub(super) struct InferRequest {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct InferInput {
-    name: String,
-    shape: Vec<i64>,
+pub(crate) struct InferInput {
+    pub(crate) name: String,
+    pub(crate) shape: Vec<i64>,
     /// BOOL, UINT8-64, INT8-64, FP16, BF16, FP32, FP64 or BYTES.
-    datatype: String,
+    pub(crate) datatype: String,
     /// `binary_data_size`: this tensor's bytes in the binary data after the JSON.
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
@@ -142,7 +143,21 @@ pub(super) struct InferInput {
     /// tensor is sent as binary data.
     #[serde(default)]
     #[schema(value_type = Option<Vec<Value>>)]
-    data: Data,
+    pub(crate) data: Data,
+}
+
+impl InferInput {
+    /// An input decoded by another protocol's decoder (gRPC), checked by [`to_rows`] as
+    /// REST's are.
+    pub(crate) fn new(name: String, shape: Vec<i64>, datatype: String, data: Data) -> Self {
+        InferInput {
+            name,
+            shape,
+            datatype,
+            parameters: None,
+            data,
+        }
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -177,8 +192,9 @@ fn binary_size(params: &Option<Map<String, Value>>) -> Option<usize> {
         .map(|n| n as usize)
 }
 
-/// Decodes little-endian binary tensor data of a datatype.
-fn decode_binary(name: &str, datatype: &str, bytes: &[u8]) -> Result<Data, Error> {
+/// Decodes little-endian binary tensor data of a datatype (the REST binary extension's
+/// layout, which is also gRPC's `raw_input_contents`).
+pub(crate) fn decode_binary(name: &str, datatype: &str, bytes: &[u8]) -> Result<Data, Error> {
     let bad = |m: String| Error::InvalidInput(format!("input '{name}': {m}"));
     macro_rules! nums {
         ($t:ty) => {{
@@ -376,7 +392,7 @@ pub fn decode_infer(
 
 /// A text model's input: one BYTES tensor of shape `[N]` (or `[N, 1]`), a text per element,
 /// by any name (`text` in the metadata), as JSON strings or binary data.
-pub(super) fn to_texts(inputs: Vec<InferInput>) -> Result<Vec<String>, Error> {
+pub(crate) fn to_texts(inputs: Vec<InferInput>) -> Result<Vec<String>, Error> {
     let [input] = <[InferInput; 1]>::try_from(inputs).map_err(|inputs| {
         Error::InvalidInput(format!(
             "a text model takes one BYTES input of texts, got {} inputs",
@@ -409,7 +425,7 @@ pub(super) fn to_texts(inputs: Vec<InferInput>) -> Result<Vec<String>, Error> {
 
 /// The model rows of a request: one raw tensor, or one input per feature; more instances
 /// than the spec's limit are refused before their rows are built.
-pub(super) fn to_rows(spec: &InputSpec, inputs: Vec<InferInput>) -> Result<Decoded, ApiError> {
+pub(crate) fn to_rows(spec: &InputSpec, inputs: Vec<InferInput>) -> Result<Decoded, ApiError> {
     let sig = spec.signature();
     if inputs.is_empty() {
         return Err(Error::InvalidInput("inputs is empty".into()).into());

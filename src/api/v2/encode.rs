@@ -69,7 +69,7 @@ pub struct BinaryDataView {
 
 /// An output tensor a model answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ModelOutput {
+pub(crate) enum ModelOutput {
     /// A classifier's per-class scores, FP32 `[N, classes]`.
     Probabilities,
     /// A classifier's best class, BYTES `[N]`.
@@ -83,14 +83,14 @@ const OTHER: &[ModelOutput] = &[ModelOutput::Values];
 
 impl ModelOutput {
     /// Every output a model of `task` answers, in the default order.
-    pub(super) fn all(task: Task) -> &'static [ModelOutput] {
+    pub(crate) fn all(task: Task) -> &'static [ModelOutput] {
         match task {
             Task::Classification => CLASSIFIER,
             Task::Regression => OTHER,
         }
     }
 
-    pub(super) fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ModelOutput::Probabilities => "probabilities",
             ModelOutput::Label => "label",
@@ -98,7 +98,7 @@ impl ModelOutput {
         }
     }
 
-    pub(super) fn datatype(self) -> &'static str {
+    pub(crate) fn datatype(self) -> &'static str {
         match self {
             ModelOutput::Probabilities | ModelOutput::Values => "FP32",
             ModelOutput::Label => "BYTES",
@@ -106,7 +106,7 @@ impl ModelOutput {
     }
 
     /// The per-instance shape (after the batch dimension).
-    pub(super) fn shape(self, model: &Model) -> Vec<usize> {
+    pub(crate) fn shape(self, model: &Model) -> Vec<usize> {
         match self {
             ModelOutput::Probabilities => vec![model.labels().len()],
             ModelOutput::Label => Vec::new(),
@@ -126,50 +126,63 @@ pub(super) fn select(
         .and_then(|p| p.get("binary_data_output"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    let requested = requested.map(|r| {
+        r.iter().map(|r| {
+            let binary = r
+                .parameters
+                .as_ref()
+                .and_then(|p| p.get("binary_data"))
+                .and_then(Value::as_bool);
+            (r.name.as_str(), binary)
+        })
+    });
+    select_named(task, requested, binary_all)
+}
+
+/// [`select`] for any protocol: the names requested (each with its own binary choice, if
+/// any), or all outputs when `None`.
+pub(crate) fn select_named<'r>(
+    task: Task,
+    requested: Option<impl ExactSizeIterator<Item = (&'r str, Option<bool>)>>,
+    binary_all: bool,
+) -> Result<Vec<(ModelOutput, bool)>, Error> {
     let all = ModelOutput::all(task);
     let Some(requested) = requested else {
         return Ok(all.iter().map(|&o| (o, binary_all)).collect());
     };
     let mut selected: Vec<(ModelOutput, bool)> = Vec::with_capacity(requested.len());
-    for r in requested {
-        let Some(&o) = all.iter().find(|o| o.name() == r.name) else {
+    for (name, binary) in requested {
+        let Some(&o) = all.iter().find(|o| o.name() == name) else {
             let names: Vec<&str> = all.iter().map(|o| o.name()).collect();
             return Err(Error::InvalidInput(format!(
-                "unknown output '{}': this model answers {names:?}",
-                r.name
+                "unknown output '{name}': this model answers {names:?}"
             )));
         };
         if selected.iter().any(|(s, _)| *s == o) {
             return Err(Error::InvalidInput(format!(
-                "output '{}' is requested twice",
-                r.name
+                "output '{name}' is requested twice"
             )));
         }
-        let binary = r
-            .parameters
-            .as_ref()
-            .and_then(|p| p.get("binary_data"))
-            .and_then(Value::as_bool)
-            .unwrap_or(binary_all);
-        selected.push((o, binary));
+        selected.push((o, binary.unwrap_or(binary_all)));
     }
     Ok(selected)
 }
 
 /// One output tensor's values: borrowed from the prediction where they are its values as
 /// they are (a regression output), computed only for the outputs asked for.
-enum Values<'p> {
+pub(crate) enum Values<'p> {
     Numbers(Cow<'p, [f32]>),
     Strings(Vec<&'p str>),
 }
 
-struct OutTensor<'p> {
-    output: ModelOutput,
-    shape: Vec<usize>,
-    values: Values<'p>,
+pub(crate) struct OutTensor<'p> {
+    pub(crate) output: ModelOutput,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) values: Values<'p>,
 }
 
-fn tensor<'p>(p: &'p Prediction, output: ModelOutput) -> OutTensor<'p> {
+/// Output `output` of a prediction, with its shape (batch first).
+pub(crate) fn tensor<'p>(p: &'p Prediction, output: ModelOutput) -> OutTensor<'p> {
     let n = p.n_rows();
     let values = match output {
         ModelOutput::Probabilities => {
@@ -193,7 +206,7 @@ fn tensor<'p>(p: &'p Prediction, output: ModelOutput) -> OutTensor<'p> {
 
 /// Appends a tensor's values to the binary data, as the extension lays them out (numbers
 /// little-endian; each string as a 4-byte little-endian length and its bytes).
-fn write_binary(values: &Values, blob: &mut Vec<u8>) {
+pub(crate) fn write_binary(values: &Values, blob: &mut Vec<u8>) {
     match values {
         Values::Numbers(v) => {
             blob.reserve(v.len() * 4);

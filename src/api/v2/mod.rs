@@ -11,8 +11,10 @@
 //! Handlers here; `decode` reads a request into model rows, `encode` writes a
 //! [`Prediction`](crate::serving::Prediction) as the answer, and the serving core runs it.
 
-mod decode;
-mod encode;
+// The tensor decoding and encoding are the protocol's, not REST's: the gRPC edge
+// (`crate::grpc`) reads and writes its messages with them too.
+pub(crate) mod decode;
+pub(crate) mod encode;
 
 use std::sync::Arc;
 
@@ -49,7 +51,7 @@ use encode::{Envelope, ModelOutput};
 
 /// The header that splits a binary-extension body into its JSON part and tensor bytes.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
-const PLATFORM: &str = "kiln_candle";
+pub(crate) const PLATFORM: &str = "kiln_candle";
 
 // === metadata, health ===
 
@@ -125,7 +127,8 @@ pub async fn ready(state: State<AppState>) -> (StatusCode, Json<ReadyResponse>) 
     (status, Json(ready))
 }
 
-fn lookup(
+/// The version a V2 request names (REST or gRPC): the name checked, the version parsed.
+pub(crate) fn lookup(
     state: &AppState,
     name: &str,
     version: Option<&str>,
@@ -165,7 +168,11 @@ pub struct ModelReadyResponse {
     pub error: Option<String>,
 }
 
-fn model_metadata(state: &AppState, lv: &LoadedVersion) -> Result<ModelMetadataResponse, Error> {
+/// The protocol's model metadata of a version (REST's answer; gRPC converts it).
+pub(crate) fn model_metadata(
+    state: &AppState,
+    lv: &LoadedVersion,
+) -> Result<ModelMetadataResponse, Error> {
     let versions: Vec<String> = state
         .registry
         .view(&lv.name)
