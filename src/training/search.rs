@@ -502,4 +502,35 @@ mod tests {
         assert_eq!(resumed, straight);
         assert_eq!(whole.events.last().unwrap().stage.as_deref(), Some("refit"));
     }
+
+    /// The time budget: the trial running when it passes stops at its next step and
+    /// competes with what it reached; the trials after it are reported `skipped`, and the
+    /// search still publishes a model.
+    #[test]
+    fn a_spent_time_budget_stops_the_running_trial_and_skips_the_rest() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/iris.csv");
+        let table = crate::dataset::read_table(std::path::Path::new(path), None, None).unwrap();
+        let spec = JobSpec::from_json(
+            br#"{"model": "m", "dataset": "d", "target": "species",
+                 "training": {"epochs": 100000, "refit": false, "early_stopping": null},
+                 "search": {"width": [8, 16, 32], "time_budget_seconds": 0.05}}"#,
+        )
+        .unwrap()
+        .resolve(&table)
+        .unwrap();
+        let data = prepare(&table, &spec, None).unwrap();
+        let mut hooks = Recorder {
+            events: Vec::new(),
+            stop_after: None,
+            last: None,
+        };
+        let staged = run_stages(&spec, &data, None, &mut hooks).unwrap();
+        let outcomes: Vec<&str> = staged.trials.iter().map(|t| t.outcome.as_str()).collect();
+        assert_eq!(outcomes, ["time_budget", "skipped", "skipped"]);
+        let first = &staged.trials[0];
+        assert!(first.epochs_run >= 1 && first.epochs_run < 100_000, "{}", first.epochs_run);
+        assert!(first.score.is_some(), "the stopped trial still competes");
+        assert_eq!(staged.best_trial, Some(first.config.trial));
+        assert_ne!(staged.trained.outcome, Outcome::Cancelled);
+    }
 }
