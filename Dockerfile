@@ -4,8 +4,9 @@
 # CUDA image:                   docker build --target cuda -t kiln:cuda .
 #                               (CUDA_COMPUTE_CAP: 90 for Hopper, 80 for Ampere, ...)
 #
-# Run:  docker run -p 8080:8080 -v "$PWD/models:/models" kiln
-# The server listens on 0.0.0.0:8080, serves /models, keeps datasets and jobs in /data,
+# Run:  docker run -p 8080:8080 -p 8081:8081 -v "$PWD/models:/models" kiln
+# The server listens on 0.0.0.0:8080 (HTTP) and 0.0.0.0:8081 (gRPC; KILN_GRPC_LISTEN= turns
+# it off), serves /models, keeps datasets and jobs in /data,
 # and reads /config/kiln.toml (mount your own over it). It runs as a non-root user.
 # HTTPS without a terminating load balancer: mount the PEM files (readable by that user) and
 #   -e KILN_TLS_CERT=/tls/cert.pem -e KILN_TLS_KEY=/tls/key.pem -v "$PWD/tls:/tls:ro"
@@ -43,7 +44,7 @@ COPY config/kiln.toml /config/kiln.toml
 ENV KILN_LISTEN=0.0.0.0:8080 KILN_MODELS=/models KILN_DATA=/data KILN_CONFIG=/config/kiln.toml \
     KILN_DEVICE=cuda:0 KILN_HEALTH_ADDR=127.0.0.1:8080
 USER kiln
-EXPOSE 8080
+EXPOSE 8080 8081
 VOLUME ["/models", "/data"]
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 CMD ["kiln", "health"]
 ENTRYPOINT ["kiln"]
@@ -59,7 +60,7 @@ COPY config/kiln.toml /config/kiln.toml
 ENV KILN_LISTEN=0.0.0.0:8080 KILN_MODELS=/models KILN_DATA=/data KILN_CONFIG=/config/kiln.toml \
     KILN_HEALTH_ADDR=127.0.0.1:8080
 USER nonroot
-EXPOSE 8080
+EXPOSE 8080 8081
 VOLUME ["/models", "/data"]
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 CMD ["kiln", "health"]
 ENTRYPOINT ["kiln"]
