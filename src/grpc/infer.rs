@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
@@ -17,6 +17,7 @@ use crate::api::v2::decode::{decode_binary, to_rows, to_texts, Data, InferInput}
 use crate::api::v2::encode::{self, ModelOutput, Values};
 use crate::api::v2::{self as v2, ModelMetadataResponse};
 use crate::error::Error;
+use crate::metrics::Protocol;
 use crate::registry::LoadedVersion;
 use crate::serving::{Rows, Timing};
 use crate::state::AppState;
@@ -261,6 +262,7 @@ impl Inference {
         timeout: Option<Duration>,
         span: &tracing::Span,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let start = Instant::now();
         let state = &self.state;
         let lv = v2::lookup(state, &req.model_name, version(&req.model_version))
             .map_err(status::from)?;
@@ -270,7 +272,8 @@ impl Inference {
         if lv.text().is_ok() {
             return self.embed(&lv, req, raw_out, timeout, span).await;
         }
-        let model = &lv.layers().map_err(status::from)?.model;
+        let layers = lv.layers().map_err(status::from)?;
+        let model = &layers.model;
         // Refused before anything is computed, as REST does.
         let requested =
             (!req.outputs.is_empty()).then(|| req.outputs.iter().map(|o| (o.name.as_str(), None)));
@@ -312,6 +315,11 @@ impl Inference {
             raw_output_contents: raw,
         });
         timing_metadata(&mut res, &prediction.timing);
+        // From the decoded request to the encoded answer, as REST's infer observes it.
+        layers
+            .batcher
+            .metrics()
+            .observe_request(Protocol::Grpc, start.elapsed().as_secs_f64());
         Ok(res)
     }
 }

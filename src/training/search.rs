@@ -528,7 +528,11 @@ mod tests {
         let outcomes: Vec<&str> = staged.trials.iter().map(|t| t.outcome.as_str()).collect();
         assert_eq!(outcomes, ["time_budget", "skipped", "skipped"]);
         let first = &staged.trials[0];
-        assert!(first.epochs_run >= 1 && first.epochs_run < 100_000, "{}", first.epochs_run);
+        assert!(
+            first.epochs_run >= 1 && first.epochs_run < 100_000,
+            "{}",
+            first.epochs_run
+        );
         assert!(first.score.is_some(), "the stopped trial still competes");
         assert_eq!(staged.best_trial, Some(first.config.trial));
         assert_ne!(staged.trained.outcome, Outcome::Cancelled);

@@ -385,6 +385,13 @@ async fn every_call_answers_as_rest_does() {
         "{metrics}"
     );
     assert!(metrics.contains(r#"code="NOT_FOUND""#), "{metrics}");
+    // Answered inferences are timed per model, under the gRPC protocol label.
+    assert!(
+        metrics.contains(
+            r#"kiln_request_duration_seconds_count{model="reg",version="1",protocol="grpc"}"#
+        ),
+        "{metrics}"
+    );
     s.stop().await;
 }
 
