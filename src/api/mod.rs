@@ -97,10 +97,14 @@ fn groups(upload_limit: usize) -> [Group; 5] {
             .post("/embed", text::embed)
             .post("/tokenize", text::tokenize)
             .get("/info", text::info)
+            .post("/predict", text::predict)
+            .post("/rerank", text::rerank)
             .post("/v1/embeddings", text::openai_embeddings)
             .post("/models/{name}/embed", text::model_embed)
             .post("/models/{name}/tokenize", text::model_tokenize)
             .get("/models/{name}/info", text::model_info)
+            .post("/models/{name}/predict", text::model_predict)
+            .post("/models/{name}/rerank", text::model_rerank)
             .post(
                 "/models/{name}/v1/embeddings",
                 text::model_openai_embeddings,

@@ -184,6 +184,23 @@ pub async fn version_metadata(
 
 fn metadata_of(lv: &LoadedVersion) -> Result<Response, ApiError> {
     if let Ok(text) = lv.text() {
+        if text.model.is_classifier() {
+            // A text classifier: texts (or pairs) in, a score per class out.
+            let k = text.model.output_size();
+            return Ok(Json(serde_json::json!({
+                "model_spec": {"name": lv.name, "version": lv.version.to_string(),
+                               "signature_name": "serving_default"},
+                "metadata": {"transformer": text.model.spec(),
+                             "labels": text.model.labels(),
+                             "inputs": [{"name": "text", "dtype": "string", "shape": [-1]},
+                                        {"name": "text_pair", "dtype": "string", "shape": [-1],
+                                         "optional": !text.model.spec().pairs}],
+                             "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [-1, k]},
+                                         {"name": "label", "dtype": "string", "shape": [-1]}],
+                             "verbs": [":predict", ":classify"]},
+            }))
+            .into_response());
+        }
         // What a transformer takes and returns: texts in, one embedding each out.
         return Ok(Json(serde_json::json!({
             "model_spec": {"name": lv.name, "version": lv.version.to_string(),

@@ -96,6 +96,10 @@ use crate::state::AppState;
         text::model_info,
         text::openai_embeddings,
         text::model_openai_embeddings,
+        text::predict,
+        text::model_predict,
+        text::rerank,
+        text::model_rerank,
     ),
     components(schemas(
         super::error::ErrorResponse,

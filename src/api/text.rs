@@ -20,7 +20,7 @@ use super::openapi::{ModelPath, TextErrors, Timeout};
 use super::respond;
 use crate::error::Error;
 use crate::registry::LoadedVersion;
-use crate::serving::text::{Embeddings, TextRequest};
+use crate::serving::text::{Embeddings, PredictRequest, Predictions, Sequence, TextRequest};
 use crate::state::AppState;
 use std::sync::Arc;
 
@@ -38,6 +38,105 @@ impl Input {
             Input::Single(s) => vec![s],
             Input::Batch(v) => v,
         }
+    }
+}
+
+/// One input of `/predict`: a text, or a pair `[first, second]`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PredictSequence {
+    Single(String),
+    Pair(String, String),
+}
+
+impl From<PredictSequence> for Sequence {
+    fn from(s: PredictSequence) -> Self {
+        match s {
+            PredictSequence::Single(t) => Sequence::Single(t),
+            PredictSequence::Pair(a, b) => Sequence::Pair(a, b),
+        }
+    }
+}
+
+/// `/predict`'s `inputs`: one input (a text or a pair), or a batch of them. As in TEI,
+/// a list of exactly two strings is one pair; a list of any other number of strings is a
+/// batch of single texts, and a list of pairs a batch of pairs.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PredictInput {
+    Single(PredictSequence),
+    Batch(Vec<PredictSequence>),
+}
+
+/// `POST /predict` (TEI): a sequence classifier's scores.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PredictBody {
+    pub inputs: PredictInput,
+    /// Cut inputs longer than the model's maximum instead of answering 413.
+    #[serde(default)]
+    pub truncate: bool,
+    /// Only `right` (what the model's spec says); accepted as TEI clients send it.
+    #[serde(default)]
+    pub truncation_direction: Option<String>,
+    /// The head's outputs as they are (logits), not probabilities.
+    #[serde(default)]
+    pub raw_scores: bool,
+}
+
+/// One class and its score.
+#[derive(Serialize, ToSchema)]
+pub struct ClassScore {
+    pub score: f32,
+    pub label: String,
+}
+
+/// `POST /predict`'s answer: for one input, its classes by score (highest first); for a
+/// batch, one such list per input.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PredictAnswer {
+    Single(Vec<ClassScore>),
+    Batch(Vec<Vec<ClassScore>>),
+}
+
+/// `POST /rerank` (TEI): texts scored against a query by a cross-encoder.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerankBody {
+    pub query: String,
+    pub texts: Vec<String>,
+    #[serde(default)]
+    pub truncate: bool,
+    #[serde(default)]
+    pub truncation_direction: Option<String>,
+    /// The cross-encoder's output as it is (a logit), not its sigmoid.
+    #[serde(default)]
+    pub raw_scores: bool,
+    /// Echo each text in the answer.
+    #[serde(default)]
+    pub return_text: bool,
+}
+
+/// One text's rank: its index in `texts`, its score (and the text with `return_text`).
+#[derive(Serialize, ToSchema)]
+pub struct Rank {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    pub score: f32,
+}
+
+/// `POST /rerank`'s answer: every text, highest score first.
+#[derive(Serialize, ToSchema)]
+pub struct RerankResponse(pub Vec<Rank>);
+
+fn check_direction(direction: Option<&str>) -> Result<(), Error> {
+    match direction {
+        None | Some("right" | "Right") => Ok(()),
+        Some(other) => Err(Error::InvalidInput(format!(
+            "truncation_direction {other:?}: this kiln truncates on the right only"
+        ))),
     }
 }
 
@@ -108,6 +207,15 @@ pub struct Info {
 #[serde(rename_all = "lowercase")]
 pub enum ModelType {
     Embedding(EmbeddingModel),
+    Classifier(ClassifierModel),
+    Reranker(ClassifierModel),
+}
+
+/// A classifier's classes, as Hugging Face's config.json names them.
+#[derive(Serialize, ToSchema)]
+pub struct ClassifierModel {
+    pub id2label: std::collections::BTreeMap<String, String>,
+    pub label2id: std::collections::BTreeMap<String, usize>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -227,6 +335,97 @@ async fn embed_on(
     Ok(timed(respond::json(body), &embeddings))
 }
 
+fn timed_p(mut res: Response, p: &Predictions) -> Response {
+    respond::timing_headers(&mut res, &p.timing);
+    res
+}
+
+/// A row of scores as `{score, label}`, highest first.
+fn ranked(scores: &[f32], labels: &[String]) -> Vec<ClassScore> {
+    let mut out: Vec<ClassScore> = scores
+        .iter()
+        .zip(labels)
+        .map(|(&score, label)| ClassScore {
+            score,
+            label: label.clone(),
+        })
+        .collect();
+    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+    out
+}
+
+async fn predict_on(
+    state: &AppState,
+    name: Option<&str>,
+    timeout: Option<std::time::Duration>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let req: PredictBody = parse(body)?;
+    check_direction(req.truncation_direction.as_deref())?;
+    let lv = text_version(state, name)?;
+    let (inputs, single): (Vec<Sequence>, bool) = match req.inputs {
+        PredictInput::Single(s) => (vec![s.into()], true),
+        PredictInput::Batch(b) => (b.into_iter().map(Sequence::from).collect(), false),
+    };
+    let p = state
+        .serving()
+        .classify_text(
+            &lv,
+            PredictRequest {
+                inputs,
+                truncate: req.truncate,
+                raw_scores: req.raw_scores,
+            },
+            timeout,
+            &tracing::Span::current(),
+        )
+        .await?;
+    let mut rows: Vec<Vec<ClassScore>> = p.scores.iter().map(|r| ranked(r, &p.labels)).collect();
+    let answer = if single {
+        PredictAnswer::Single(rows.pop().unwrap_or_default())
+    } else {
+        PredictAnswer::Batch(rows)
+    };
+    let body = serde_json::to_vec(&answer).expect("scores serialize");
+    Ok(timed_p(respond::json(body), &p))
+}
+
+async fn rerank_on(
+    state: &AppState,
+    name: Option<&str>,
+    timeout: Option<std::time::Duration>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let req: RerankBody = parse(body)?;
+    check_direction(req.truncation_direction.as_deref())?;
+    let lv = text_version(state, name)?;
+    let texts = req.return_text.then(|| req.texts.clone());
+    let scores = state
+        .serving()
+        .rerank(
+            &lv,
+            req.query,
+            req.texts,
+            req.truncate,
+            req.raw_scores,
+            timeout,
+            &tracing::Span::current(),
+        )
+        .await?;
+    let mut ranks: Vec<Rank> = scores
+        .iter()
+        .enumerate()
+        .map(|(index, &score)| Rank {
+            index,
+            text: texts.as_ref().map(|t| t[index].clone()),
+            score,
+        })
+        .collect();
+    ranks.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let body = serde_json::to_vec(&RerankResponse(ranks)).expect("ranks serialize");
+    Ok(respond::json(body))
+}
+
 async fn tokenize_on(
     state: &AppState,
     name: Option<&str>,
@@ -268,9 +467,30 @@ fn info_of(state: &AppState, name: Option<&str>) -> Result<Response, ApiError> {
         model_id: lv.name.clone(),
         model_sha: Some(lv.version.to_string()),
         model_dtype: "float32",
-        model_type: ModelType::Embedding(EmbeddingModel {
-            pooling: spec.pooling.as_str(),
-        }),
+        model_type: if text.model.is_classifier() {
+            let labels = text.model.labels();
+            let classes = ClassifierModel {
+                id2label: labels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (i.to_string(), l.clone()))
+                    .collect(),
+                label2id: labels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (l.clone(), i))
+                    .collect(),
+            };
+            if text.model.output_size() == 1 {
+                ModelType::Reranker(classes)
+            } else {
+                ModelType::Classifier(classes)
+            }
+        } else {
+            ModelType::Embedding(EmbeddingModel {
+                pooling: spec.pooling.as_str(),
+            })
+        },
         max_concurrent_requests: cfg.queue_capacity,
         max_input_length: spec.max_length,
         max_batch_tokens: cfg.max_batch_tokens,
@@ -380,7 +600,19 @@ pub(crate) async fn tf_predict(
     timeout: Option<std::time::Duration>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    if verb != super::extract::Verb::Predict {
+    use super::extract::Verb;
+    if lv.text()?.model.is_classifier() {
+        return match verb {
+            Verb::Predict => tf_classifier_predict(state, lv, timeout, body).await,
+            Verb::Classify => tf_classify(state, lv, timeout, body).await,
+            Verb::Regress | Verb::Explain | Verb::Evaluate => Err(Error::InvalidInput(format!(
+                "model '{}' is a text classifier: it answers :predict and :classify",
+                lv.name
+            ))
+            .into()),
+        };
+    }
+    if verb != Verb::Predict {
         return Err(Error::InvalidInput(format!(
             "model '{}' is a text embedding model: it answers :predict, not :classify or :regress",
             lv.name
@@ -415,6 +647,198 @@ pub(crate) async fn tf_predict(
     answer.insert(key.into(), serde_json::json!(embeddings.vectors));
     let body = serde_json::to_vec(&answer).expect("floats serialize");
     Ok(timed(respond::json(body), &embeddings))
+}
+
+/// TF Serving's `:predict` on a text classifier: `{"instances": ["text" | ["a", "b"], …]}`
+/// → `{"predictions": [[p, …], …]}` (probabilities in label order).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TfClassifierRequest {
+    #[serde(default)]
+    #[allow(
+        dead_code,
+        reason = "accepted as TF Serving clients send it; one signature"
+    )]
+    signature_name: Option<String>,
+    #[serde(default)]
+    instances: Option<Vec<PredictSequence>>,
+    #[serde(default)]
+    inputs: Option<PredictInput>,
+}
+
+async fn tf_classifier_predict(
+    state: &AppState,
+    lv: &LoadedVersion,
+    timeout: Option<std::time::Duration>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let req: TfClassifierRequest = parse(body)?;
+    let (inputs, key): (Vec<Sequence>, &str) = match (req.instances, req.inputs) {
+        (Some(v), None) => (v.into_iter().map(Sequence::from).collect(), "predictions"),
+        (None, Some(PredictInput::Single(s))) => (vec![s.into()], "outputs"),
+        (None, Some(PredictInput::Batch(b))) => {
+            (b.into_iter().map(Sequence::from).collect(), "outputs")
+        }
+        _ => {
+            return Err(Error::InvalidInput(
+                "send exactly one of \"instances\" (a list of texts or pairs) or \"inputs\"".into(),
+            )
+            .into())
+        }
+    };
+    let p = classify_texts(state, lv, inputs, timeout).await?;
+    let mut answer = serde_json::Map::new();
+    answer.insert(key.into(), serde_json::json!(p.scores));
+    let body = serde_json::to_vec(&answer).expect("scores serialize");
+    Ok(timed_p(respond::json(body), &p))
+}
+
+async fn classify_texts(
+    state: &AppState,
+    lv: &LoadedVersion,
+    inputs: Vec<Sequence>,
+    timeout: Option<std::time::Duration>,
+) -> Result<Predictions, Error> {
+    state
+        .serving()
+        .classify_text(
+            lv,
+            PredictRequest {
+                inputs,
+                truncate: false,
+                raw_scores: false,
+            },
+            timeout,
+            &tracing::Span::current(),
+        )
+        .await
+}
+
+/// TF Serving's `:classify` on a text classifier: `{"examples": [{"text": "…"}, …]}` (with
+/// `"text_pair"` for a pair; `context` holds fields every example shares) →
+/// `{"results": [[[label, score], …], …]}`, each example's classes highest first.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TfClassifyRequest {
+    #[serde(default)]
+    #[allow(
+        dead_code,
+        reason = "accepted as TF Serving clients send it; one signature"
+    )]
+    signature_name: Option<String>,
+    examples: Vec<TextExample>,
+    #[serde(default)]
+    context: Option<TextExample>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextExample {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    text_pair: Option<String>,
+}
+
+async fn tf_classify(
+    state: &AppState,
+    lv: &LoadedVersion,
+    timeout: Option<std::time::Duration>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let req: TfClassifyRequest = parse(body)?;
+    let context = req.context.unwrap_or_default();
+    let inputs = req
+        .examples
+        .into_iter()
+        .enumerate()
+        .map(|(i, ex)| {
+            let text = ex.text.or_else(|| context.text.clone());
+            let pair = ex.text_pair.or_else(|| context.text_pair.clone());
+            match (text, pair) {
+                (Some(t), None) => Ok(Sequence::Single(t)),
+                (Some(a), Some(b)) => Ok(Sequence::Pair(a, b)),
+                (None, _) => Err(Error::InvalidInput(format!(
+                    "examples[{i}] has no \"text\" (a text classifier reads \"text\", and \"text_pair\" for pairs)"
+                ))),
+            }
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let p = classify_texts(state, lv, inputs, timeout).await?;
+    let results = p
+        .scores
+        .iter()
+        .map(|row| {
+            let mut pairs: Vec<(&str, f32)> = p
+                .labels
+                .iter()
+                .map(String::as_str)
+                .zip(row.iter().copied())
+                .collect();
+            pairs.sort_by(|a, b| b.1.total_cmp(&a.1));
+            pairs
+        })
+        .collect();
+    let body = serde_json::to_vec(&super::types::ClassifyResponse {
+        results,
+        warnings: &[],
+    })
+    .expect("scores serialize");
+    Ok(timed_p(respond::json(body), &p))
+}
+
+/// `POST /predict`
+#[utoipa::path(post, path = "/predict", operation_id = "text_predict", tag = "text",
+    summary = "Classify texts or pairs with the only text model loaded (TEI's /predict)",
+    params(Timeout), request_body = PredictBody,
+    responses((status = 200, body = PredictAnswer), TextErrors))]
+pub async fn predict(
+    State(state): State<AppState>,
+    Deadline(timeout): Deadline,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    predict_on(&state, None, timeout, &body).await
+}
+
+/// `POST /models/{name}/predict`
+#[utoipa::path(post, path = "/models/{name}/predict", operation_id = "model_text_predict",
+    tag = "text", summary = "Classify texts or pairs with a named text model (TEI's /predict)",
+    params(ModelPath, Timeout), request_body = PredictBody,
+    responses((status = 200, body = PredictAnswer), TextErrors))]
+pub async fn model_predict(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Deadline(timeout): Deadline,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    predict_on(&state, Some(&name), timeout, &body).await
+}
+
+/// `POST /rerank`
+#[utoipa::path(post, path = "/rerank", operation_id = "rerank", tag = "text",
+    summary = "Rank texts against a query with the only text model loaded, a cross-encoder (TEI's /rerank)",
+    params(Timeout), request_body = RerankBody,
+    responses((status = 200, body = RerankResponse), TextErrors))]
+pub async fn rerank(
+    State(state): State<AppState>,
+    Deadline(timeout): Deadline,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    rerank_on(&state, None, timeout, &body).await
+}
+
+/// `POST /models/{name}/rerank`
+#[utoipa::path(post, path = "/models/{name}/rerank", operation_id = "model_rerank", tag = "text",
+    summary = "Rank texts against a query with a named cross-encoder (TEI's /rerank)",
+    params(ModelPath, Timeout), request_body = RerankBody,
+    responses((status = 200, body = RerankResponse), TextErrors))]
+pub async fn model_rerank(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Deadline(timeout): Deadline,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    rerank_on(&state, Some(&name), timeout, &body).await
 }
 
 /// `POST /embed`

@@ -24,12 +24,13 @@ use tokio::sync::oneshot;
 use super::Stats;
 use crate::config::BatchConfig;
 use crate::error::Error;
-use crate::text::TextModel;
+use crate::text::{TextModel, Tokens};
 
-/// One input's embedding and where its time went.
+/// One input's answer and where its time went.
 #[derive(Debug)]
 pub struct Embedded {
-    /// `hidden_size` values, normalised if the request asked.
+    /// `output_size` values: an embedding (normalised if the request asked) or a
+    /// classifier's scores.
     pub embedding: Vec<f32>,
     pub queue_time: Duration,
     pub compute_time: Duration,
@@ -41,7 +42,7 @@ type TextReply = Result<Embedded, Error>;
 
 /// One input waiting for a worker.
 pub(crate) struct TextEntry {
-    ids: Vec<u32>,
+    tokens: Tokens,
     normalize: bool,
     reply: oneshot::Sender<TextReply>,
     enqueued: Instant,
@@ -85,7 +86,7 @@ pub(crate) fn take_batch(
             pending.pop_front().expect("front exists").expire(now);
             continue;
         }
-        let len = front.ids.len();
+        let len = front.tokens.ids.len();
         let count = batch.len() + 1;
         if !batch.is_empty()
             && (longest.max(len) * count > budget.max_tokens || count > budget.max_requests)
@@ -189,7 +190,7 @@ impl TextBatcher {
     /// none (503 when the queue cannot take them all).
     pub async fn embed(
         &self,
-        inputs: Vec<Vec<u32>>,
+        inputs: Vec<Tokens>,
         normalize: bool,
         timeout: Duration,
         span: &tracing::Span,
@@ -221,10 +222,10 @@ impl TextBatcher {
                     capacity: queue.cfg.queue_capacity,
                 });
             }
-            for ids in inputs {
+            for tokens in inputs {
                 let (reply, rx) = oneshot::channel();
                 st.pending.push_back(TextEntry {
-                    ids,
+                    tokens,
                     normalize,
                     reply,
                     enqueued: now,
@@ -292,11 +293,15 @@ fn compute(model: &TextModel, batch: Vec<TextEntry>, stats: &Stats) {
         return;
     }
     let n = entries.len();
-    let longest = entries.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-    let tokens: usize = entries.iter().map(|e| e.ids.len()).sum();
-    let ids: Vec<&[u32]> = entries.iter().map(|e| e.ids.as_slice()).collect();
+    let longest = entries
+        .iter()
+        .map(|e| e.tokens.ids.len())
+        .max()
+        .unwrap_or(0);
+    let tokens: usize = entries.iter().map(|e| e.tokens.ids.len()).sum();
+    let inputs: Vec<&Tokens> = entries.iter().map(|e| &e.tokens).collect();
     // A panic inside candle must not take the worker (and every later request) down.
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| model.embed(&ids)));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| model.forward(&inputs)));
     let compute_time = start.elapsed();
     let prom = &stats.prom;
     prom.compute_seconds.observe(compute_time.as_secs_f64());
@@ -315,8 +320,8 @@ fn compute(model: &TextModel, batch: Vec<TextEntry>, stats: &Stats) {
         Ok(Err(e)) => return fail(entries, &e.to_string()),
         Err(_) => return fail(entries, "the forward pass panicked"),
     };
-    let hidden = model.hidden_size();
-    for (e, row) in entries.into_iter().zip(values.chunks_exact(hidden)) {
+    let width = model.output_size();
+    for (e, row) in entries.into_iter().zip(values.chunks_exact(width)) {
         let mut embedding = row.to_vec();
         if e.normalize {
             crate::text::normalize(&mut embedding);
@@ -350,7 +355,10 @@ mod tests {
     ) -> (TextEntry, oneshot::Receiver<TextReply>) {
         let (reply, rx) = oneshot::channel();
         let e = TextEntry {
-            ids: vec![1; len],
+            tokens: Tokens {
+                ids: vec![1; len],
+                types: vec![0; len],
+            },
             normalize: false,
             reply,
             enqueued: now,
@@ -362,7 +370,7 @@ mod tests {
     }
 
     fn lens(batch: &[TextEntry]) -> Vec<usize> {
-        batch.iter().map(|e| e.ids.len()).collect()
+        batch.iter().map(|e| e.tokens.ids.len()).collect()
     }
 
     #[test]

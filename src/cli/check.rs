@@ -35,8 +35,24 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
                 spec.normalize,
                 spec.max_length
             );
-            println!("input:   texts");
-            println!("output:  float32 [{}] per text", model.hidden_size());
+            if model.is_classifier() {
+                println!(
+                    "input:   {}",
+                    if spec.pairs {
+                        "pairs of texts"
+                    } else {
+                        "texts"
+                    }
+                );
+                println!(
+                    "output:  float32 [{}] per input, labels {:?}",
+                    model.output_size(),
+                    model.labels()
+                );
+            } else {
+                println!("input:   texts");
+                println!("output:  float32 [{}] per text", model.hidden_size());
+            }
             return Ok(());
         }
     };

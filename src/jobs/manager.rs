@@ -191,9 +191,29 @@ impl JobManager {
                 spec.check_validation_columns(&table, &vt)
                     .map_err(|e| JobError::InvalidSpec(e.0))?;
             }
-            let resolved = spec
-                .resolve(&table)
-                .map_err(|e| JobError::InvalidSpec(e.0))?;
+            let base_model = spec.base_model.clone();
+            let resolved = match &base_model {
+                // A text job: resolved against the loaded base model.
+                Some(base) => {
+                    let lv = inner
+                        .registry
+                        .get(base, spec.base_version)
+                        .map_err(|e| JobError::InvalidSpec(format!("base_model: {e}")))?;
+                    let text = lv.text().map_err(|_| {
+                        JobError::InvalidSpec(format!(
+                            "base_model '{base}' is not a text model (a transformer version)"
+                        ))
+                    })?;
+                    let b = crate::training::text::Base {
+                        name: base,
+                        version: lv.version,
+                        model: &text.model,
+                    };
+                    crate::training::text::resolve(spec.clone(), &table, &b)
+                }
+                None => spec.resolve(&table),
+            }
+            .map_err(|e| JobError::InvalidSpec(e.0))?;
             Ok(inner.store.insert(&new_job_id(), &resolved)?)
         })
         .await?;
@@ -594,6 +614,24 @@ fn execute(
             Err(e) => return fail(format!("validation dataset '{v}': {e}")),
         },
     };
+    // A text job: the base model encodes the texts; the head trains on the embeddings.
+    let text_job = match text_job(inner, spec) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let (table, validation) = match &text_job {
+        Some(tj) => {
+            let embedded = tj
+                .embed(&table)
+                .and_then(|t| Ok((t, validation.as_ref().map(|v| tj.embed(v)).transpose()?)));
+            match embedded {
+                Ok((t, v)) => (std::sync::Arc::new(t), v),
+                Err(e) => return fail(e),
+            }
+        }
+        None => (table, validation),
+    };
+    let spec = text_job.as_ref().map_or(spec, |tj| &tj.derived);
     let data = match run::prepare_data(&table, spec, validation.as_ref()) {
         Ok(d) => d,
         Err(e) => return fail(e),
@@ -636,9 +674,13 @@ fn execute(
     // Published, then loaded into the registry (this version only) before the job counts
     // as succeeded: a client that sees `succeeded` can predict at once.
     let name = &spec.spec.model;
-    let files = match ModelFiles::trained(&result.model_spec, &result.weights) {
+    let files = match &text_job {
+        Some(tj) => tj.package(&result, Some(&job.id)),
+        None => ModelFiles::trained(&result.model_spec, &result.weights).map_err(|e| e.to_string()),
+    };
+    let files = match files {
         Ok(f) => f,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail(e),
     };
     let published = inner.runtime.block_on(async {
         let published = validate_and_publish(&*inner.models, name, files).await?;
@@ -664,6 +706,26 @@ fn execute(
         version,
         metrics: result.metrics().clone(),
     })
+}
+
+/// The base model of a text job (`base_model`), read from the model store at the version
+/// pinned when the job was queued; `None` for other jobs.
+fn text_job(
+    inner: &Inner,
+    spec: &crate::training::spec::ResolvedSpec,
+) -> Result<Option<crate::training::text::TextJob>, String> {
+    let Some(base) = &spec.spec.base_model else {
+        return Ok(None);
+    };
+    let version = spec
+        .spec
+        .base_version
+        .ok_or("the job's base_version is missing")?;
+    let stored = inner
+        .runtime
+        .block_on(inner.models.read(base, version))
+        .map_err(|e| format!("base_model '{base}' version {version}: {e}"))?;
+    crate::training::text::TextJob::open(spec, stored.files, &stored.location).map(Some)
 }
 
 #[cfg(test)]

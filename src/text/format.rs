@@ -34,6 +34,14 @@ pub struct TextSpec {
     /// Class names of a classification head, in output order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
+    /// What turns the encoder's output into class scores (task `classification`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<Head>,
+    /// Inputs are pairs of texts (`[first, second]`, encoded together with `[SEP]` between
+    /// them and token types 0 and 1): a cross-encoder, or a classifier trained on two text
+    /// columns.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pairs: bool,
     /// Where the version came from and where its settings were read (`kiln import`); kept
     /// as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,6 +70,23 @@ pub enum TextTask {
     Embedding,
     Classification,
 }
+
+/// A classification head on the encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Head {
+    /// Hugging Face's `BertForSequenceClassification`: the `[CLS]` vector through BERT's
+    /// pooler (`pooler.dense`, tanh), then the `classifier` linear layer (`pooling` is not
+    /// used). Its outputs are logits.
+    BertPooler,
+    /// A network kiln trained on the pooled embeddings (a training job with `base_model`):
+    /// a layer-list `model.json` (its numeric preprocessing, one feature per embedding
+    /// value, applied first) whose tensors are under `head.` in model.safetensors.
+    Kiln { model: serde_json::Value },
+}
+
+/// The tensor prefix of a [`Head::Kiln`] network in a transformer's weights.
+pub const HEAD_PREFIX: &str = "head.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,6 +130,23 @@ impl TextSpec {
                 spec.kind
             ));
         }
+        match (spec.task, &spec.head) {
+            (TextTask::Embedding, Some(_)) => {
+                return Err(
+                    "a head is for task \"classification\"; this spec's task is \"embedding\""
+                        .into(),
+                )
+            }
+            (TextTask::Classification, None) => {
+                return Err(
+                    "task \"classification\" needs a head (\"bert_pooler\" or \"kiln\")".into(),
+                )
+            }
+            _ => {}
+        }
+        if spec.task == TextTask::Embedding && spec.pairs {
+            return Err("pairs: an embedding model takes one text per input".into());
+        }
         if spec.max_length < 3 {
             return Err(format!(
                 "max_length {} leaves no room for a token between the special ones",
@@ -147,5 +189,23 @@ mod tests {
         assert!(err.contains("max_length 2"), "{err}");
         let err = TextSpec::from_json(&json.replace("\"pooling\"", "\"poling\"")).unwrap_err();
         assert!(err.contains("unknown field `poling`"), "{err}");
+    }
+
+    #[test]
+    fn a_classifier_has_a_head_and_an_embedding_model_none() {
+        let json = r#"{"format_version": 1, "kind": "transformer", "architecture": "bert",
+            "pooling": "cls", "normalize": false, "max_length": 128, "task": "classification",
+            "labels": ["no", "yes"], "head": {"type": "bert_pooler"}}"#;
+        let spec = TextSpec::from_json(json).unwrap();
+        assert_eq!(spec.head, Some(Head::BertPooler));
+        assert!(!spec.pairs);
+        let err = TextSpec::from_json(&json.replace(r#", "head": {"type": "bert_pooler"}"#, ""))
+            .unwrap_err();
+        assert!(err.contains("needs a head"), "{err}");
+        let err =
+            TextSpec::from_json(&json.replace("\"classification\"", "\"embedding\"")).unwrap_err();
+        assert!(err.contains("a head is for task"), "{err}");
+        let err = TextSpec::from_json(&json.replace("bert_pooler", "linear")).unwrap_err();
+        assert!(err.contains("unknown variant `linear`"), "{err}");
     }
 }

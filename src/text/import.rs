@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::format::{Architecture, Pooling, TextSpec, TextTask, Truncation};
+use super::format::{Architecture, Head, Pooling, TextSpec, TextTask, Truncation};
 use super::format::{TEXT_FORMAT_VERSION, TRANSFORMER_KIND};
 use super::{CONFIG_FILE, TOKENIZER_FILE};
 
@@ -159,16 +159,39 @@ pub fn from_hf_dir(dir: &Path, opts: &ImportOptions) -> Result<Imported, String>
             "max_length {max_length} is over the model's max_position_embeddings {positions}"
         ));
     }
+    // A sequence classifier (a cross-encoder is one with one output): BERT's pooler and
+    // a classifier layer on [CLS], classes from id2label.
+    let classifier = config_json["architectures"].as_array().is_some_and(|a| {
+        a.iter()
+            .any(|x| x.as_str() == Some("BertForSequenceClassification"))
+    });
+    let (task, head, labels, pooling, normalize) = if classifier {
+        source.insert(
+            "head_from".into(),
+            json!("config.json architectures: BertForSequenceClassification"),
+        );
+        (
+            TextTask::Classification,
+            Some(Head::BertPooler),
+            id2label(&config_json).map_err(|m| format!("{}: {m}", config_path.display()))?,
+            Pooling::Cls,
+            false,
+        )
+    } else {
+        (TextTask::Embedding, None, Vec::new(), pooling, normalize)
+    };
     let spec = TextSpec {
         format_version: TEXT_FORMAT_VERSION,
         kind: TRANSFORMER_KIND.to_owned(),
         architecture,
-        task: TextTask::Embedding,
+        task,
         pooling,
         normalize,
         max_length,
         truncation: Truncation::Right,
-        labels: Vec::new(),
+        labels,
+        head,
+        pairs: false,
         source: Some(Value::Object(source)),
     };
     Ok(Imported {
@@ -177,6 +200,28 @@ pub fn from_hf_dir(dir: &Path, opts: &ImportOptions) -> Result<Imported, String>
         tokenizer,
         weights,
     })
+}
+
+/// A classifier's class names in output order, from config.json's `id2label` (`{"0":
+/// "negative", …}`); none when it has no such map.
+fn id2label(config: &Value) -> Result<Vec<String>, String> {
+    let Some(map) = config["id2label"].as_object() else {
+        return Ok(Vec::new());
+    };
+    let mut labels: Vec<(usize, String)> = map
+        .iter()
+        .map(|(k, v)| {
+            let i = k
+                .parse::<usize>()
+                .map_err(|_| format!("id2label key {k:?} is not a class index"))?;
+            Ok((i, v.as_str().unwrap_or_default().to_owned()))
+        })
+        .collect::<Result<_, String>>()?;
+    labels.sort();
+    if labels.iter().enumerate().any(|(i, (k, _))| i != *k) {
+        return Err("id2label's keys are not 0, 1, …".into());
+    }
+    Ok(labels.into_iter().map(|(_, l)| l).collect())
 }
 
 /// The pooling a sentence-transformers directory declares: the `Pooling` module's path in

@@ -33,10 +33,12 @@ pub struct TextFiles<'a> {
     pub origin: &'a Path,
 }
 
-/// One input, tokenized: the ids the encoder reads (special tokens included).
+/// One input, tokenized: the ids the encoder reads (special tokens included) and their
+/// token types (all 0 for one text; 0 then 1 for a pair).
 #[derive(Debug, Clone)]
 pub struct Tokens {
     pub ids: Vec<u32>,
+    pub types: Vec<u32>,
 }
 
 impl Tokens {
@@ -71,14 +73,36 @@ enum Encoder {
     Bert(bert::BertModel),
 }
 
+/// A loaded classification head (see [`format::Head`]).
+enum LoadedHead {
+    /// BERT's pooler (dense + tanh on `[CLS]`) and the `classifier` layer.
+    BertPooler {
+        pooler: candle_nn::Linear,
+        classifier: candle_nn::Linear,
+    },
+    /// kiln's network on the pooled embedding, after its standardization.
+    Kiln {
+        shift: Tensor,
+        scale: Tensor,
+        model: crate::model::Model,
+    },
+}
+
 /// A loaded transformer: its spec, tokenizer and encoder. Immutable once built and shared
 /// by the version's workers (`Arc<TextModel>`).
 pub struct TextModel {
     spec: TextSpec,
     tokenizer: tokenizers::Tokenizer,
     encoder: Encoder,
+    head: Option<LoadedHead>,
+    /// Values per input the model answers with: the embedding size, or one per class.
+    outputs: usize,
+    /// The head's outputs are already probabilities (a kiln head ending in softmax).
+    probabilities: bool,
     /// Special tokens the tokenizer adds around one text (`[CLS]` … `[SEP]`: 2).
     added: usize,
+    /// … and around a pair (`[CLS]` a `[SEP]` b `[SEP]`: 3).
+    added_pair: usize,
     pad_id: u32,
     hidden: usize,
     device: Device,
@@ -100,12 +124,6 @@ impl TextModel {
             .map_err(|e| spec_error(origin, "model.json", format!("not UTF-8: {e}")))?;
         let spec =
             TextSpec::from_json(spec_text).map_err(|m| spec_error(origin, "model.json", m))?;
-        if spec.task == TextTask::Classification {
-            return Err(ModelError::Invalid(format!(
-                "{}: classification heads on transformers are not served by this kiln yet (task \"embedding\" is)",
-                origin.join("model.json").display()
-            )));
-        }
         let config_path = origin.join(CONFIG_FILE);
         let config: bert::Config = serde_json::from_slice(files.config).map_err(|e| {
             ModelError::Invalid(format!("{}: not a BERT config: {e}", config_path.display()))
@@ -134,18 +152,35 @@ impl TextModel {
         let added = tokenizer
             .get_post_processor()
             .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+        let added_pair = tokenizer
+            .get_post_processor()
+            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, true));
         let weights_path = origin.join("model.safetensors");
-        let tensors =
+        let mut tensors =
             candle_core::safetensors::load_buffer(files.weights, device).map_err(|e| {
                 ModelError::Weights {
                     path: weights_path.clone(),
                     message: format!("not a valid safetensors file: {e}"),
                 }
             })?;
+        let head_tensors: std::collections::HashMap<String, Tensor> = {
+            let names: Vec<String> = tensors
+                .keys()
+                .filter(|k| k.starts_with(format::HEAD_PREFIX))
+                .cloned()
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|k| {
+                    let t = tensors.remove(&k)?;
+                    Some((k[format::HEAD_PREFIX.len()..].to_owned(), t))
+                })
+                .collect()
+        };
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let encoder = match spec.architecture {
             Architecture::Bert => {
-                Encoder::Bert(bert::BertModel::load(vb, &config).map_err(|e| {
+                Encoder::Bert(bert::BertModel::load(vb.clone(), &config).map_err(|e| {
                     ModelError::Weights {
                         path: weights_path.clone(),
                         message: format!(
@@ -156,10 +191,66 @@ impl TextModel {
                 })?)
             }
         };
+        let hidden = config.hidden_size;
+        let weights_error = |what: &str, e: &dyn std::fmt::Display| ModelError::Weights {
+            path: weights_path.clone(),
+            message: format!("{what}: {e}"),
+        };
+        let (head, outputs, probabilities) = match &spec.head {
+            None => (None, hidden, false),
+            Some(format::Head::BertPooler) => {
+                let pooler = candle_nn::linear(hidden, hidden, vb.pp("pooler.dense"))
+                    .or_else(|_| candle_nn::linear(hidden, hidden, vb.pp("bert.pooler.dense")))
+                    .map_err(|e| weights_error("the bert_pooler head needs pooler.dense", &e))?;
+                let classes = vb
+                    .get_unchecked_dtype("classifier.bias", DType::F32)
+                    .and_then(|b| b.dims1())
+                    .map_err(|e| weights_error("the bert_pooler head needs classifier", &e))?;
+                let classifier = candle_nn::linear(hidden, classes, vb.pp("classifier"))
+                    .map_err(|e| weights_error("the bert_pooler head's classifier", &e))?;
+                (
+                    Some(LoadedHead::BertPooler { pooler, classifier }),
+                    classes,
+                    false,
+                )
+            }
+            Some(format::Head::Kiln { model }) => {
+                let head_spec = crate::model::format::ModelSpec::from_json(&model.to_string())
+                    .map_err(|m| spec_error(origin, "model.json", format!("head: {m}")))?;
+                let (shift, scale) = head_scaling(&head_spec, hidden)
+                    .map_err(|m| spec_error(origin, "model.json", format!("head: {m}")))?;
+                let model = crate::model::Model::from_tensors(head_spec, head_tensors, device)?;
+                let outputs = model.output_len();
+                let probabilities = model.outputs_probabilities();
+                let head = LoadedHead::Kiln {
+                    shift: Tensor::from_vec(shift, (1, hidden), device)?,
+                    scale: Tensor::from_vec(scale, (1, hidden), device)?,
+                    model,
+                };
+                (Some(head), outputs, probabilities)
+            }
+        };
+        if head.is_some() && !spec.labels.is_empty() && spec.labels.len() != outputs {
+            // One output is a binary classifier's or a cross-encoder's score.
+            if !(outputs == 1 && spec.labels.len() <= 2) {
+                return Err(spec_error(
+                    origin,
+                    "model.json",
+                    format!(
+                        "{} labels for a head with {outputs} outputs",
+                        spec.labels.len()
+                    ),
+                ));
+            }
+        }
         Ok(TextModel {
             added,
+            added_pair,
             pad_id: u32::try_from(config.pad_token_id).unwrap_or(0),
-            hidden: config.hidden_size,
+            hidden,
+            head,
+            outputs,
+            probabilities,
             spec,
             tokenizer,
             encoder,
@@ -171,11 +262,46 @@ impl TextModel {
     /// refused before it serves.
     pub fn load_and_warm(files: &TextFiles<'_>, device: &Device) -> Result<Self, ModelError> {
         let model = Self::load(files, device)?;
-        let tokens = model
-            .tokenize("kiln", true)
-            .map_err(|e| ModelError::Invalid(format!("warm-up: {e}")))?;
-        model.embed(&[&tokens.ids])?;
+        let tokens = if model.spec.pairs {
+            model.tokenize_pair("kiln", "kiln", true)
+        } else {
+            model.tokenize("kiln", true)
+        }
+        .map_err(|e| ModelError::Invalid(format!("warm-up: {e}")))?;
+        let out = model.forward(&[&tokens])?;
+        if out.len() != model.outputs || out.iter().any(|x| !x.is_finite()) {
+            return Err(ModelError::Invalid(format!(
+                "warm-up: {} values, expected {} finite ones",
+                out.len(),
+                model.outputs
+            )));
+        }
         Ok(model)
+    }
+
+    /// Whether the version is a classifier (a head on the encoder).
+    pub fn is_classifier(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// Values per input [`TextModel::forward`] answers with: the embedding size, or one
+    /// score per class (one for a cross-encoder).
+    pub fn output_size(&self) -> usize {
+        self.outputs
+    }
+
+    /// The head's outputs are probabilities already (else logits).
+    pub fn outputs_probabilities(&self) -> bool {
+        self.probabilities
+    }
+
+    /// A classifier's class names, in output order: the spec's, else `LABEL_0`, … as
+    /// Hugging Face names them.
+    pub fn labels(&self) -> Vec<String> {
+        if !self.spec.labels.is_empty() {
+            return self.spec.labels.clone();
+        }
+        (0..self.outputs).map(|i| format!("LABEL_{i}")).collect()
     }
 
     pub fn spec(&self) -> &TextSpec {
@@ -210,6 +336,44 @@ impl TextModel {
         let encoding = self.tokenizer.post_process(raw, None, true).map_err(tok)?;
         Ok(Tokens {
             ids: encoding.get_ids().to_vec(),
+            types: encoding.get_type_ids().to_vec(),
+        })
+    }
+
+    /// Tokenizes a pair (`[CLS]` a `[SEP]` b `[SEP]`, token types 0 then 1). Longer than
+    /// `max_length`: cut to it when `truncate`, the longer text first (as TEI and
+    /// sentence-transformers do), else [`TokenizeError::TooLong`].
+    pub fn tokenize_pair(
+        &self,
+        first: &str,
+        second: &str,
+        truncate: bool,
+    ) -> Result<Tokens, TokenizeError> {
+        use tokenizers::utils::truncation::{
+            truncate_encodings, TruncationParams, TruncationStrategy,
+        };
+        let tok = |e: tokenizers::Error| TokenizeError::Tokenizer(e.to_string());
+        let mut a = self.tokenizer.encode_fast(first, false).map_err(tok)?;
+        let mut b = self.tokenizer.encode_fast(second, false).map_err(tok)?;
+        let tokens = a.len() + b.len() + self.added_pair;
+        let limit = self.spec.max_length;
+        if tokens > limit {
+            if !truncate {
+                return Err(TokenizeError::TooLong { tokens, limit });
+            }
+            let params = TruncationParams {
+                max_length: limit - self.added_pair,
+                strategy: TruncationStrategy::LongestFirst,
+                ..TruncationParams::default()
+            };
+            let (ta, tb) = truncate_encodings(a, Some(b), &params).map_err(tok)?;
+            a = ta;
+            b = tb.ok_or_else(|| TokenizeError::Tokenizer("pair truncation lost a text".into()))?;
+        }
+        let encoding = self.tokenizer.post_process(a, Some(b), true).map_err(tok)?;
+        Ok(Tokens {
+            ids: encoding.get_ids().to_vec(),
+            types: encoding.get_type_ids().to_vec(),
         })
     }
 
@@ -246,39 +410,128 @@ impl TextModel {
             .collect())
     }
 
-    /// Embeds a batch of tokenized inputs: `batch.len() × hidden_size` values, pooled, not
-    /// normalised. Inputs are padded to the longest; padding is masked out of attention and
-    /// of mean pooling, so an input's embedding does not depend on its batch.
+    /// Embeds a batch of tokenized single texts (token types 0): `batch.len() ×
+    /// hidden_size` values, pooled, not normalised.
     pub fn embed(&self, batch: &[&[u32]]) -> Result<Vec<f32>, ModelError> {
-        let n = batch.len();
-        let longest = batch.iter().map(|t| t.len()).max().unwrap_or(0);
-        if n == 0 || longest == 0 {
+        let tokens: Vec<Tokens> = batch
+            .iter()
+            .map(|ids| Tokens {
+                ids: ids.to_vec(),
+                types: vec![0; ids.len()],
+            })
+            .collect();
+        let refs: Vec<&Tokens> = tokens.iter().collect();
+        Ok(self.pooled(&refs)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Runs a batch: `batch.len() × output_size` values — the pooled embeddings (not
+    /// normalised) of an embedding model, a classifier's logits (or probabilities, see
+    /// [`TextModel::outputs_probabilities`]).
+    pub fn forward(&self, batch: &[&Tokens]) -> Result<Vec<f32>, ModelError> {
+        if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let out = match &self.head {
+            None => self.pooled(batch)?,
+            Some(LoadedHead::BertPooler { pooler, classifier }) => {
+                let (hidden, _) = self.encode(batch)?;
+                let cls = hidden.i((.., 0))?;
+                let pooled = candle_nn::Module::forward(pooler, &cls)?.tanh()?;
+                candle_nn::Module::forward(classifier, &pooled)?
+            }
+            Some(LoadedHead::Kiln {
+                shift,
+                scale,
+                model,
+            }) => {
+                let pooled = self.pooled(batch)?;
+                let x = pooled.broadcast_sub(shift)?.broadcast_div(scale)?;
+                model.forward(&x)?
+            }
+        };
+        Ok(out.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// The encoder's last hidden states `[n, longest, hidden]` and the attention mask.
+    /// Inputs are padded to the longest; padding is masked out of attention (and of mean
+    /// pooling), so an input's answer does not depend on its batch.
+    fn encode(&self, batch: &[&Tokens]) -> Result<(Tensor, Tensor), ModelError> {
+        let n = batch.len();
+        let longest = batch.iter().map(|t| t.ids.len()).max().unwrap_or(0).max(1);
         let mut ids = Vec::with_capacity(n * longest);
+        let mut types = Vec::with_capacity(n * longest);
         let mut mask = Vec::with_capacity(n * longest);
         for t in batch {
-            ids.extend_from_slice(t);
-            ids.extend(std::iter::repeat_n(self.pad_id, longest - t.len()));
-            mask.extend(std::iter::repeat_n(1u32, t.len()));
-            mask.extend(std::iter::repeat_n(0u32, longest - t.len()));
+            let pad = longest - t.ids.len();
+            ids.extend_from_slice(&t.ids);
+            ids.extend(std::iter::repeat_n(self.pad_id, pad));
+            types.extend_from_slice(&t.types);
+            types.extend(std::iter::repeat_n(0u32, longest - t.types.len()));
+            mask.extend(std::iter::repeat_n(1u32, t.ids.len()));
+            mask.extend(std::iter::repeat_n(0u32, pad));
         }
         let ids = Tensor::from_vec(ids, (n, longest), &self.device)?;
+        let types = Tensor::from_vec(types, (n, longest), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, longest), &self.device)?;
-        let types = ids.zeros_like()?;
         let hidden = match &self.encoder {
             Encoder::Bert(m) => m.forward(&ids, &types, Some(&mask))?,
         };
-        let pooled = match self.spec.pooling {
+        Ok((hidden, mask))
+    }
+
+    /// The pooled vectors `[n, hidden]` of a batch (by the spec's pooling).
+    pub fn pooled(&self, batch: &[&Tokens]) -> Result<Tensor, ModelError> {
+        let (hidden, mask) = self.encode(batch)?;
+        Ok(match self.spec.pooling {
             Pooling::Cls => hidden.i((.., 0))?,
             Pooling::Mean => {
                 let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
                 let summed = hidden.broadcast_mul(&m)?.sum(1)?;
                 summed.broadcast_div(&m.sum(1)?)?
             }
-        };
-        Ok(pooled.flatten_all()?.to_vec1::<f32>()?)
+        })
     }
+}
+
+/// The standardization a kiln head applies first: `(x - shift) / scale` per embedding value,
+/// from its numeric preprocessing (none: identity).
+fn head_scaling(
+    spec: &crate::model::format::ModelSpec,
+    hidden: usize,
+) -> Result<(Vec<f32>, Vec<f32>), String> {
+    if spec.row_len() != hidden {
+        return Err(format!(
+            "the head takes {} values; the encoder makes {hidden}",
+            spec.row_len()
+        ));
+    }
+    let Some(p) = &spec.preprocessing else {
+        return Ok((vec![0.0; hidden], vec![1.0; hidden]));
+    };
+    if p.features.len() != hidden {
+        return Err(format!(
+            "the head's preprocessing has {} features; the encoder makes {hidden} values",
+            p.features.len()
+        ));
+    }
+    let mut shift = Vec::with_capacity(hidden);
+    let mut scale = Vec::with_capacity(hidden);
+    for f in &p.features {
+        match f {
+            crate::preprocess::FeatureTransform::Numeric {
+                shift: s, scale: c, ..
+            } => {
+                shift.push(*s as f32);
+                scale.push(if *c == 0.0 { 1.0 } else { *c as f32 });
+            }
+            crate::preprocess::FeatureTransform::Categorical { name, .. } => {
+                return Err(format!(
+                    "the head's feature '{name}' is categorical; a head reads the embedding"
+                ))
+            }
+        }
+    }
+    Ok((shift, scale))
 }
 
 /// Scales `v` to unit length (left as is when it is all zeros).

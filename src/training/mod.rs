@@ -19,6 +19,8 @@
 //! - [`metrics`]: accuracy, macro precision/recall/F1, confusion matrix, MAE, RMSE, R².
 //! - [`init`]: Keras/PyTorch initial weights drawn from a seed.
 //! - [`rng`]: the seeded generator behind weights, shuffles and dropout masks.
+//! - [`text`]: a job with `base_model`: text columns encoded by a pretrained transformer,
+//!   a classification head trained on the embeddings, a transformer version published.
 
 pub mod error;
 pub mod init;
@@ -30,6 +32,7 @@ pub mod rng;
 pub mod run;
 pub mod search;
 pub mod spec;
+pub mod text;
 pub mod trainer;
 
 pub use error::TrainingError;

@@ -56,6 +56,27 @@ pub struct JobSpec {
     /// best by validation metric is published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<SearchSpec>,
+    /// A loaded text embedding model (a transformer): the text features are encoded by it
+    /// and a classification head is trained on its pooled embeddings; the result is a
+    /// transformer version with that head (docs/text-models.md). Server jobs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<String>,
+    /// The base model's version; default: the one loaded now (pinned when the job is
+    /// queued, so a resumed job encodes with the same weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_version: Option<u64>,
+    /// What of the encoder trains with the head; default: nothing (frozen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_tune: Option<FineTune>,
+}
+
+/// How much of a base model's encoder a text job trains.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FineTune {
+    /// Top encoder layers unfrozen (0: frozen, the head trains on the pooled embeddings).
+    #[serde(default)]
+    pub layers: usize,
 }
 
 /// Keras' `compile` + `fit` settings.
@@ -561,6 +582,11 @@ impl JobSpec {
 
     /// Fills in the defaults from the dataset and checks the spec against it.
     pub fn resolve(mut self, table: &Table) -> Result<ResolvedSpec, SpecError> {
+        if self.base_model.is_some() || self.fine_tune.is_some() || self.base_version.is_some() {
+            return bad(
+                "base_model: a text job needs the server's loaded models (POST /v1/training-jobs), not this path",
+            );
+        }
         if !valid_model_name(&self.model) {
             return bad(format!(
                 "model name {:?} is invalid: expected 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit",

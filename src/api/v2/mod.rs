@@ -185,6 +185,44 @@ pub(crate) fn model_metadata(
         })
         .unwrap_or_default();
     if let Ok(text) = lv.text() {
+        if text.model.is_classifier() {
+            // A text classifier: texts (and second texts of pairs) in, scores and labels out.
+            let mut inputs = vec![TensorMetadataView {
+                name: "text".into(),
+                datatype: "BYTES",
+                shape: vec![-1],
+            }];
+            if text.model.spec().pairs
+                || matches!(
+                    text.model.spec().head,
+                    Some(crate::text::format::Head::BertPooler)
+                )
+            {
+                inputs.push(TensorMetadataView {
+                    name: "text_pair".into(),
+                    datatype: "BYTES",
+                    shape: vec![-1],
+                });
+            }
+            return Ok(ModelMetadataResponse {
+                name: lv.name.clone(),
+                versions,
+                platform: PLATFORM,
+                inputs,
+                outputs: vec![
+                    TensorMetadataView {
+                        name: "probabilities".into(),
+                        datatype: "FP32",
+                        shape: batched(&[text.model.output_size()]),
+                    },
+                    TensorMetadataView {
+                        name: "label".into(),
+                        datatype: "BYTES",
+                        shape: vec![-1],
+                    },
+                ],
+            });
+        }
         // A text model: texts in (BYTES), one embedding each out.
         return Ok(ModelMetadataResponse {
             name: lv.name.clone(),
@@ -419,6 +457,9 @@ async fn text_infer(
     req: InferRequest,
     timeout: Option<std::time::Duration>,
 ) -> Result<Response, ApiError> {
+    if lv.text()?.model.is_classifier() {
+        return text_classify(state, lv, req, timeout).await;
+    }
     if let Some(out) = req.outputs.iter().flatten().find(|o| o.name != "embedding") {
         return Err(Error::InvalidInput(format!(
             "output '{}': a text model answers 'embedding'",
@@ -453,6 +494,121 @@ async fn text_infer(
     }
     let mut res = super::respond::json(serde_json::to_vec(&answer).expect("JSON values serialize"));
     super::respond::timing_headers(&mut res, &embeddings.timing);
+    Ok(res)
+}
+
+/// A text classifier's V2 inference: `text` (and `text_pair` for pairs), BYTES `[N]` →
+/// `probabilities` FP32 `[N, classes]` and `label` BYTES `[N]` (the best class), or the
+/// outputs the request names.
+async fn text_classify(
+    state: &AppState,
+    lv: &LoadedVersion,
+    req: InferRequest,
+    timeout: Option<std::time::Duration>,
+) -> Result<Response, ApiError> {
+    let wanted: Vec<String> = match &req.outputs {
+        Some(outs) if !outs.is_empty() => outs.iter().map(|o| o.name.clone()).collect(),
+        _ => vec!["probabilities".into(), "label".into()],
+    };
+    if let Some(out) = wanted
+        .iter()
+        .find(|o| *o != "probabilities" && *o != "label")
+    {
+        return Err(Error::InvalidInput(format!(
+            "output '{out}': a text classifier answers 'probabilities' and 'label'"
+        ))
+        .into());
+    }
+    let mut firsts = None;
+    let mut seconds = None;
+    for input in req.inputs {
+        let slot = match input.name.as_str() {
+            "text" => &mut firsts,
+            "text_pair" => &mut seconds,
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "input '{other}': a text classifier takes 'text' (and 'text_pair' for pairs)"
+                ))
+                .into())
+            }
+        };
+        *slot = Some(decode::to_texts(vec![input])?);
+    }
+    let Some(firsts) = firsts else {
+        return Err(Error::InvalidInput("the input 'text' is missing".into()).into());
+    };
+    let inputs: Vec<crate::serving::text::Sequence> = match seconds {
+        None => firsts
+            .into_iter()
+            .map(crate::serving::text::Sequence::Single)
+            .collect(),
+        Some(seconds) if seconds.len() == firsts.len() => firsts
+            .into_iter()
+            .zip(seconds)
+            .map(|(a, b)| crate::serving::text::Sequence::Pair(a, b))
+            .collect(),
+        Some(seconds) => {
+            return Err(Error::InvalidInput(format!(
+                "'text' holds {} texts and 'text_pair' {}",
+                firsts.len(),
+                seconds.len()
+            ))
+            .into())
+        }
+    };
+    let p = state
+        .serving()
+        .classify_text(
+            lv,
+            crate::serving::text::PredictRequest {
+                inputs,
+                truncate: false,
+                raw_scores: false,
+            },
+            timeout,
+            &tracing::Span::current(),
+        )
+        .await?;
+    let n = p.scores.len();
+    let k = p.labels.len().max(p.scores.first().map_or(0, Vec::len));
+    let outputs: Vec<serde_json::Value> = wanted
+        .iter()
+        .map(|name| {
+            if name == "probabilities" {
+                let data: Vec<f32> = p.scores.concat();
+                let width = p.scores.first().map_or(k, Vec::len);
+                serde_json::json!({"name": "probabilities", "datatype": "FP32", "shape": [n, width], "data": data})
+            } else {
+                let labels: Vec<&str> = p
+                    .scores
+                    .iter()
+                    .map(|row| {
+                        let best = if row.len() == 1 {
+                            // One output (a sigmoid): the second label when over one half.
+                            usize::from(row[0] > 0.5).min(p.labels.len().saturating_sub(1))
+                        } else {
+                            row.iter()
+                                .enumerate()
+                                .max_by(|a, b| a.1.total_cmp(b.1))
+                                .map_or(0, |(i, _)| i)
+                        };
+                        p.labels.get(best).map_or("", String::as_str)
+                    })
+                    .collect();
+                serde_json::json!({"name": "label", "datatype": "BYTES", "shape": [n], "data": labels})
+            }
+        })
+        .collect();
+    let mut answer = serde_json::json!({
+        "model_name": lv.name,
+        "model_version": lv.version.to_string(),
+        "outputs": outputs,
+    });
+    if let Some(id) = req.id {
+        answer["id"] = serde_json::Value::String(id);
+    }
+    let mut res = super::respond::json(serde_json::to_vec(&answer).expect("JSON values serialize"));
+    super::respond::timing_headers(&mut res, &p.timing);
     Ok(res)
 }
 
