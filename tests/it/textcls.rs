@@ -106,8 +106,9 @@ fn logistic_regression(x: &[Vec<f64>], y: &[bool]) -> impl Fn(&[f64]) -> bool {
             v.sqrt().max(1e-9)
         })
         .collect();
-    let z = |r: &[f64]| -> Vec<f64> { (0..d).map(|j| (r[j] - mean[j]) / sd[j]).collect() };
+    let z = move |r: &[f64]| -> Vec<f64> { (0..d).map(|j| (r[j] - mean[j]) / sd[j]).collect() };
     let xs: Vec<Vec<f64>> = x.iter().map(|r| z(r)).collect();
+    let z = z.clone();
     let (mut w, mut b) = (vec![0.0; d], 0.0);
     for _ in 0..500 {
         let mut gw = vec![0.0; d];
@@ -325,7 +326,7 @@ async fn a_job_fine_tunes_a_text_classifier_on_minilm() {
     let (code, body) = s
         .post(
             "/models/sentiment/predict",
-            &json!({"inputs": ["fine", long]}),
+            &json!({"inputs": ["fine", "okay", long]}),
         )
         .await;
     assert_eq!(
@@ -337,7 +338,7 @@ async fn a_job_fine_tunes_a_text_classifier_on_minilm() {
         body["error"]
             .as_str()
             .unwrap()
-            .contains("input 1 is 302 tokens"),
+            .contains("input 2 is 302 tokens"),
         "{body}"
     );
     let (code, body) = s
