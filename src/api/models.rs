@@ -187,14 +187,22 @@ fn metadata_of(lv: &LoadedVersion) -> Result<Response, ApiError> {
         if text.model.is_classifier() {
             // A text classifier: texts (or pairs) in, a score per class out.
             let k = text.model.output_size();
+            let spec = text.model.spec();
+            let mut inputs =
+                vec![serde_json::json!({"name": "text", "dtype": "string", "shape": [-1]})];
+            if spec.pairs || matches!(spec.head, Some(crate::text::format::Head::BertPooler)) {
+                // Pairs: required for a head trained on pairs, optional for a Hugging Face one.
+                inputs.push(
+                    serde_json::json!({"name": "text_pair", "dtype": "string", "shape": [-1],
+                                               "optional": !spec.pairs}),
+                );
+            }
             return Ok(Json(serde_json::json!({
                 "model_spec": {"name": lv.name, "version": lv.version.to_string(),
                                "signature_name": "serving_default"},
                 "metadata": {"transformer": text.model.spec(),
                              "labels": text.model.labels(),
-                             "inputs": [{"name": "text", "dtype": "string", "shape": [-1]},
-                                        {"name": "text_pair", "dtype": "string", "shape": [-1],
-                                         "optional": !text.model.spec().pairs}],
+                             "inputs": inputs,
                              "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [-1, k]},
                                          {"name": "label", "dtype": "string", "shape": [-1]}],
                              "verbs": [":predict", ":classify"]},

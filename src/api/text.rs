@@ -20,7 +20,9 @@ use super::openapi::{ModelPath, TextErrors, Timeout};
 use super::respond;
 use crate::error::Error;
 use crate::registry::LoadedVersion;
-use crate::serving::text::{Embeddings, PredictRequest, Predictions, Sequence, TextRequest};
+use crate::serving::text::{
+    Embeddings, PredictRequest, Predictions, RerankRequest, Sequence, TextRequest,
+};
 use crate::state::AppState;
 use std::sync::Arc;
 
@@ -404,10 +406,12 @@ async fn rerank_on(
         .serving()
         .rerank(
             &lv,
-            req.query,
-            req.texts,
-            req.truncate,
-            req.raw_scores,
+            RerankRequest {
+                query: req.query,
+                texts: req.texts,
+                truncate: req.truncate,
+                raw_scores: req.raw_scores,
+            },
             timeout,
             &tracing::Span::current(),
         )

@@ -51,6 +51,16 @@ pub struct PredictRequest {
     pub raw_scores: bool,
 }
 
+/// What `/rerank` asks: `texts` scored against `query`.
+#[derive(Debug)]
+pub struct RerankRequest {
+    pub query: String,
+    pub texts: Vec<String>,
+    pub truncate: bool,
+    /// Logits, not probabilities.
+    pub raw_scores: bool,
+}
+
 /// One row of scores per input, in the order of `labels`.
 #[derive(Debug)]
 pub struct Predictions {
@@ -204,7 +214,7 @@ impl super::Serving<'_> {
                         lv.name
                     )))
                 }
-                _ => {}
+                Sequence::Single(_) | Sequence::Pair(..) => {}
             }
         }
         let probabilities = model.outputs_probabilities();
@@ -230,13 +240,16 @@ impl super::Serving<'_> {
     pub async fn rerank(
         &self,
         lv: &LoadedVersion,
-        query: String,
-        texts: Vec<String>,
-        truncate: bool,
-        raw_scores: bool,
+        req: RerankRequest,
         timeout: Option<Duration>,
         span: &tracing::Span,
     ) -> Result<Vec<f32>, Error> {
+        let RerankRequest {
+            query,
+            texts,
+            truncate,
+            raw_scores,
+        } = req;
         let text = lv.text()?;
         let model = &text.model;
         let outputs = model.output_size();

@@ -84,7 +84,7 @@ enum LoadedHead {
     Kiln {
         shift: Tensor,
         scale: Tensor,
-        model: crate::model::Model,
+        model: Box<crate::model::Model>,
     },
 }
 
@@ -225,7 +225,7 @@ impl TextModel {
                 let head = LoadedHead::Kiln {
                     shift: Tensor::from_vec(shift, (1, hidden), device)?,
                     scale: Tensor::from_vec(scale, (1, hidden), device)?,
-                    model,
+                    model: Box::new(model),
                 };
                 (Some(head), outputs, probabilities)
             }

@@ -14,6 +14,9 @@ use crate::text::{import, minilm, PATIENT};
 use crate::training::{follow, upload};
 use crate::util::*;
 
+/// A word and whether it is positive.
+type Word = (String, bool);
+
 /// The VADER lexicon, or `None` (skipped) under plain `cargo test`.
 fn vader() -> Option<String> {
     external(
@@ -391,7 +394,7 @@ async fn a_pair_classifier_from_a_job_reranks() {
 
     // /rerank: a positive and a negative held-out word against each query.
     let mut right = 0;
-    let pairs: Vec<(&(String, bool), &(String, bool))> = test_set
+    let pairs: Vec<(&Word, &Word)> = test_set
         .iter()
         .filter(|(_, p)| *p)
         .zip(test_set.iter().filter(|(_, p)| !*p))
