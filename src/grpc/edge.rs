@@ -33,6 +33,11 @@ enum Call {
     RepositoryModelUnload,
     HealthCheck,
     HealthWatch,
+    TfPredict,
+    TfClassify,
+    TfRegress,
+    TfGetModelMetadata,
+    TfGetModelStatus,
     /// Not a call kiln serves: answered UNIMPLEMENTED, unchecked (it reveals nothing), as
     /// REST's unmatched paths reach the 404 fallback.
     Other,
@@ -75,6 +80,26 @@ const CALLS: &[(Call, &str)] = &[
         Call::RepositoryModelUnload,
         "/inference.GRPCInferenceService/RepositoryModelUnload",
     ),
+    (
+        Call::TfPredict,
+        "/tensorflow.serving.PredictionService/Predict",
+    ),
+    (
+        Call::TfClassify,
+        "/tensorflow.serving.PredictionService/Classify",
+    ),
+    (
+        Call::TfRegress,
+        "/tensorflow.serving.PredictionService/Regress",
+    ),
+    (
+        Call::TfGetModelMetadata,
+        "/tensorflow.serving.PredictionService/GetModelMetadata",
+    ),
+    (
+        Call::TfGetModelStatus,
+        "/tensorflow.serving.ModelService/GetModelStatus",
+    ),
     (Call::HealthCheck, "/grpc.health.v1.Health/Check"),
     (Call::HealthWatch, "/grpc.health.v1.Health/Watch"),
 ];
@@ -96,9 +121,16 @@ impl Call {
             | Call::HealthCheck
             | Call::HealthWatch
             | Call::Other => None,
-            Call::ModelReady | Call::ServerMetadata | Call::ModelMetadata | Call::ModelInfer => {
-                Some(Scope::Predict)
-            }
+            // As REST's /v1/models/… routes: predict and read models.
+            Call::ModelReady
+            | Call::ServerMetadata
+            | Call::ModelMetadata
+            | Call::ModelInfer
+            | Call::TfPredict
+            | Call::TfClassify
+            | Call::TfRegress
+            | Call::TfGetModelMetadata
+            | Call::TfGetModelStatus => Some(Scope::Predict),
             Call::RepositoryIndex | Call::RepositoryModelLoad | Call::RepositoryModelUnload => {
                 Some(Scope::Admin)
             }

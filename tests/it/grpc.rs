@@ -18,7 +18,7 @@ use crate::util::*;
 
 type Client = GrpcInferenceServiceClient<Channel>;
 
-async fn channel(addr: SocketAddr) -> Channel {
+pub(crate) async fn channel(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -59,12 +59,14 @@ fn le_f32(bytes: &[u8]) -> Vec<f32> {
 }
 
 /// The status of a call that must fail, with its message.
-fn refused<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
+pub(crate) fn refused<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+) -> (Code, String) {
     let s = r.expect_err("the call must be refused");
     (s.code(), s.message().to_owned())
 }
 
-fn models() -> tempfile::TempDir {
+pub(crate) fn models() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     fixture(dir.path(), "mlp", 1, &mlp_spec(6));
     fixture(dir.path(), "tab", 1, &tabular_spec());
@@ -545,8 +547,24 @@ async fn call_with_timeout(
     req: &pb::ModelInferRequest,
     timeout: &str,
 ) -> (Code, String) {
+    call_raw(
+        addr,
+        "/inference.GRPCInferenceService/ModelInfer",
+        req,
+        timeout,
+    )
+    .await
+}
+
+/// A unary call to `path` with a `grpc-timeout` header over a bare HTTP/2 connection: the
+/// server's status code and message.
+pub(crate) async fn call_raw(
+    addr: SocketAddr,
+    path: &str,
+    req: &impl prost::Message,
+    timeout: &str,
+) -> (Code, String) {
     use http_body_util::{BodyExt, Full};
-    use prost::Message;
     let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
@@ -557,14 +575,12 @@ async fn call_with_timeout(
     let mut body = vec![0u8];
     body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
     body.extend_from_slice(&msg);
-    let request = axum::http::Request::post(format!(
-        "http://{addr}/inference.GRPCInferenceService/ModelInfer"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .header("grpc-timeout", timeout)
-    .body(Full::new(axum::body::Bytes::from(body)))
-    .unwrap();
+    let request = axum::http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(Full::new(axum::body::Bytes::from(body)))
+        .unwrap();
     let res = send.send_request(request).await.unwrap();
     let headers = res.headers().clone();
     let collected = res.into_body().collect().await.unwrap();
@@ -789,20 +805,51 @@ async fn an_empty_grpc_listen_turns_grpc_off() {
     s.stop().await;
 }
 
-/// The committed code generated from proto/ is the code of the committed .proto
-/// (regenerate with tools/protogen; docs/grpc.md).
+/// The committed code generated from proto/ is the code of the committed .proto files
+/// (regenerate with tools/protogen; docs/grpc.md): each generated file names the files it
+/// came from and their SHA-256.
 #[test]
 fn generated_code_matches_its_proto() {
     use sha2::Digest;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let proto = std::fs::read(root.join("proto/inference.proto")).unwrap();
-    let hash: String = sha2::Sha256::digest(&proto)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let code = std::fs::read_to_string(root.join("src/grpc/proto/inference.rs")).unwrap();
-    assert!(
-        code.lines().take(3).any(|l| l == format!("// proto sha256: {hash}")),
-        "src/grpc/proto/inference.rs is stale: run cargo run --manifest-path tools/protogen/Cargo.toml"
+    let dir = root.join("src/grpc/proto");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let code = std::fs::read_to_string(&path).unwrap();
+        let header = |key: &str| {
+            code.lines()
+                .take(4)
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("{} has no '{key}' line", path.display()))
+                .to_owned()
+        };
+        let mut hasher = sha2::Sha256::new();
+        for proto in header("// protos: ").split(' ') {
+            hasher.update(std::fs::read(root.join("proto").join(proto)).unwrap());
+        }
+        let hash: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            header("// proto sha256: "),
+            hash,
+            "{} is stale: run cargo run --manifest-path tools/protogen/Cargo.toml",
+            path.display()
+        );
+        checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    checked.sort();
+    assert_eq!(
+        checked,
+        [
+            "google.protobuf.rs",
+            "inference.rs",
+            "tensorflow.error.rs",
+            "tensorflow.rs",
+            "tensorflow.serving.rs"
+        ]
     );
 }
