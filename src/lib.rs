@@ -246,6 +246,7 @@ pub async fn serve_on(
                 grpc_listener,
                 grpc::service(state.clone()),
                 tls,
+                grpc::Limits::new(&config.connections, &metrics.grpc),
                 stop,
             )))
         }

@@ -74,7 +74,7 @@ use tonic::service::Routes;
 use crate::state::AppState;
 
 pub use edge::Edge;
-pub use serve::serve_until;
+pub use serve::{serve_until, Limits};
 
 /// The service the gRPC listener serves: every gRPC service kiln has, behind the edge
 /// (API keys, metrics). Request messages are limited to the REST body limit.

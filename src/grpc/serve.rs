@@ -3,6 +3,9 @@
 //! transport, whose own `grpc-timeout` layer would answer CANCELLED where the serving core
 //! answers DEADLINE_EXCEEDED (the deadline is the call's, see `infer::deadline`).
 //!
+//! Limits as the HTTP listener's ([`Limits`]): `max_connections` open connections, the TLS
+//! handshake bounded by `header_read_timeout`, request messages by `body_limit_bytes`.
+//!
 //! Shutdown as the HTTP listener's: when `stop` resolves the listener closes, open
 //! connections get a GOAWAY (new calls are refused with UNAVAILABLE, clients reconnect
 //! elsewhere) and the calls in flight are answered before the returned handle's `shutdown`
@@ -20,9 +23,30 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use super::GrpcService;
+use crate::config::ConnectionConfig;
+use crate::metrics::GrpcMetrics;
+use crate::server::{Slot, Slots};
 
-/// Longest a TLS handshake may take (the HTTP listener bounds it by its header timeout).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The accept loop's limits, as the HTTP listener's (`server`): at most `max_connections`
+/// open gRPC connections (beyond, new ones wait in the kernel's backlog until one closes),
+/// and a TLS handshake bounded by `header_read_timeout`.
+pub struct Limits {
+    slots: Slots,
+    handshake_timeout: Duration,
+}
+
+impl Limits {
+    pub fn new(cfg: &ConnectionConfig, metrics: &GrpcMetrics) -> Limits {
+        Limits {
+            slots: Slots::new(
+                cfg.max_connections,
+                metrics.connections.clone(),
+                metrics.connection_limit_reached.clone(),
+            ),
+            handshake_timeout: cfg.header_read_timeout,
+        }
+    }
+}
 
 /// Accepts connections until `stop` resolves, then stops listening and returns the handle
 /// that drains the open connections.
@@ -30,6 +54,7 @@ pub async fn serve_until<S: GrpcService>(
     listener: TcpListener,
     service: S,
     tls: Option<TlsAcceptor>,
+    limits: Limits,
     stop: impl Future<Output = ()>,
 ) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
@@ -40,6 +65,12 @@ pub async fn serve_until<S: GrpcService>(
         .keep_alive_timeout(Duration::from_secs(20));
     let mut stop = std::pin::pin!(stop);
     loop {
+        // At the limit, stop accepting: new connections wait in the kernel's backlog.
+        let permit = tokio::select! {
+            biased;
+            () = &mut stop => break,
+            permit = limits.slots.wait() => permit,
+        };
         let accepted = tokio::select! {
             biased;
             () = &mut stop => break,
@@ -57,31 +88,37 @@ pub async fn serve_until<S: GrpcService>(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
+        let slot = limits.slots.open(permit);
         tokio::spawn(connection(
             stream,
             peer,
             http.clone(),
             service.clone(),
-            tls.clone(),
+            tls.clone()
+                .map(|acceptor| (acceptor, limits.handshake_timeout)),
             graceful.watcher(),
+            slot,
         ));
     }
     drop(listener);
     graceful
 }
 
+/// One connection, from the TLS handshake (if any, bounded by its timeout) to its close.
+/// `_slot` is released when the task ends.
 async fn connection<S: GrpcService>(
     stream: TcpStream,
     peer: SocketAddr,
     http: http2::Builder<TokioExecutor>,
     service: S,
-    tls: Option<TlsAcceptor>,
+    tls: Option<(TlsAcceptor, Duration)>,
     watcher: Watcher,
+    _slot: Slot,
 ) {
-    let Some(acceptor) = tls else {
+    let Some((acceptor, handshake_timeout)) = tls else {
         return serve_connection(stream, peer, &http, service, watcher).await;
     };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => serve_connection(tls, peer, &http, service, watcher).await,
         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "gRPC TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),

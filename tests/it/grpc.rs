@@ -798,6 +798,58 @@ async fn a_stopping_server_finishes_calls_in_flight_and_refuses_new_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_connections_a_new_grpc_connection_waits_until_one_closes() {
+    let dir = models();
+    let s = Server::start(dir.path(), "max_connections = 1").await;
+    let addr = s.grpc.unwrap();
+    let live = |c: Channel| async move {
+        GrpcInferenceServiceClient::new(c)
+            .server_live(pb::ServerLiveRequest {})
+            .await
+            .map(|r| r.into_inner().live)
+    };
+    let a = channel(addr).await;
+    assert!(live(a.clone()).await.unwrap());
+    // The kernel completes the second connection's handshake (backlog); kiln does not
+    // accept it while the first is open.
+    let b = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let mut second = tokio::spawn(live(b));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut second)
+            .await
+            .is_err(),
+        "a second gRPC connection was served with max_connections = 1"
+    );
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}: {metrics}"))
+    };
+    // Only the first is open (accepted); the second waits.
+    assert_eq!(value("kiln_grpc_connections"), 1.0);
+    assert!(value("kiln_grpc_connection_limit_reached_total") >= 1.0);
+    drop(a);
+    let answered = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("served once the first connection closed")
+        .unwrap();
+    assert!(answered.unwrap());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_grpc_listen_turns_grpc_off() {
     let dir = models();
     let s = Server::start(dir.path(), "grpc_listen = \"\"").await;
