@@ -422,7 +422,7 @@ pub(crate) async fn tf_predict(
     let mut answer = serde_json::Map::new();
     answer.insert(key.into(), serde_json::json!(embeddings.vectors));
     let body = serde_json::to_vec(&answer).expect("floats serialize");
-    Ok(timed(respond::json(body), &embeddings, &lv, start))
+    Ok(timed(respond::json(body), &embeddings, lv, start))
 }
 
 /// `POST /embed`

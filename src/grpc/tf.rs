@@ -270,7 +270,7 @@ fn broadcast(data: Data, shape: &[i64]) -> Data {
         Data::Numbers(v) if v.len() == 1 => Data::Numbers(vec![v[0]; n]),
         Data::Bools(v) if v.len() == 1 => Data::Bools(vec![v[0]; n]),
         Data::Strings(v) if v.len() == 1 => Data::Strings(vec![v[0].clone(); n]),
-        other => other,
+        other @ (Data::Absent | Data::Numbers(_) | Data::Bools(_) | Data::Strings(_)) => other,
     }
 }
 
