@@ -10,11 +10,11 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::http::{Request, Response};
-use hyper::body::Incoming;
 use tonic::body::Body;
 use tonic::Code;
 
 use super::status;
+use super::CallBody;
 use crate::auth::Scope;
 use crate::metrics::{GrpcLabels, GrpcMethodLabels, GrpcMetrics};
 use crate::state::AppState;
@@ -175,9 +175,9 @@ fn record(metrics: &GrpcMetrics, method: &'static str, code: Code, start: Instan
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-impl<S> tower::Service<Request<Incoming>> for Edge<S>
+impl<S> tower::Service<Request<CallBody>> for Edge<S>
 where
-    S: tower::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+    S: tower::Service<Request<CallBody>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -191,7 +191,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> BoxFuture {
+    fn call(&mut self, req: Request<CallBody>) -> BoxFuture {
         let start = Instant::now();
         let (call, method) = Call::of(req.uri().path());
         let metrics = self.state.metrics.grpc.clone();

@@ -74,7 +74,7 @@ use tonic::service::Routes;
 use crate::state::AppState;
 
 pub use edge::Edge;
-pub use serve::{serve_until, Limits};
+pub use serve::{serve_until, CallBody, Limits};
 
 /// The service the gRPC listener serves: every gRPC service kiln has, behind the edge
 /// (API keys, metrics). Request messages are limited to the REST body limit.
@@ -107,7 +107,7 @@ pub fn service(state: AppState) -> Edge<Routes> {
 /// refusal is a gRPC status in the answer).
 pub trait GrpcService:
     tower::Service<
-        axum::http::Request<hyper::body::Incoming>,
+        axum::http::Request<CallBody>,
         Response = axum::http::Response<tonic::body::Body>,
         Error = Infallible,
         Future: Send,
@@ -119,7 +119,7 @@ pub trait GrpcService:
 
 impl<S> GrpcService for S where
     S: tower::Service<
-            axum::http::Request<hyper::body::Incoming>,
+            axum::http::Request<CallBody>,
             Response = axum::http::Response<tonic::body::Body>,
             Error = Infallible,
             Future: Send,

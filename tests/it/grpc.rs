@@ -849,6 +849,64 @@ async fn at_max_connections_a_new_grpc_connection_waits_until_one_closes() {
     s.stop().await;
 }
 
+/// REST's body read timeout on gRPC: a request message that stalls (a frame header
+/// announcing 100 bytes, 10 of them, then nothing) is answered DEADLINE_EXCEEDED
+/// (`body_timeout`, REST's 408) instead of holding its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_message_is_deadline_exceeded() {
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, StreamBody};
+    let dir = models();
+    let s = Server::start(dir.path(), "body_read_timeout_ms = 300").await;
+    let addr = s.grpc.unwrap();
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut head = vec![0u8];
+    head.extend_from_slice(&100u32.to_be_bytes());
+    head.extend_from_slice(&[0u8; 10]);
+    let first = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+        hyper::body::Frame::data(axum::body::Bytes::from(head)),
+    )]);
+    let body = StreamBody::new(first.chain(futures_util::stream::pending()));
+    let request = axum::http::Request::post(format!(
+        "http://{addr}/inference.GRPCInferenceService/ModelInfer"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(body)
+    .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), send.send_request(request))
+        .await
+        .expect("a stalled message is answered")
+        .unwrap();
+    let headers = res.headers().clone();
+    let collected = tokio::time::timeout(Duration::from_secs(10), res.into_body().collect())
+        .await
+        .expect("the answer ends")
+        .unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let field = |name: &str| {
+        headers
+            .get(name)
+            .or_else(|| trailers.get(name))
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        Code::from(field("grpc-status").parse::<i32>().unwrap()),
+        Code::DeadlineExceeded,
+        "{}",
+        field("grpc-message")
+    );
+    assert_eq!(field("kiln-error-code"), "body_timeout");
+    drop(send);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_grpc_listen_turns_grpc_off() {
     let dir = models();
