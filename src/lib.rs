@@ -31,7 +31,8 @@
 //!   encoders of TF Serving's REST API and the Open Inference Protocol, datasets, jobs,
 //!   the repository, health, metrics, the OpenAPI document.
 //! - [`grpc`]: the gRPC edge on a listener of its own: the Open Inference Protocol (its
-//!   tensors decoded and encoded by `api::v2`'s protocol-independent halves) and
+//!   tensors decoded and encoded by `api::v2`'s protocol-independent halves), TF Serving's
+//!   PredictionService and ModelService (through REST's decoders and signatures) and
 //!   `grpc.health.v1`.
 //! - This file assembles the server ([`serve`]); the binary's `cli/` holds the commands.
 
@@ -245,6 +246,7 @@ pub async fn serve_on(
                 grpc_listener,
                 grpc::service(state.clone()),
                 tls,
+                grpc::Limits::new(&config.connections, &metrics.grpc),
                 stop,
             )))
         }

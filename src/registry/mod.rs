@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::batcher::{BatcherHandle, StatsSnapshot, TextBatcher};
 use crate::config::RegistryConfig;
@@ -78,6 +78,16 @@ impl LoadedVersion {
         match &self.served {
             Served::Layers(l) => l.batcher.stats(),
             Served::Text(t) => t.batcher.stats(),
+        }
+    }
+
+    /// A request answered, end to end (decoded to encoded), started at `start`:
+    /// `kiln_request_duration_seconds{model, version, protocol}`, text and layer models alike.
+    pub fn observe_request(&self, protocol: crate::metrics::Protocol, start: Instant) {
+        let seconds = start.elapsed().as_secs_f64();
+        match &self.served {
+            Served::Layers(l) => l.batcher.metrics().observe_request(protocol, seconds),
+            Served::Text(t) => t.batcher.metrics().observe_request(protocol, seconds),
         }
     }
 

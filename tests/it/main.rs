@@ -12,6 +12,7 @@ mod evaluate;
 mod explain;
 mod fuzz;
 mod grpc;
+mod grpc_tf;
 mod import;
 mod openapi;
 mod ops;

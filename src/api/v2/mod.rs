@@ -419,6 +419,7 @@ async fn text_infer(
     req: InferRequest,
     timeout: Option<std::time::Duration>,
 ) -> Result<Response, ApiError> {
+    let start = std::time::Instant::now();
     if let Some(out) = req.outputs.iter().flatten().find(|o| o.name != "embedding") {
         return Err(Error::InvalidInput(format!(
             "output '{}': a text model answers 'embedding'",
@@ -453,6 +454,7 @@ async fn text_infer(
     }
     let mut res = super::respond::json(serde_json::to_vec(&answer).expect("JSON values serialize"));
     super::respond::timing_headers(&mut res, &embeddings.timing);
+    lv.observe_request(crate::metrics::Protocol::Http, start);
     Ok(res)
 }
 
