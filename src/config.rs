@@ -121,6 +121,12 @@ pub struct ObjectStoreUrl(pub String);
 
 impl ObjectStoreUrl {
     fn parse(url: &str) -> Result<ObjectStoreUrl, ConfigError> {
+        // First, so that a URL holding a credential is never echoed.
+        if url.contains('@') || url.contains('?') {
+            return Err(invalid(
+                "object_store: credentials and options come from the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, …), not the URL".into(),
+            ));
+        }
         let known = [
             "s3://", "s3a://", "gs://", "az://", "abfs://", "abfss://", "file://",
         ];
@@ -139,11 +145,6 @@ impl ObjectStoreUrl {
             return Err(invalid(format!(
                 "object_store: '{url}': file:// takes an absolute directory (file:///srv/kiln)"
             )));
-        }
-        if url.contains('@') || url.contains('?') {
-            return Err(invalid(
-                "object_store: credentials and options come from the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, …), not the URL".into(),
-            ));
         }
         Ok(ObjectStoreUrl(url.trim_end_matches('/').to_owned()))
     }
@@ -1063,6 +1064,44 @@ mod tests {
         assert_eq!(c.training.max_concurrent_jobs, 0);
         let err = with("job_lease_ms = 10").unwrap_err().to_string();
         assert!(err.contains("job_lease_ms"), "{err}");
+    }
+
+    /// `object_store`: the known schemes only, a bucket or an absolute directory, no
+    /// credentials in the URL, and a shared database beside it.
+    #[test]
+    fn object_store_urls_are_checked() {
+        let with = |url: &str, db: &str| {
+            let toml = format!("object_store = \"{url}\"\n{db}");
+            Config::from_toml(&toml, &Overrides::default())
+        };
+        let pg = "database = \"postgres://db/kiln\"";
+        assert_eq!(Config::default().training.object_store, None);
+        for (url, stored) in [
+            ("s3://bucket/prefix/", "s3://bucket/prefix"),
+            ("gs://bucket", "gs://bucket"),
+            ("az://container/p", "az://container/p"),
+            ("file:///srv/kiln", "file:///srv/kiln"),
+        ] {
+            let c = with(url, pg).unwrap();
+            assert_eq!(c.training.object_store, Some(ObjectStoreUrl(stored.into())));
+        }
+        for (url, says) in [
+            ("http://bucket", "none of s3://"),
+            ("s3://", "names no bucket"),
+            ("file://relative/dir", "absolute directory"),
+            ("s3://key:secret@bucket", "from the environment"),
+            ("s3://bucket?region=x", "from the environment"),
+        ] {
+            let err = with(url, pg).unwrap_err().to_string();
+            assert!(err.contains(says), "{url}: {err}");
+        }
+        let err = with("s3://bucket", "").unwrap_err().to_string();
+        assert!(err.contains("needs a shared database"), "{err}");
+        // A secret never shows, even in the error about it.
+        assert!(!with("s3://key:secret@bucket", pg)
+            .unwrap_err()
+            .to_string()
+            .contains("secret"));
     }
 
     #[test]
