@@ -563,3 +563,54 @@ async fn an_object_store_outage_fails_jobs_and_uploads_not_predictions() {
     signal(&r1, "-TERM");
     assert!(r1.wait().unwrap().success());
 }
+
+/// An object store that cannot be reached at startup: kiln exits with an error naming the
+/// store and the reason, and no credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_object_store_is_a_startup_error() {
+    let Some((db, bucket)) = engines().await else {
+        return;
+    };
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dirs = tempfile::tempdir().unwrap();
+    let mut env = bucket.env();
+    for (k, v) in env.iter_mut() {
+        if *k == "AWS_ENDPOINT_URL" {
+            *v = format!("http://127.0.0.1:{dead_port}");
+        }
+    }
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--models")
+            .arg(dirs.path().join("models"))
+            .arg("--data")
+            .arg(dirs.path().join("data"))
+            .env_remove("KILN_CONFIG")
+            .envs(env)
+            .env("KILN_DATABASE_URL", &db.url)
+            .env("KILN_OBJECT_STORE", bucket.url("fleet"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("opening the object store s3://kiln-test-"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(SECRET), "{stderr}");
+    assert!(!stderr.contains(crate::pg::PASSWORD), "{stderr}");
+}
