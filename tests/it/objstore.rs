@@ -466,8 +466,16 @@ async fn datasets_are_shared_through_object_storage() {
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["replica"], "d2", "{done}");
     wait_available(&client, &base1, "flowers", 1).await;
-    // Its checkpoints went with it.
-    assert!(keys(&bucket, "fleet/checkpoints/").await.is_empty());
+    // Its checkpoints go with it (right after the job's end is recorded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = keys(&bucket, "fleet/checkpoints/").await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "checkpoints left: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let r = client
         .delete(format!("{base2}/v1/datasets/{id}"))
