@@ -64,6 +64,8 @@ struct Inner {
     datasets: Arc<DatasetStore>,
     models: Arc<dyn ModelStore>,
     checkpoints: PathBuf,
+    /// With shared object storage: every checkpoint uploaded there too.
+    mirror: Option<checkpoint::Mirror>,
     registry: Arc<Registry>,
     runtime: tokio::runtime::Handle,
     /// Jobs running in this process. A `std` mutex: held only to insert, remove or look up.
@@ -129,6 +131,8 @@ pub struct JobParts {
     /// Where finished jobs publish their models.
     pub models: Arc<dyn ModelStore>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Shared object storage for checkpoints (`None`: the data directory only).
+    pub checkpoint_store: Option<crate::remote::Objects>,
 }
 
 impl JobManager {
@@ -141,6 +145,7 @@ impl JobManager {
             registry,
             models,
             metrics,
+            checkpoint_store,
         } = parts;
         let checkpoints = config.data_dir.join("checkpoints");
         recover_interrupted(store.as_ref(), &checkpoints)?;
@@ -149,6 +154,7 @@ impl JobManager {
             datasets,
             models,
             checkpoints,
+            mirror: checkpoint_store.map(checkpoint::Mirror::new),
             registry,
             runtime: tokio::runtime::Handle::current(),
             running: Mutex::new(HashMap::new()),
@@ -498,6 +504,9 @@ impl Hooks for JobHooks<'_> {
             .epoch_seconds
             .observe(event.epoch_seconds);
         checkpoint::save(&self.ckdir, ck, event)?;
+        if let Some(mirror) = &self.inner.mirror {
+            mirror.upload(self.id, &self.ckdir, event.epoch)?;
+        }
         let cancel = match self.inner.store.record_epoch(self.id, event) {
             Ok(cancel) => cancel,
             Err(StoreError::LeaseLost(_)) => {
@@ -568,6 +577,9 @@ fn run_job(inner: &Inner, job: JobRecord, flags: &StopFlags, events: &broadcast:
     // (lost lease) may resume from it.
     if ended_here && matches!(ending, Ending::Done(_)) {
         checkpoint::remove(&ckdir);
+        if let Some(mirror) = &inner.mirror {
+            mirror.remove(&id);
+        }
     }
     let _ = events.send(JobEvent::Ended);
     inner.running.lock().expect("job map lock").remove(&id);
@@ -601,6 +613,11 @@ fn execute(
     drop((table, validation));
     if let Err(e) = inner.store.set_report(&job.id, &data.report) {
         return fail(e.to_string());
+    }
+    if let Some(mirror) = &inner.mirror {
+        if let Err(e) = mirror.fetch(&job.id, ckdir) {
+            return fail(format!("cannot resume: {e}"));
+        }
     }
     let resume = match checkpoint::load(ckdir) {
         Ok(c) => c,
@@ -708,6 +725,7 @@ mod tests {
             registry,
             models,
             metrics,
+            checkpoint_store: None,
         };
         let jobs = JobManager::start(&training, parts).unwrap();
         let spec = format!(
