@@ -250,7 +250,7 @@
         facts($('#training-info'), [
           ['dataset', t.dataset], ['target', t.target], ['job', t.job ? el('a', { href: '/console/training/' + enc(t.job), text: t.job }) : undefined],
           ['trained at', when(t.trained_at)], ['epochs run', t.epochs_run], ['outcome', t.outcome], ['evaluated on', t.evaluated_on],
-          ['loss', t.loss],
+          ['loss function', t.loss],
         ].concat(Object.entries(m).filter(([, v]) => typeof v === 'number').map(([kk, v]) => [kk, v])));
         window.KilnCharts.confusion($('#training-confusion'), k.labels, m.confusion_matrix);
       } else {

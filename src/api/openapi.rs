@@ -25,8 +25,8 @@ use utoipa::{IntoParams, OpenApi};
 
 use super::error::{status_and_code, ApiError};
 use super::{
-    console, datasets, evaluate, explain, health, jobs, metrics, models, predict, repository, text, types,
-    v2,
+    console, datasets, evaluate, explain, health, jobs, metrics, models, predict, repository, text,
+    types, v2,
 };
 use crate::auth::{Rule, Scope};
 use crate::dataset::DatasetError;

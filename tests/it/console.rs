@@ -50,8 +50,14 @@ fn assert_secured(r: &reqwest::Response, what: &str) {
     ] {
         assert!(csp.contains(part), "{what}: CSP {csp} lacks {part}");
     }
-    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{what}: {csp}");
-    assert!(!csp.contains("http:") && !csp.contains("https:"), "{what}: no other origin: {csp}");
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{what}: {csp}"
+    );
+    assert!(
+        !csp.contains("http:") && !csp.contains("https:"),
+        "{what}: no other origin: {csp}"
+    );
     assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
     assert_eq!(h["x-frame-options"], "DENY", "{what}");
     assert_eq!(h["referrer-policy"], "no-referrer", "{what}");
@@ -80,36 +86,76 @@ async fn pages_and_assets_answer_with_their_types_and_security_headers() {
     for page in PAGES {
         let r = s.client.get(s.url(page)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{page}");
-        assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8", "{page}");
+        assert_eq!(
+            r.headers()["content-type"],
+            "text/html; charset=utf-8",
+            "{page}"
+        );
         assert_secured(&r, page);
         let html = r.text().await.unwrap();
         assert!(html.starts_with("<!DOCTYPE html>"), "{page}");
         // No inline scripts or styles: every script has a src, nothing has a style attribute.
-        assert!(!html.contains("<script>") && !html.contains("<style"), "{page}");
+        assert!(
+            !html.contains("<script>") && !html.contains("<style"),
+            "{page}"
+        );
         assert!(!html.contains(" style="), "{page}");
-        assert!(!html.contains("http://") && !html.contains("https://"), "{page}: no other origin");
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "{page}: no other origin"
+        );
         let urls = asset_urls(&html);
-        assert!(urls.iter().any(|u| u.contains("console.js?v=")), "{page}: {urls:?}");
-        assert!(urls.iter().any(|u| u.contains("uPlot.iife.min.js?v=")), "{page}");
+        assert!(
+            urls.iter().any(|u| u.contains("console.js?v=")),
+            "{page}: {urls:?}"
+        );
+        assert!(
+            urls.iter().any(|u| u.contains("uPlot.iife.min.js?v=")),
+            "{page}"
+        );
         assets.extend(urls);
     }
     // The page says which one it is; its script reads that.
-    let html = s.client.get(s.url("/console/training/job_0123456789abcdef")).send().await.unwrap().text().await.unwrap();
-    assert!(html.contains("data-page=\"job\"") && html.contains("data-id=\"job_0123456789abcdef\""));
+    let html = s
+        .client
+        .get(s.url("/console/training/job_0123456789abcdef"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("data-page=\"job\"") && html.contains("data-id=\"job_0123456789abcdef\"")
+    );
 
     for url in &assets {
         let r = s.client.get(s.url(url)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{url}");
         let ty = r.headers()["content-type"].to_str().unwrap().to_owned();
-        let want = if url.contains(".js?") { "text/javascript; charset=utf-8" } else { "text/css; charset=utf-8" };
+        let want = if url.contains(".js?") {
+            "text/javascript; charset=utf-8"
+        } else {
+            "text/css; charset=utf-8"
+        };
         assert_eq!(ty, want, "{url}");
         assert_secured(&r, url);
-        assert_eq!(r.headers()["cache-control"], "public, max-age=31536000, immutable", "{url}");
+        assert_eq!(
+            r.headers()["cache-control"],
+            "public, max-age=31536000, immutable",
+            "{url}"
+        );
         let etag = r.headers()["etag"].to_str().unwrap().to_owned();
         assert!(url.ends_with(etag.trim_matches('"')), "{url} {etag}");
         assert!(!r.bytes().await.unwrap().is_empty());
         // Revalidation.
-        let r = s.client.get(s.url(url)).header("if-none-match", &etag).send().await.unwrap();
+        let r = s
+            .client
+            .get(s.url(url))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 304, "{url}");
         // Named without its hash (typed by hand): revalidated, not cached for good.
         let bare = url.split('?').next().unwrap();
@@ -118,7 +164,12 @@ async fn pages_and_assets_answer_with_their_types_and_security_headers() {
         assert_eq!(r.headers()["cache-control"], "no-cache", "{bare}");
     }
     // The vendored library's licence is served beside it.
-    let r = s.client.get(s.url("/console/assets/uPlot.LICENSE.txt")).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/console/assets/uPlot.LICENSE.txt"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("MIT License"));
 
@@ -138,7 +189,12 @@ async fn pages_and_assets_answer_with_their_types_and_security_headers() {
         assert_eq!(e["code"], "route_not_found", "{path}");
     }
     // Pages are GET only.
-    let r = s.client.post(s.url("/console/models")).send().await.unwrap();
+    let r = s
+        .client
+        .post(s.url("/console/models"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     s.stop().await;
 }
@@ -153,14 +209,29 @@ async fn the_root_sends_browsers_to_the_console_and_nobody_else() {
         .unwrap();
     let chromium = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8";
     for accept in [chromium, "text/html"] {
-        let r = client.get(s.url("/")).header("accept", accept).send().await.unwrap();
+        let r = client
+            .get(s.url("/"))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 303, "{accept}");
         assert_eq!(r.headers()["location"], "/console");
-        let r = client.head(s.url("/")).header("accept", accept).send().await.unwrap();
+        let r = client
+            .head(s.url("/"))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 303, "HEAD {accept}");
     }
     // curl (`*/*`), no Accept, JSON clients: the 404 they always got.
-    for accept in [Some("*/*"), None, Some("application/json"), Some("application/json, text/html;q=0.5")] {
+    for accept in [
+        Some("*/*"),
+        None,
+        Some("application/json"),
+        Some("application/json, text/html;q=0.5"),
+    ] {
         let mut req = client.get(s.url("/"));
         if let Some(a) = accept {
             req = req.header("accept", a);
@@ -172,9 +243,19 @@ async fn the_root_sends_browsers_to_the_console_and_nobody_else() {
         assert_eq!(e["error"], "no route for GET /");
     }
     // Only `/` and only reads.
-    let r = client.post(s.url("/")).header("accept", "text/html").send().await.unwrap();
+    let r = client
+        .post(s.url("/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    let r = client.get(s.url("/other")).header("accept", "text/html").send().await.unwrap();
+    let r = client
+        .get(s.url("/other"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     s.stop().await;
 }
@@ -192,18 +273,42 @@ async fn with_api_keys_the_pages_are_open_and_the_data_needs_a_key() {
         assert_eq!(r.status(), 200, "{page} holds no data: open");
         assert_secured(&r, page);
     }
-    let html = s.client.get(s.url("/console")).send().await.unwrap().text().await.unwrap();
+    let html = s
+        .client
+        .get(s.url("/console"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     // The page holds no model data, only the form that asks for a key.
     assert!(!html.contains("setosa") && html.contains("key-dialog"));
     for url in asset_urls(&html) {
-        assert_eq!(s.client.get(s.url(&url)).send().await.unwrap().status(), 200, "{url}");
+        assert_eq!(
+            s.client.get(s.url(&url)).send().await.unwrap().status(),
+            200,
+            "{url}"
+        );
     }
     // What the console's scripts call is the API, with its keys.
     let r = s.client.get(s.url("/v1/models")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = s.client.get(s.url("/v1/models")).bearer_auth(&predict).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/v1/models"))
+        .bearer_auth(&predict)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = s.client.get(s.url("/v1/datasets")).bearer_auth(&predict).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/v1/datasets"))
+        .bearer_auth(&predict)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403, "a predict key does not list datasets");
     s.stop().await;
 }
@@ -220,8 +325,15 @@ fn screenshot_dir() -> Option<PathBuf> {
 
 /// Nothing on the page so far was blocked by the CSP (console.js counts violations).
 async fn assert_csp_clean(b: &Browser) {
-    let n = b.eval("return document.body.dataset.cspViolations || '0'", vec![]).await;
-    assert_eq!(n, json!("0"), "the CSP blocked something on {}", b.url().await);
+    let n = b
+        .eval("return document.body.dataset.cspViolations || '0'", vec![])
+        .await;
+    assert_eq!(
+        n,
+        json!("0"),
+        "the CSP blocked something on {}",
+        b.url().await
+    );
 }
 
 async fn shot(b: &Browser, dir: &Option<PathBuf>, name: &str) {
@@ -234,10 +346,15 @@ async fn shot(b: &Browser, dir: &Option<PathBuf>, name: &str) {
 /// an explanation, evaluate; then the key dialog of a keyed server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_headless_chromium() {
-    let Some(driver) = external("KILN_TEST_CHROMEDRIVER", "chromedriver (Debian's chromium-driver)") else {
+    let Some(driver) = external(
+        "KILN_TEST_CHROMEDRIVER",
+        "chromedriver (Debian's chromium-driver)",
+    ) else {
         return;
     };
-    let chromium = std::env::var("KILN_TEST_CHROMIUM").ok().filter(|v| !v.is_empty());
+    let chromium = std::env::var("KILN_TEST_CHROMIUM")
+        .ok()
+        .filter(|v| !v.is_empty());
     let shots = screenshot_dir();
     let models = models_with_iris();
     let s = Server::start(models.path(), "").await;
@@ -246,7 +363,12 @@ async fn the_console_in_headless_chromium() {
     // `/` → the console's models page, with the shipped iris and its live statistics.
     b.goto(&s.url("/")).await;
     assert!(b.url().await.ends_with("/console"), "{}", b.url().await);
-    b.wait_for("the models table", 20, "return document.querySelectorAll('#models-table tbody tr').length").await;
+    b.wait_for(
+        "the models table",
+        20,
+        "return document.querySelectorAll('#models-table tbody tr').length",
+    )
+    .await;
     assert!(b.text("#models-table").await.contains("iris"));
 
     assert_csp_clean(&b).await;
@@ -254,34 +376,68 @@ async fn the_console_in_headless_chromium() {
     b.goto(&s.url("/console/datasets")).await;
     let csv = repo().join("examples/data/iris.csv");
     b.type_into("#upload-file", csv.to_str().unwrap()).await;
-    let id = b.wait_for("the upload", 30, "return document.querySelector('#uploaded-link')?.textContent").await;
+    let id = b
+        .wait_for(
+            "the upload",
+            30,
+            "return document.querySelector('#uploaded-link')?.textContent",
+        )
+        .await;
     let id = id.as_str().unwrap().to_owned();
     assert!(id.starts_with("ds_"), "{id}");
-    b.wait_for("the datasets table", 10, "return document.querySelectorAll('#datasets-table tbody tr').length").await;
+    b.wait_for(
+        "the datasets table",
+        10,
+        "return document.querySelectorAll('#datasets-table tbody tr').length",
+    )
+    .await;
     shot(&b, &shots, "datasets").await;
 
     assert_csp_clean(&b).await;
     // Its profile.
     b.click("#uploaded-link").await;
-    let rows = b.wait_for("the profile", 20, "return document.querySelectorAll('#profile-table tbody tr').length").await;
+    let rows = b
+        .wait_for(
+            "the profile",
+            20,
+            "return document.querySelectorAll('#profile-table tbody tr').length",
+        )
+        .await;
     assert_eq!(rows, json!(5), "iris has 5 columns");
     let profile = b.text("#profile-table").await;
-    assert!(profile.contains("species") && profile.contains("category") && profile.contains("setosa"), "{profile}");
+    assert!(
+        profile.contains("species") && profile.contains("category") && profile.contains("setosa"),
+        "{profile}"
+    );
     shot(&b, &shots, "dataset").await;
 
     assert_csp_clean(&b).await;
     // Start a job from the form: few epochs, one row per step so the curve has time to grow.
     b.click("#train-link").await;
-    b.wait_for("the target column", 20, "return document.querySelector('#train-target').value === 'species'").await;
+    b.wait_for(
+        "the target column",
+        20,
+        "return document.querySelector('#train-target').value === 'species'",
+    )
+    .await;
     b.clear("#train-model").await;
     b.type_into("#train-model", "iris_web").await;
     b.click("details summary").await;
     b.type_into("#train-epochs", "12").await;
     b.type_into("#train-batch", "4").await;
-    b.type_into("#train-extra", r#"{"training": {"early_stopping": null, "refit": false}}"#).await;
+    b.type_into(
+        "#train-extra",
+        r#"{"training": {"early_stopping": null, "refit": false}}"#,
+    )
+    .await;
     shot(&b, &shots, "training").await;
     b.click("#train-form button[type=submit]").await;
-    b.wait_for("the job page", 20, "return location.pathname.startsWith('/console/training/job_')").await;
+    b.wait_for(
+        "the job page",
+        20,
+        "return location.pathname.startsWith('/console/training/job_')",
+    )
+    .await;
     // The curve grows epoch by epoch (never fewer points than before), to all 12.
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -298,51 +454,121 @@ async fn the_console_in_headless_chromium() {
         if state == "succeeded" && points == 12 {
             break;
         }
-        assert!(state != "failed" && state != "cancelled", "the job ended {state}");
-        assert!(std::time::Instant::now() < deadline, "the job did not succeed: {state}, points {seen:?}");
+        assert!(
+            state != "failed" && state != "cancelled",
+            "the job ended {state}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job did not succeed: {state}, points {seen:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
-    assert!(b.eval("return Number(document.querySelector('#metric-chart').dataset.points)", vec![]).await == json!(12));
-    b.wait_for("the confusion matrix", 10, "return document.querySelector('#job-confusion table')").await;
-    b.wait_for("the cleaning report", 10, "return document.querySelectorAll('#job-columns tbody tr').length === 4").await;
+    assert!(
+        b.eval(
+            "return Number(document.querySelector('#metric-chart').dataset.points)",
+            vec![]
+        )
+        .await
+            == json!(12)
+    );
+    b.wait_for(
+        "the confusion matrix",
+        10,
+        "return document.querySelector('#job-confusion table')",
+    )
+    .await;
+    b.wait_for(
+        "the cleaning report",
+        10,
+        "return document.querySelectorAll('#job-columns tbody tr').length === 4",
+    )
+    .await;
     assert!(b.text("#job-metrics").await.contains("accuracy"));
-    assert!(b.text("#job-cancel").await.is_empty(), "no cancel on a finished job");
+    assert!(
+        b.text("#job-cancel").await.is_empty(),
+        "no cancel on a finished job"
+    );
     shot(&b, &shots, "job").await;
 
     assert_csp_clean(&b).await;
     // The new model: predict from the form, with the explanation's bars.
     b.goto(&s.url("/console/models/iris_web")).await;
-    let fields = b.wait_for("the predict form", 20, "return document.querySelectorAll('#predict-fields input').length").await;
+    let fields = b
+        .wait_for(
+            "the predict form",
+            20,
+            "return document.querySelectorAll('#predict-fields input').length",
+        )
+        .await;
     assert_eq!(fields, json!(4));
-    for (name, value) in [("sepal_length", "6.7"), ("sepal_width", "3.0"), ("petal_length", "5.2"), ("petal_width", "2.3")] {
+    for (name, value) in [
+        ("sepal_length", "6.7"),
+        ("sepal_width", "3.0"),
+        ("petal_length", "5.2"),
+        ("petal_width", "2.3"),
+    ] {
         let css = format!("#predict-fields input[name={name}]");
         b.clear(&css).await;
         b.type_into(&css, value).await;
     }
     b.click("#predict-form button[type=submit]").await;
-    let bars = b.wait_for("the explanation bars", 30, "return document.querySelectorAll('#explain-chart .bar-row').length").await;
+    let bars = b
+        .wait_for(
+            "the explanation bars",
+            30,
+            "return document.querySelectorAll('#explain-chart .bar-row').length",
+        )
+        .await;
     assert_eq!(bars, json!(4));
     let label = b.text("#predicted-label").await;
-    assert!(["setosa", "versicolor", "virginica"].contains(&label.as_str()), "{label}");
+    assert!(
+        ["setosa", "versicolor", "virginica"].contains(&label.as_str()),
+        "{label}"
+    );
     let chart = b.text("#explain-chart").await;
-    assert!(chart.contains("petal_width") && chart.contains("sepal_length"), "{chart}");
+    assert!(
+        chart.contains("petal_width") && chart.contains("sepal_length"),
+        "{chart}"
+    );
     assert!(b.text("#signature").await.contains("classification"));
+    b.eval(
+        "document.querySelector('#predict-form').scrollIntoView()",
+        vec![],
+    )
+    .await;
     shot(&b, &shots, "model").await;
 
     assert_csp_clean(&b).await;
     // Evaluate the new version on the uploaded dataset.
-    b.goto(&s.url(&format!("/console/evaluate?model=iris_web&version=1&dataset={id}"))).await;
+    b.goto(&s.url(&format!(
+        "/console/evaluate?model=iris_web&version=1&dataset={id}"
+    )))
+    .await;
     b.wait_for("the form", 20, "return document.querySelector('#eval-dataset').value !== '' && document.querySelector('#eval-version').value === '1'").await;
     b.click("#eval-form button[type=submit]").await;
-    b.wait_for("the confusion matrix", 30, "return document.querySelector('#eval-confusion table')").await;
+    b.wait_for(
+        "the confusion matrix",
+        30,
+        "return document.querySelector('#eval-confusion table')",
+    )
+    .await;
     let metrics = b.text("#eval-metrics").await;
-    assert!(metrics.contains("accuracy") && metrics.contains("log_loss"), "{metrics}");
+    assert!(
+        metrics.contains("accuracy") && metrics.contains("log_loss"),
+        "{metrics}"
+    );
     shot(&b, &shots, "evaluate").await;
 
     assert_csp_clean(&b).await;
     b.goto(&s.url("/console")).await;
-    b.wait_for("both models", 20, "return document.querySelectorAll('#models-table tbody tr').length === 2").await;
+    b.wait_for(
+        "both models",
+        20,
+        "return document.querySelectorAll('#models-table tbody tr').length === 2",
+    )
+    .await;
     shot(&b, &shots, "models").await;
     assert_csp_clean(&b).await;
     s.stop().await;
@@ -355,12 +581,24 @@ async fn the_console_in_headless_chromium() {
     let models = models_with_iris();
     let s = Server::start(models.path(), &toml).await;
     b.goto(&s.url("/console/models")).await;
-    b.wait_for("the key dialog", 20, "return document.querySelector('#key-dialog').open").await;
+    b.wait_for(
+        "the key dialog",
+        20,
+        "return document.querySelector('#key-dialog').open",
+    )
+    .await;
     shot(&b, &shots, "key").await;
     b.type_into("#key-input", &key).await;
     b.click("#key-form button[type=submit]").await;
-    b.wait_for("the models table", 20, "return document.querySelectorAll('#models-table tbody tr').length").await;
-    let stored = b.eval("return sessionStorage.getItem('kiln.apiKey')", vec![]).await;
+    b.wait_for(
+        "the models table",
+        20,
+        "return document.querySelectorAll('#models-table tbody tr').length",
+    )
+    .await;
+    let stored = b
+        .eval("return sessionStorage.getItem('kiln.apiKey')", vec![])
+        .await;
     assert_eq!(stored, json!(key));
     let local = b.eval("return localStorage.length", vec![]).await;
     assert_eq!(local, json!(0), "the key is never kept beyond the tab");

@@ -121,15 +121,17 @@ impl Browser {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let v = self.eval(script, vec![]).await;
-            let truthy = !matches!(&v, Value::Null | Value::Bool(false))
-                && v != json!(0)
-                && v != json!("");
+            let truthy =
+                !matches!(&v, Value::Null | Value::Bool(false)) && v != json!(0) && v != json!("");
             if truthy {
                 return v;
             }
             if Instant::now() > deadline {
                 let banner = self
-                    .eval("return document.querySelector('#banner')?.textContent || ''", vec![])
+                    .eval(
+                        "return document.querySelector('#banner')?.textContent || ''",
+                        vec![],
+                    )
                     .await;
                 panic!("timed out waiting for {what} (banner: {banner})");
             }
@@ -182,7 +184,11 @@ impl Browser {
     pub async fn text(&self, css: &str) -> String {
         let e = self.find(css).await;
         let v = self
-            .call(reqwest::Method::GET, &format!("/element/{}/text", e.0), None)
+            .call(
+                reqwest::Method::GET,
+                &format!("/element/{}/text", e.0),
+                None,
+            )
             .await;
         v.as_str().unwrap_or_default().to_owned()
     }
@@ -195,7 +201,6 @@ impl Browser {
             .unwrap();
         std::fs::write(path, png).unwrap();
     }
-
 }
 
 impl Drop for Browser {

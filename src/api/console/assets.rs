@@ -62,7 +62,13 @@ pub(super) fn url(name: &str) -> String {
 mod tests {
     #[test]
     fn every_asset_is_embedded_and_named_by_its_hash() {
-        for name in ["console.js", "charts.js", "console.css", "uPlot.iife.min.js", "uPlot.min.css"] {
+        for name in [
+            "console.js",
+            "charts.js",
+            "console.css",
+            "uPlot.iife.min.js",
+            "uPlot.min.css",
+        ] {
             let a = super::find(name).unwrap();
             assert!(!a.bytes.is_empty(), "{name}");
             assert_eq!(a.hash.len(), 16);

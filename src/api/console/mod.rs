@@ -97,7 +97,9 @@ pub struct ItemPath {
 #[into_params(parameter_in = Path)]
 pub struct AssetPath {
     /// One of the embedded files.
-    #[param(pattern = r"^(console\.js|charts\.js|console\.css|uPlot\.iife\.min\.js|uPlot\.min\.css|uPlot\.LICENSE\.txt)$")]
+    #[param(
+        pattern = r"^(console\.js|charts\.js|console\.css|uPlot\.iife\.min\.js|uPlot\.min\.css|uPlot\.LICENSE\.txt)$"
+    )]
     pub file: String,
 }
 
@@ -163,7 +165,10 @@ pub async fn page(uri: Uri, Path(page): Path<String>) -> Result<Response, ApiErr
         super::openapi::ConsoleErrors,
     ),
 )]
-pub async fn item(uri: Uri, Path((page, id)): Path<(String, String)>) -> Result<Response, ApiError> {
+pub async fn item(
+    uri: Uri,
+    Path((page, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let page = match page.as_str() {
         "models" => Page::Model,
         "datasets" => Page::Dataset,
@@ -209,13 +214,16 @@ pub async fn asset(
     let asset = assets::find(&file).ok_or_else(|| not_found(&uri))?;
     // A page names each asset with `?v=<hash>`: a year's caching is safe, the next build's
     // pages name the new content. Without `v` (typed by hand) the ETag revalidates.
-    let versioned = uri.query().is_some_and(|q| q == format!("v={}", asset.hash));
+    let versioned = uri
+        .query()
+        .is_some_and(|q| q == format!("v={}", asset.hash));
     let cache = if versioned {
         "public, max-age=31536000, immutable"
     } else {
         "no-cache"
     };
-    let etag = HeaderValue::from_str(&format!("\"{}\"", asset.hash)).expect("hex is a header value");
+    let etag =
+        HeaderValue::from_str(&format!("\"{}\"", asset.hash)).expect("hex is a header value");
     let matched = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -229,7 +237,10 @@ pub async fn asset(
     }
     Ok((
         common,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(asset.content_type),
+        )],
         asset.bytes,
     )
         .into_response())
