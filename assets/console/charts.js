@@ -119,6 +119,8 @@ window.KilnCharts = (function () {
     canvas.style.height = height + 'px';
     canvas.setAttribute('aria-label', 'Residual box plot');
     container.appendChild(canvas);
+    // `:evaluate` names the quartiles p25 and p75.
+    s = Object.assign({}, s, { q1: s.p25 !== undefined ? s.p25 : s.q1, q3: s.p75 !== undefined ? s.p75 : s.q3 });
     const ctx = canvas.getContext('2d');
     ctx.scale(ratio, ratio);
     const lo = Math.min(s.min, 0), hi = Math.max(s.max, 0);
@@ -147,11 +149,11 @@ window.KilnCharts = (function () {
     ctx.fillStyle = '#374151';
     ctx.font = '12px sans-serif';
     ctx.textAlign = 'center';
-    for (const [v, t] of [[s.min, 'min'], [s.q1, 'q1'], [s.median, 'median'], [s.q3, 'q3'], [s.max, 'max']]) {
+    for (const [v, t] of [[s.min, 'min'], [s.q1, 'p25'], [s.median, 'median'], [s.q3, 'p75'], [s.max, 'max']]) {
       ctx.fillText(t, x(v), 88);
       ctx.fillText(fmt(v), x(v), 104);
     }
-    ctx.fillText('residual = predicted − actual (0 dashed, mean ●)', width / 2, 118);
+    ctx.fillText('residual = predicted − actual (0 dashed, mean ● ' + fmt(s.mean) + ', std ' + fmt(s.std) + ')', width / 2, 118);
   }
 
   function fmt(v) {

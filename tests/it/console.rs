@@ -562,11 +562,58 @@ async fn the_console_in_headless_chromium() {
     shot(&b, &shots, "evaluate").await;
 
     assert_csp_clean(&b).await;
+
+    // A regression model (trained over the API): its evaluation draws the residuals.
+    let csv = std::fs::read(repo().join("tests/data/diabetes_train.csv")).unwrap();
+    let r = s
+        .client
+        .post(s.url("/v1/datasets?name=diabetes"))
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let ds: Value = r.json().await.unwrap();
+    let ds = ds["id"].as_str().unwrap().to_owned();
+    let spec = json!({"model": "diabetes", "dataset": ds, "target": "target",
+                      "training": {"epochs": 5, "early_stopping": null, "refit": false}});
+    let (status, job) = s.post("/v1/training-jobs", &spec).await;
+    assert_eq!(status, 202, "{job}");
+    let job = job["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (_, j) = s.get(&format!("/v1/training-jobs/{job}")).await;
+        if j["state"] == "succeeded" {
+            break;
+        }
+        assert!(j["state"] == "queued" || j["state"] == "running", "{j}");
+        assert!(std::time::Instant::now() < deadline, "{j}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    b.goto(&s.url(&format!("/console/evaluate?model=diabetes&dataset={ds}")))
+        .await;
+    b.wait_for("the form", 20, "return document.querySelector('#eval-dataset').value !== '' && document.querySelector('#eval-model').value === 'diabetes'").await;
+    b.click("#eval-form button[type=submit]").await;
+    b.wait_for(
+        "the residual plot",
+        30,
+        "return document.querySelector('#eval-residuals canvas')",
+    )
+    .await;
+    let metrics = b.text("#eval-metrics").await;
+    assert!(
+        metrics.contains("rmse") && metrics.contains("r2"),
+        "{metrics}"
+    );
+    shot(&b, &shots, "residuals").await;
+    assert_csp_clean(&b).await;
+
     b.goto(&s.url("/console")).await;
     b.wait_for(
-        "both models",
+        "the three models",
         20,
-        "return document.querySelectorAll('#models-table tbody tr').length === 2",
+        "return document.querySelectorAll('#models-table tbody tr').length === 3",
     )
     .await;
     shot(&b, &shots, "models").await;
