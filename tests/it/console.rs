@@ -651,3 +651,25 @@ async fn the_console_in_headless_chromium() {
     assert_eq!(local, json!(0), "the key is never kept beyond the tab");
     s.stop().await;
 }
+
+/// The vendored files are the ones `assets/vendor/fetch.sh` fetched and recorded.
+#[test]
+fn vendored_files_match_their_recorded_sha256() {
+    use sha2::{Digest, Sha256};
+    let dir = repo().join("assets/vendor");
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let mut checked = 0;
+    for line in sums.lines().filter(|l| !l.trim().is_empty()) {
+        let (sum, file) = line.split_once("  ").unwrap();
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let got: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(got, sum, "{file} differs from what fetch.sh recorded");
+        checked += 1;
+    }
+    assert!(checked >= 3, "{sums}");
+    // The licence travels with the library.
+    assert!(sums.contains("uplot/LICENSE"));
+}
