@@ -22,6 +22,7 @@ mod process;
 mod reload;
 mod repository;
 mod schemathesis;
+mod search_jobs;
 mod text;
 mod training;
 mod util;
