@@ -248,3 +248,86 @@ async fn replicas_share_the_trials_of_one_search() {
     one.stop().await;
     two.stop().await;
 }
+
+/// `kill -9` in the middle of a search's first trial: after a restart the trial resumes from
+/// its checkpoint (its history continuous, no epoch twice), the search job, still waiting,
+/// gets no second set of trials, and the search ends as it would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_killed_mid_trial_resumes_after_restart_without_running_twice() {
+    use crate::process::{job as get, signal, spawn_server_logged, wait_ready};
+    let models = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let (mut child, base, _) = spawn_server_logged(models.path(), data.path(), &[], &[]);
+    wait_ready(&client, &base).await;
+    let ds: Value = client
+        .post(format!("{base}/v1/datasets"))
+        .header("content-type", "text/csv")
+        .body(iris_csv())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let spec = json!({"model": "survivor", "dataset": ds["id"], "target": "species",
+                      "training": {"epochs": 150, "batch_size": 4, "early_stopping": null},
+                      "search": {"width": [8, 16]}});
+    let submitted: Value = client
+        .post(format!("{base}/v1/training-jobs"))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = get(&client, &base, &id).await;
+        if j["trials"][0]["epoch"].as_u64().unwrap_or(0) >= 3 {
+            assert_eq!(j["state"], "waiting", "{j}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first trial never ran: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, "-KILL");
+    child.wait().unwrap();
+
+    let (mut child, base, _) = spawn_server_logged(models.path(), data.path(), &[], &[]);
+    wait_ready(&client, &base).await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let parent = loop {
+        let j = get(&client, &base, &id).await;
+        if j["state"] != "waiting" && j["state"] != "running" && j["state"] != "queued" {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "the search did not end: {j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(parent["state"], "succeeded", "{parent}");
+    let listed: Value = client
+        .get(format!("{base}/v1/training-jobs?parent={id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 2, "{listed}");
+    for t in parent["trials"].as_array().unwrap() {
+        assert_eq!(t["state"], "succeeded", "{t}");
+        let c = get(&client, &base, t["job"].as_str().unwrap()).await;
+        let epochs: Vec<u64> = c["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["epoch"].as_u64().unwrap())
+            .collect();
+        assert_eq!(epochs, (1..=150).collect::<Vec<_>>(), "{c}");
+    }
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+}
