@@ -331,3 +331,42 @@ async fn a_search_killed_mid_trial_resumes_after_restart_without_running_twice()
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success());
 }
+
+/// A trial job that does not finish (here: cancelled on its own) is reported with its state
+/// and the search goes on with the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_that_does_not_finish_is_reported_and_the_search_goes_on() {
+    let models = tempfile::tempdir().unwrap();
+    let s = Server::start(models.path(), "max_concurrent_jobs = 1\n").await;
+    let (_, ds, _) = upload(&s, "text/csv", iris_csv()).await;
+    let spec = json!({"model": "survived", "dataset": ds["id"], "target": "species",
+                      "training": {"epochs": 100000, "batch_size": 16, "early_stopping": null,
+                                   "refit": false},
+                      "search": {"width": [8, 16], "time_budget_seconds": 8}});
+    let id = submit(&s, &spec).await;
+    let parent = wait_for(&s, &id, 60, |j| j["trials"][0]["state"] == "running").await;
+    let first = parent["trials"][0]["job"].as_str().unwrap().to_owned();
+    let (status, body) = s
+        .post(&format!("/v1/training-jobs/{first}:cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let parent = wait_for(&s, &id, 60, |j| {
+        !["queued", "running", "waiting"].contains(&j["state"].as_str().unwrap())
+    })
+    .await;
+    assert_eq!(parent["state"], "succeeded", "{parent}");
+    let report = &parent["metrics"]["search"];
+    let trials = report["trials"].as_array().unwrap();
+    assert_eq!(
+        (
+            &trials[0]["outcome"],
+            &trials[0]["state"],
+            &trials[0]["job"]
+        ),
+        (&json!("cancelled"), &json!("cancelled"), &json!(first)),
+        "{report}"
+    );
+    assert_eq!(trials[1]["outcome"], "time_budget", "{report}");
+    assert_eq!(report["best_trial"], 2);
+    s.stop().await;
+}
