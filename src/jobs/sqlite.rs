@@ -636,6 +636,44 @@ mod tests {
         SqliteJobStore::open(&path).unwrap();
     }
 
+    /// A database of schema version 1 (jobs without parents) is migrated once, keeping its
+    /// jobs; one newer than this binary is refused, saying so.
+    #[test]
+    fn versioned_migrations_upgrade_once_and_refuse_a_newer_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO jobs (id, model, state, spec, created_ms) VALUES ('job_old', 'iris', 'queued', ?1, 1)",
+                [to_json(&spec("iris"))],
+            )
+            .unwrap();
+        }
+        let s = SqliteJobStore::open(&path).unwrap();
+        let old = s.get("job_old").unwrap().unwrap();
+        assert_eq!((old.parent, old.trial), (None, None));
+        assert!(s.children("job_old").unwrap().is_empty());
+        drop(s);
+        let version = |p: &Path| -> i32 {
+            Connection::open(p)
+                .unwrap()
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(version(&path), 2);
+        SqliteJobStore::open(&path).unwrap();
+        assert_eq!(version(&path), 2);
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 3)
+            .unwrap();
+        let err = SqliteJobStore::open(&path).err().unwrap().to_string();
+        assert!(err.contains("version 3") && err.contains("newer"), "{err}");
+    }
+
     #[test]
     fn lists_filter_and_page_newest_first() {
         let dir = tempfile::tempdir().unwrap();
