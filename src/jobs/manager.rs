@@ -607,13 +607,15 @@ fn run_job(inner: &Inner, job: JobRecord, flags: &StopFlags, events: &broadcast:
     // The checkpoint goes only with a job that ended here: one that runs elsewhere now
     // (lost lease) may resume from it. A trial that succeeded keeps its (final weights) for
     // its search, which removes it when it ends; a search takes its trials' with its own.
-    let keep = match &ending {
-        Ending::Done(JobEnd::Trial(r)) if r.outcome != "skipped" => job
-            .parent
-            .as_deref()
-            .and_then(|p| inner.store.get(p).ok().flatten())
-            .is_none_or(|p| !p.state.is_final()),
-        _ => false,
+    let keep = if let Ending::Done(JobEnd::Trial(r)) = &ending {
+        r.outcome != "skipped"
+            && job
+                .parent
+                .as_deref()
+                .and_then(|p| inner.store.get(p).ok().flatten())
+                .is_none_or(|p| !p.state.is_final())
+    } else {
+        false
     };
     if ended_here && matches!(ending, Ending::Done(_)) && !keep {
         checkpoint::remove(&ckdir);

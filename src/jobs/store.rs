@@ -4,7 +4,9 @@
 //!
 //! Records are typed here and in the manager; JSON appears only inside an implementation, at
 //! its columns. Every state change is one conditional step in the store (claim: queued →
-//! running; cancel: queued → cancelled; finish and requeue: running → …), so two callers
+//! running, or waiting → running once a search's trial jobs have all ended; spawning the
+//! trials: running → waiting with the children inserted; cancel: queued or waiting →
+//! cancelled, children included; finish and requeue: running → …), so two callers
 //! racing on one job — a cancel and the scheduler, or two replicas sharing a database —
 //! cannot both win. A store shared by several processes ([`super::PgJobStore`]) implements
 //! the same steps with row locks (`FOR UPDATE SKIP LOCKED` for the claim) and ties `running`
@@ -155,7 +157,7 @@ impl JobEnd {
             JobEnd::Cancelled => (None, None, None, None),
             JobEnd::Trial(r) => (
                 None,
-                r.metrics.as_ref().map(|m| to_json(m)),
+                r.metrics.as_ref().map(to_json),
                 (r.outcome == "skipped").then_some(SKIPPED),
                 Some(to_json(r)),
             ),

@@ -370,3 +370,40 @@ async fn a_trial_that_does_not_finish_is_reported_and_the_search_goes_on() {
     assert_eq!(report["best_trial"], 2);
     s.stop().await;
 }
+
+/// The time budget bounds a search of trial jobs: the trial running when it runs out stops
+/// and competes; trials not started by then are skipped (their jobs `cancelled`, reported
+/// `skipped`), and the search publishes the stopped trial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trials_not_started_within_the_time_budget_are_skipped() {
+    let models = tempfile::tempdir().unwrap();
+    let s = Server::start(models.path(), "max_concurrent_jobs = 1\n").await;
+    let (_, ds, _) = upload(&s, "text/csv", iris_csv()).await;
+    let spec = json!({"model": "hurried", "dataset": ds["id"], "target": "species",
+                      "training": {"epochs": 100000, "batch_size": 16, "early_stopping": null,
+                                   "refit": false},
+                      "search": {"width": [8, 16, 32], "time_budget_seconds": 1}});
+    let id = submit(&s, &spec).await;
+    let parent = wait_for(&s, &id, 60, |j| {
+        !["queued", "running", "waiting"].contains(&j["state"].as_str().unwrap())
+    })
+    .await;
+    assert_eq!(parent["state"], "succeeded", "{parent}");
+    let report = &parent["metrics"]["search"];
+    let outcomes: Vec<&str> = report["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["time_budget", "skipped", "skipped"], "{report}");
+    assert_eq!(report["best_trial"], 1);
+    let states: Vec<&str> = parent["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["succeeded", "cancelled", "cancelled"], "{parent}");
+    s.stop().await;
+}
