@@ -304,6 +304,36 @@ fn the_job_store_contract_holds_on_postgres() {
 
 /// Replicas starting at once migrate the schema one at a time; then two replicas claiming
 /// from one queue as fast as they can each get different jobs, and every job is claimed.
+/// A database at schema version 1 (from before trial jobs) is upgraded at connect, keeping
+/// its jobs, which then list as top-level jobs.
+#[test]
+fn a_version_1_database_is_upgraded_keeping_its_jobs() {
+    let Some(db) = Db::new() else { return };
+    let rt = runtime();
+    let s = connect(&rt, &db.url, "r1");
+    s.insert("job_old", &spec("iris")).unwrap();
+    drop(s);
+    // Back to version 1, as an older kiln left it.
+    crate::pg::execute(
+        &db.url,
+        "DROP INDEX jobs_parent; DROP INDEX jobs_waiting; \
+         ALTER TABLE jobs DROP COLUMN parent, DROP COLUMN trial, DROP COLUMN deadline_ms, \
+         DROP COLUMN trial_result; DELETE FROM kiln_schema_migrations WHERE version = 2;",
+    );
+    let s = connect(&rt, &db.url, "r1");
+    let old = s.get("job_old").unwrap().unwrap();
+    assert_eq!((old.state, old.parent), (JobState::Queued, None));
+    let top = s
+        .list(&JobFilter {
+            parent: ParentFilter::TopLevel,
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&top), ["job_old"]);
+    assert!(s.children("job_old").unwrap().is_empty());
+}
+
 #[test]
 fn replicas_migrate_together_and_never_claim_the_same_job() {
     let Some(db) = Db::new() else { return };
