@@ -61,6 +61,10 @@
 //!               epoch's history entry), JobStore::record_epoch, an event for GET …/events
 //!               → store::validate_and_publish → the registry loads that version
 //!               → JobStore::finish (or requeue, on shutdown)
+//!   a search: the job thread queues one child job per trial (JobStore::spawn_children,
+//!               running → waiting, slot freed); schedulers claim the trials like any job;
+//!               once all have ended, claim_next takes the parent again → training::search::
+//!               conclude (winner, refit) → publish
 //! ```
 //! `kiln train` runs the same `training::run` without the job system.
 //!

@@ -27,6 +27,7 @@ mod reload;
 mod repository;
 mod s3;
 mod schemathesis;
+mod search_jobs;
 mod text;
 mod training;
 mod util;
