@@ -109,6 +109,45 @@ pub struct TrainingConfig {
     /// How long a replica holds a running job without renewing its lease (a shared
     /// database only): a dead replica's job is claimable again this long after its last sign.
     pub job_lease: Duration,
+    /// Object storage shared by the replicas (`--object-store`); `None`: the models and
+    /// data directories of this machine, as one process uses them.
+    pub object_store: Option<ObjectStoreUrl>,
+}
+
+/// `--object-store URL`: `s3://BUCKET[/PREFIX]`, `gs://…`, `az://…` or `file:///DIR`.
+/// Holds no secret (credentials come from the environment), so it is shown as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectStoreUrl(pub String);
+
+impl ObjectStoreUrl {
+    fn parse(url: &str) -> Result<ObjectStoreUrl, ConfigError> {
+        // First, so that a URL holding a credential is never echoed.
+        if url.contains('@') || url.contains('?') {
+            return Err(invalid(
+                "object_store: credentials and options come from the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, …), not the URL".into(),
+            ));
+        }
+        let known = [
+            "s3://", "s3a://", "gs://", "az://", "abfs://", "abfss://", "file://",
+        ];
+        let Some(scheme) = known.iter().find(|s| url.starts_with(**s)) else {
+            return Err(invalid(format!(
+                "object_store: '{url}' is none of s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX, file:///DIR"
+            )));
+        };
+        let rest = &url[scheme.len()..];
+        if rest.trim_matches('/').is_empty() {
+            return Err(invalid(format!(
+                "object_store: '{url}' names no bucket (or, for file://, no directory)"
+            )));
+        }
+        if *scheme == "file://" && !rest.starts_with('/') {
+            return Err(invalid(format!(
+                "object_store: '{url}': file:// takes an absolute directory (file:///srv/kiln)"
+            )));
+        }
+        Ok(ObjectStoreUrl(url.trim_end_matches('/').to_owned()))
+    }
 }
 
 impl TrainingConfig {
@@ -442,6 +481,11 @@ layer! {
         /// job without renewing its lease.
         #[arg(long, env = "KILN_JOB_LEASE_MS")]
         job_lease_ms: u64 = 30_000,
+        /// Where models, datasets and checkpoints live: the models and data directories
+        /// (default), or s3://BUCKET/PREFIX, gs://…, az://…, file://DIR shared by replicas
+        /// (needs a postgres:// database; credentials from AWS_* variables).
+        #[arg(long = "object-store", env = "KILN_OBJECT_STORE")]
+        object_store: String,
     }
 }
 
@@ -881,6 +925,17 @@ impl TrainingKeys {
         if self.job_lease_ms < 300 {
             return Err(invalid("job_lease_ms must be at least 300".into()));
         }
+        let object_store = self
+            .object_store
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .map(ObjectStoreUrl::parse)
+            .transpose()?;
+        if object_store.is_some() && !serve_only_ok {
+            return Err(invalid(
+                "object_store needs a shared database (database = \"postgres://…\"): the catalog of models and datasets lives there".into(),
+            ));
+        }
         let replica_id = self.replica_id.unwrap_or_else(default_replica_id);
         if replica_id.is_empty() || replica_id.len() > 200 {
             return Err(invalid("replica_id must have 1 to 200 characters".into()));
@@ -892,6 +947,7 @@ impl TrainingKeys {
             max_concurrent_jobs: self.max_concurrent_jobs,
             replica_id,
             job_lease: Duration::from_millis(self.job_lease_ms),
+            object_store,
         })
     }
 }
@@ -1008,6 +1064,44 @@ mod tests {
         assert_eq!(c.training.max_concurrent_jobs, 0);
         let err = with("job_lease_ms = 10").unwrap_err().to_string();
         assert!(err.contains("job_lease_ms"), "{err}");
+    }
+
+    /// `object_store`: the known schemes only, a bucket or an absolute directory, no
+    /// credentials in the URL, and a shared database beside it.
+    #[test]
+    fn object_store_urls_are_checked() {
+        let with = |url: &str, db: &str| {
+            let toml = format!("object_store = \"{url}\"\n{db}");
+            Config::from_toml(&toml, &Overrides::default())
+        };
+        let pg = "database = \"postgres://db/kiln\"";
+        assert_eq!(Config::default().training.object_store, None);
+        for (url, stored) in [
+            ("s3://bucket/prefix/", "s3://bucket/prefix"),
+            ("gs://bucket", "gs://bucket"),
+            ("az://container/p", "az://container/p"),
+            ("file:///srv/kiln", "file:///srv/kiln"),
+        ] {
+            let c = with(url, pg).unwrap();
+            assert_eq!(c.training.object_store, Some(ObjectStoreUrl(stored.into())));
+        }
+        for (url, says) in [
+            ("http://bucket", "none of s3://"),
+            ("s3://", "names no bucket"),
+            ("file://relative/dir", "absolute directory"),
+            ("s3://key:secret@bucket", "from the environment"),
+            ("s3://bucket?region=x", "from the environment"),
+        ] {
+            let err = with(url, pg).unwrap_err().to_string();
+            assert!(err.contains(says), "{url}: {err}");
+        }
+        let err = with("s3://bucket", "").unwrap_err().to_string();
+        assert!(err.contains("needs a shared database"), "{err}");
+        // A secret never shows, even in the error about it.
+        assert!(!with("s3://key:secret@bucket", pg)
+            .unwrap_err()
+            .to_string()
+            .contains("secret"));
     }
 
     #[test]

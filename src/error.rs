@@ -71,4 +71,8 @@ pub enum Error {
     /// A server-side failure (disk, database); the detail goes to the log.
     #[error("{0}")]
     Internal(String),
+    /// Shared storage (object store, catalog database) failed or is unreachable after
+    /// retries: the client may retry later.
+    #[error("{0}")]
+    StorageUnavailable(String),
 }

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! Every module uses only modules listed above it (checked by `tests/it/architecture.rs`):
+//! - [`remote`]: connections to the engines replicas share: object storage (S3, GCS, Azure,
+//!   a shared directory) and PostgreSQL (a pool, the catalog schema, LISTEN).
 //! - base, knowing nothing of kiln: [`error`] (the serving path's errors; each domain owns
 //!   its own enum), [`device`] (`cpu` / `cuda:N`, the compute threads), [`shutdown`],
 //!   [`metrics`] (Prometheus families), [`dataset`] (uploaded data sets: files, parsing,
@@ -31,7 +33,8 @@
 //!   encoders of TF Serving's REST API and the Open Inference Protocol, datasets, jobs,
 //!   the repository, health, metrics, the OpenAPI document.
 //! - [`grpc`]: the gRPC edge on a listener of its own: the Open Inference Protocol (its
-//!   tensors decoded and encoded by `api::v2`'s protocol-independent halves) and
+//!   tensors decoded and encoded by `api::v2`'s protocol-independent halves), TF Serving's
+//!   PredictionService and ModelService (through REST's decoders and signatures) and
 //!   `grpc.health.v1`.
 //! - This file assembles the server ([`serve`]); the binary's `cli/` holds the commands.
 
@@ -58,6 +61,10 @@
 //!               epoch's history entry), JobStore::record_epoch, an event for GET …/events
 //!               → store::validate_and_publish → the registry loads that version
 //!               → JobStore::finish (or requeue, on shutdown)
+//!   a search: the job thread queues one child job per trial (JobStore::spawn_children,
+//!               running → waiting, slot freed); schedulers claim the trials like any job;
+//!               once all have ended, claim_next takes the parent again → training::search::
+//!               conclude (winner, refit) → publish
 //! ```
 //! `kiln train` runs the same `training::run` without the job system.
 //!
@@ -76,6 +83,7 @@ pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod registry;
+pub mod remote;
 pub mod server;
 pub mod serving;
 pub mod shutdown;
@@ -126,6 +134,35 @@ pub async fn serve_with_routes(
     serve_on(config, listeners, extra, shutdown).await
 }
 
+/// What replicas share besides the job tables: object storage and the catalog.
+struct Shared {
+    objects: remote::Objects,
+    pool: deadpool_postgres::Pool,
+    /// Ticks on every catalog notification (models published or deleted elsewhere).
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+/// Opens the object store `url` (one request: it must answer) and the catalog in the
+/// PostgreSQL database `db` (migrated, listened to). A startup error names the store or
+/// the database (password masked) and the reason.
+async fn open_shared(url: &str, db: &str, database: &config::Database) -> anyhow::Result<Shared> {
+    let objects = remote::Objects::open(url).map_err(anyhow::Error::msg)?;
+    objects
+        .check()
+        .await
+        .with_context(|| format!("opening the object store {url}"))?;
+    let pool = remote::pg::connect(db)
+        .await
+        .with_context(|| format!("opening the catalog in {}", database.shown()))?;
+    let changes = remote::pg::listen(db, remote::pg::MODELS_CHANNEL)
+        .with_context(|| format!("listening on {}", database.shown()))?;
+    Ok(Shared {
+        objects,
+        pool,
+        changes,
+    })
+}
+
 /// The sockets a server answers on, bound by the caller (so tests can bind port 0 and learn
 /// the ports): HTTP, and gRPC unless it is off.
 pub struct Listeners {
@@ -171,8 +208,24 @@ pub async fn serve_on(
         .map(server::tls::acceptor)
         .transpose()?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let models: Arc<dyn store::ModelStore> =
-        Arc::new(store::LocalDir::open(&config.registry.models_dir));
+    let database = config.training.database();
+    let shared = match (&config.training.object_store, &database) {
+        (Some(url), config::Database::Postgres(db)) => {
+            Some(open_shared(&url.0, db, &database).await?)
+        }
+        _ => None,
+    };
+    let models: Arc<dyn store::ModelStore> = match &shared {
+        Some(shared) => Arc::new(
+            store::ObjectStoreModels::new(
+                shared.objects.clone(),
+                shared.pool.clone(),
+                config.training.data_dir.join("cache").join("models"),
+            )
+            .with_changes(shared.changes.clone()),
+        ),
+        None => Arc::new(store::LocalDir::open(&config.registry.models_dir)),
+    };
     let registry = Arc::new(registry::Registry::new(
         config.registry.clone(),
         models.clone(),
@@ -183,12 +236,16 @@ pub async fn serve_on(
     let data_dir = &config.training.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
-    let datasets = Arc::new(
-        dataset::DatasetStore::open(data_dir)
-            .context("opening the dataset store")?
-            .with_max_upload_bytes(config.training.max_upload_bytes),
-    );
-    let database = config.training.database();
+    let mut datasets = dataset::DatasetStore::open(data_dir)
+        .context("opening the dataset store")?
+        .with_max_upload_bytes(config.training.max_upload_bytes);
+    if let Some(shared) = &shared {
+        datasets = datasets.with_remote(dataset::remote::RemoteDatasets::new(
+            shared.objects.clone(),
+            shared.pool.clone(),
+        ));
+    }
+    let datasets = Arc::new(datasets);
     let replica = &config.training.replica_id;
     let job_store: Arc<dyn jobs::JobStore> = match &database {
         config::Database::Sqlite(path) => Arc::new(
@@ -211,6 +268,7 @@ pub async fn serve_on(
             registry: registry.clone(),
             models: models.clone(),
             metrics: metrics.clone(),
+            checkpoint_store: shared.as_ref().map(|s| s.objects.clone()),
         },
     )
     .context("starting the job manager")?;
@@ -245,6 +303,7 @@ pub async fn serve_on(
                 grpc_listener,
                 grpc::service(state.clone()),
                 tls,
+                grpc::Limits::new(&config.connections, &metrics.grpc),
                 stop,
             )))
         }
@@ -255,7 +314,11 @@ pub async fn serve_on(
         .local_addr()
         .context("reading the listening address")?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%addr, scheme, max_connections = config.connections.max_connections, replica = %replica, database = %database.shown(), models = %config.registry.models_dir.display(), device = %config.registry.device, workers = config.registry.workers, threads = config.registry.threads, "kiln listening");
+    let model_store = match &config.training.object_store {
+        Some(url) => url.0.clone(),
+        None => config.registry.models_dir.display().to_string(),
+    };
+    tracing::info!(%addr, scheme, max_connections = config.connections.max_connections, replica = %replica, database = %database.shown(), models = %model_store, device = %config.registry.device, workers = config.registry.workers, threads = config.registry.threads, "kiln listening");
 
     let drain_jobs = jobs.clone();
     let stop = async move {

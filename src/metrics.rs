@@ -372,6 +372,10 @@ pub struct GrpcMethodLabels {
 pub struct GrpcMetrics {
     pub requests: Family<GrpcLabels, Counter>,
     pub seconds: Family<GrpcMethodLabels, Histogram>,
+    /// Open gRPC connections (the gRPC accept loop counts them).
+    pub connections: Gauge,
+    /// Times the gRPC accept loop stopped accepting because `max_connections` were open.
+    pub connection_limit_reached: Counter,
 }
 
 impl GrpcMetrics {
@@ -390,7 +394,24 @@ impl GrpcMetrics {
             "Time to answer a gRPC call, by method",
             seconds.clone(),
         );
-        GrpcMetrics { requests, seconds }
+        let connections = Gauge::default();
+        let connection_limit_reached = Counter::default();
+        registry.register(
+            "grpc_connections",
+            "Open gRPC connections",
+            connections.clone(),
+        );
+        registry.register(
+            "grpc_connection_limit_reached",
+            "Times kiln stopped accepting gRPC connections because max_connections were open",
+            connection_limit_reached.clone(),
+        );
+        GrpcMetrics {
+            requests,
+            seconds,
+            connections,
+            connection_limit_reached,
+        }
     }
 }
 

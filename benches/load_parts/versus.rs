@@ -112,7 +112,7 @@ fn clock_ticks() -> f64 {
     })
 }
 
-fn has_wrk() -> bool {
+pub(crate) fn has_wrk() -> bool {
     Command::new("wrk")
         .arg("--version")
         .stdout(Stdio::null())
@@ -136,7 +136,7 @@ fn wrk_ms(v: &str) -> f64 {
 }
 
 /// Requests/s, p99 and non-2xx answers from wrk's `--latency` report.
-fn parse_wrk(out: &str) -> (f64, f64, u64) {
+pub(crate) fn parse_wrk(out: &str) -> (f64, f64, u64) {
     let mut rps = f64::NAN;
     let mut p99 = f64::NAN;
     let mut errors = 0;
@@ -159,16 +159,27 @@ fn parse_wrk(out: &str) -> (f64, f64, u64) {
 }
 
 fn run_wrk(addr: SocketAddr, sc: Scenario, script: &Path, secs: f64) -> String {
+    run_wrk_on(addr, sc.clients, sc.path(), script, secs)
+}
+
+/// wrk (one thread, `clients` connections, `--latency`) POSTing `script`'s body to `path`.
+pub(crate) fn run_wrk_on(
+    addr: SocketAddr,
+    clients: usize,
+    path: &str,
+    script: &Path,
+    secs: f64,
+) -> String {
     let out = Command::new("wrk")
         .args([
             "-t1".to_owned(),
-            format!("-c{}", sc.clients),
+            format!("-c{clients}"),
             format!("-d{}s", secs.ceil() as u64),
             "--latency".to_owned(),
             "-s".to_owned(),
         ])
         .arg(script)
-        .arg(format!("http://{addr}{}", sc.path()))
+        .arg(format!("http://{addr}{path}"))
         .output()
         .expect("running wrk");
     String::from_utf8_lossy(&out.stdout).into_owned()

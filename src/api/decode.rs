@@ -914,6 +914,34 @@ pub fn rows_from_columns(
     Ok(done(c))
 }
 
+/// Rows from named instances (TF Serving's gRPC `Classify` / `Regress` examples, each a list
+/// of feature values by name), `root[i]` in errors; as REST's `examples` are decoded.
+pub fn rows_from_named(
+    spec: &InputSpec,
+    root: &'static str,
+    instances: &[Vec<(String, RawValue)>],
+) -> Result<Decoded, ApiError> {
+    if spec.sig.features.is_none() {
+        return Err(Error::InvalidInput(
+            "this model has no feature names, so it takes no examples: use Predict with an input tensor"
+                .into(),
+        )
+        .into());
+    }
+    if instances.is_empty() {
+        return Err(Error::InvalidInput(format!("{root} is empty")).into());
+    }
+    spec.check_rows(instances.len())?;
+    let mut c = ctx(spec, root, instances.len() * spec.sig.row_len);
+    for (i, row) in instances.iter().enumerate() {
+        c.path.push(i);
+        c.push_named::<Plain>(row)
+            .map_err(|e| Error::InvalidInput(e.0))?;
+        c.path.pop();
+    }
+    Ok(done(c))
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -79,7 +79,8 @@ fn dataset_message(e: &DatasetError) -> String {
         e @ (DatasetError::Invalid(_)
         | DatasetError::Io { .. }
         | DatasetError::Corrupt { .. }
-        | DatasetError::Internal(_)) => e.to_string(),
+        | DatasetError::Internal(_)
+        | DatasetError::Unavailable(_)) => e.to_string(),
     }
 }
 
@@ -109,6 +110,9 @@ pub fn status_and_code(err: &ApiError) -> (StatusCode, &'static str) {
             DatasetError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             DatasetError::Io { .. } | DatasetError::Corrupt { .. } | DatasetError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+            DatasetError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
             }
         },
         ApiError::Job(e) => match e {
@@ -158,6 +162,7 @@ fn serving_status(err: &Error) -> (StatusCode, &'static str) {
         Error::Forward(_) => (StatusCode::INTERNAL_SERVER_ERROR, "inference_failed"),
         Error::InvalidModel(_) => (StatusCode::BAD_REQUEST, "invalid_model"),
         Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        Error::StorageUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
     }
 }
 
@@ -173,11 +178,22 @@ pub struct ErrorResponse<'a> {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = status_and_code(&self);
-        let message = if status.is_server_error()
+        let storage_detail = match &self {
+            ApiError::Serving(Error::StorageUnavailable(d))
+            | ApiError::Dataset(DatasetError::Unavailable(d)) => Some(d),
+            _ => None,
+        };
+        let message = if let Some(detail) = storage_detail {
+            // The detail (which bucket, which key) goes to the log.
+            tracing::warn!(error = %detail, code, "shared storage unavailable");
+            "the shared storage (object store or catalog database) is unavailable; retry later"
+                .to_owned()
+        } else if status.is_server_error()
             && !matches!(
                 status,
                 StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
-            ) {
+            )
+        {
             // The client gets a generic message; the log has the detail.
             tracing::error!(error = %self, code, "request failed");
             "internal error while computing the request; the server log has the details".to_owned()
@@ -210,8 +226,12 @@ impl IntoResponse for ApiError {
         if matches!(
             self,
             ApiError::Serving(
-                Error::QueueFull { .. } | Error::ShuttingDown | Error::ModelUnavailable { .. }
+                Error::QueueFull { .. }
+                    | Error::ShuttingDown
+                    | Error::ModelUnavailable { .. }
+                    | Error::StorageUnavailable(_)
             ) | ApiError::Job(JobError::Unavailable(_))
+                | ApiError::Dataset(DatasetError::Unavailable(_))
         ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -139,6 +139,7 @@ fn table_of_body(dir: &std::path::Path, body: Bytes) -> Result<Table, ApiError> 
         | DatasetError::NotFound(_)
         | DatasetError::Io { .. }
         | DatasetError::Corrupt { .. }
-        | DatasetError::Internal(_)) => ApiError::from(other),
+        | DatasetError::Internal(_)
+        | DatasetError::Unavailable(_)) => ApiError::from(other),
     })
 }

@@ -43,14 +43,22 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthRes
         reasons.push("models found at startup are still loading".to_owned());
     }
     if reasons.is_empty() {
+        // Still ready: predictions come from memory and go on; job, upload and repository
+        // routes answer 503 until the dependency is back. Load balancers must not take
+        // every replica out.
+        let mut degraded = Vec::new();
         if let Some(e) = state.jobs.store_unavailable() {
-            // Still ready: predictions come from memory and go on; job routes answer 503
-            // until the database is back. Load balancers must not take every replica out.
+            degraded.push(format!("the job database cannot be reached: {e}"));
+        }
+        if let Some(e) = state.registry.store_unavailable() {
+            degraded.push(format!("the model store cannot be reached: {e}"));
+        }
+        if !degraded.is_empty() {
             return (
                 StatusCode::OK,
                 Json(HealthResponse {
                     status: "degraded",
-                    reasons: vec![format!("the job database cannot be reached: {e}")],
+                    reasons: degraded,
                 }),
             );
         }
@@ -111,6 +119,7 @@ mod tests {
                 registry: registry.clone(),
                 models: models.clone(),
                 metrics: metrics.clone(),
+                checkpoint_store: None,
             },
         )
         .unwrap();

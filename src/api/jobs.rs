@@ -21,12 +21,15 @@ use super::error::ApiError;
 use super::extract::{refuse_verb, require_verb, JsonBody};
 use super::openapi::{CancelErrors, JobErrors, JobListErrors, JobPath, SubmitErrors};
 use crate::error::Error;
+use crate::jobs::manager::valid_job_id;
 use crate::jobs::store::rfc3339;
+use crate::jobs::store::ParentFilter;
 use crate::jobs::{JobDetails, JobEvent, JobFilter, JobManager, JobRecord, JobState};
 use crate::model::format::Metrics;
 use crate::preprocess::DataReport;
 use crate::state::AppState;
-use crate::training::spec::{JobSpec, ResolvedSpec};
+use crate::training::search::TrialResult;
+use crate::training::spec::{JobSpec, ResolvedSpec, TrialConfig};
 use crate::training::trainer::EpochEvent;
 
 /// A job as the API shows it.
@@ -57,9 +60,42 @@ pub struct JobView<'a> {
     /// The replica (`--replica-id`) that claimed the job last; absent until one has.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replica: Option<&'a str>,
+    /// A search trial's job: the search job it belongs to (listed with `?parent=`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<&'a str>,
+    /// A search trial's job: its trial number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trial: Option<u32>,
+    /// A search job's trials, each a child job, once queued (`GET /v1/training-jobs/{id}`
+    /// only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trials: Option<Vec<TrialView<'a>>>,
     /// The spec with every default filled in.
     #[schema(value_type = ResolvedSpec)]
     pub spec: &'a ResolvedSpec,
+}
+
+/// One trial of a search, as its parent job shows it.
+#[derive(Serialize, ToSchema)]
+pub struct TrialView<'a> {
+    /// The trial's candidate values.
+    #[serde(flatten)]
+    #[schema(value_type = TrialConfig)]
+    pub config: Option<&'a TrialConfig>,
+    /// The child job that runs the trial.
+    pub job: &'a str,
+    pub state: JobState,
+    /// The replica that claimed it last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<&'a str>,
+    /// Epochs done so far.
+    pub epoch: u32,
+    /// How the trial did, once ended: `outcome`, `score`, `epochs_run`, `metrics`, …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<&'a TrialResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
 }
 
 /// How far a job has come.
@@ -78,6 +114,27 @@ pub struct ProgressView<'a> {
 }
 
 fn view<'a>(r: &'a JobRecord, history: Option<&'a [EpochEvent]>) -> JobView<'a> {
+    view_with(r, history, None)
+}
+
+fn view_with<'a>(
+    r: &'a JobRecord,
+    history: Option<&'a [EpochEvent]>,
+    children: Option<&'a [JobRecord]>,
+) -> JobView<'a> {
+    let trials = children.filter(|_| !r.spec.trials.is_empty()).map(|c| {
+        c.iter()
+            .map(|child| TrialView {
+                config: r.spec.trials.iter().find(|t| Some(t.trial) == child.trial),
+                job: &child.id,
+                state: child.state,
+                replica: child.replica.as_deref(),
+                epoch: child.progress.as_ref().map_or(0, |p| p.epoch),
+                result: child.trial_result.as_ref(),
+                error: child.error.as_deref(),
+            })
+            .collect()
+    });
     let epochs = r.spec.spec.training.epochs.unwrap_or(0);
     let epoch = r.progress.as_ref().map_or(0, |p| p.epoch);
     let progress = ProgressView {
@@ -108,6 +165,9 @@ fn view<'a>(r: &'a JobRecord, history: Option<&'a [EpochEvent]>) -> JobView<'a> 
         metrics: r.metrics.as_ref(),
         error: r.error.as_deref(),
         replica: r.replica.as_deref(),
+        parent: r.parent.as_deref(),
+        trial: r.trial,
+        trials,
         spec: &r.spec,
     }
 }
@@ -155,7 +215,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     refuse_verb("GET", "/v1/training-jobs/", &id)?;
     let d: JobDetails = state.jobs.get(&id).await?;
-    Ok(Json(view(&d.record, Some(&d.history))).into_response())
+    Ok(Json(view_with(&d.record, Some(&d.history), Some(&d.children))).into_response())
 }
 
 /// `POST /v1/training-jobs/{id}:cancel`
@@ -187,12 +247,16 @@ pub async fn verb(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    /// `queued`, `running`, `waiting`, `succeeded`, `failed` or `cancelled`.
     #[param(value_type = Option<JobState>, nullable = false)]
     state: Option<String>,
     /// Only jobs that train this model.
     #[param(nullable = false)]
     model: Option<String>,
+    /// A search job's id: list its trials' child jobs. `any`: every job, trials included.
+    /// Absent: only jobs that are not a search's trials.
+    #[param(nullable = false)]
+    parent: Option<String>,
     /// Jobs per page, 1 to 1000 (default 50).
     #[param(minimum = 1, maximum = 1000, nullable = false)]
     limit: Option<usize>,
@@ -209,7 +273,7 @@ pub struct JobListResponse<'a> {
     pub next: Option<&'a str>,
 }
 
-/// `GET /v1/training-jobs?state=&model=&limit=&after=` (newest first).
+/// `GET /v1/training-jobs?state=&model=&parent=&limit=&after=` (newest first).
 #[utoipa::path(
     get,
     path = "/v1/training-jobs",
@@ -227,7 +291,7 @@ pub async fn list(
         None => None,
         Some(s) => Some(JobState::parse(s).ok_or_else(|| {
             Error::InvalidInput(format!(
-                "state '{s}': expected queued, running, succeeded, failed or cancelled"
+                "state '{s}': expected queued, running, waiting, succeeded, failed or cancelled"
             ))
         })?),
     };
@@ -240,6 +304,17 @@ pub async fn list(
         .list(JobFilter {
             state: job_state,
             model: q.model,
+            parent: match q.parent {
+                None => ParentFilter::TopLevel,
+                Some(p) if p == "any" => ParentFilter::Any,
+                Some(p) if valid_job_id(&p) => ParentFilter::Of(p),
+                Some(p) => {
+                    return Err(Error::InvalidInput(format!(
+                        "parent '{p}': expected a job id (job_ and 16 hex digits) or 'any'"
+                    ))
+                    .into())
+                }
+            },
             before: q.after,
             limit: limit + 1,
         })

@@ -9,9 +9,10 @@ use crate::metrics::{ModelLabels, StateLabels};
 use crate::state::AppState;
 
 const VERSION_STATES: [&str; 4] = ["AVAILABLE", "LOADING", "FAILED", "END"];
-const JOB_STATES: [JobState; 5] = [
+const JOB_STATES: [JobState; 6] = [
     JobState::Queued,
     JobState::Running,
+    JobState::Waiting,
     JobState::Succeeded,
     JobState::Failed,
     JobState::Cancelled,

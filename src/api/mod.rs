@@ -2,6 +2,7 @@
 //! validate and convert; model math runs on worker threads behind the registry.
 
 pub mod access;
+pub mod console;
 pub mod datasets;
 pub mod decode;
 pub mod decompress;
@@ -49,7 +50,7 @@ use error::ApiError;
 /// the router, the route table ([`routes`]) and the OpenAPI document's security all come
 /// from here. Add routes only inside a group, never with a bare `.route()`: a route outside
 /// the groups would have no access check.
-fn groups(upload_limit: usize) -> [Group; 5] {
+fn groups(upload_limit: usize) -> [Group; 6] {
     use crate::auth::Scope::{Admin, Predict, Train};
     [
         // Health checks and a static description of the API: nothing to protect.
@@ -134,6 +135,8 @@ fn groups(upload_limit: usize) -> [Group; 5] {
             .post("/v2/repository/models/{name}/load", repository::load)
             .post("/v2/repository/models/{name}/unload", repository::unload)
             .get_with("/metrics", metrics::metrics, compressed),
+        // The web console's pages and assets: open, they hold no data (docs/console.md).
+        console::group(),
     ]
 }
 
@@ -205,11 +208,16 @@ fn panic_answer(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     .into_response()
 }
 
-async fn not_found(method: Method, uri: Uri) -> ApiError {
+/// No route: 404, except that a browser asking for `/` is sent to the console.
+async fn not_found(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    if let Some(redirect) = console::root_redirect(&method, &uri, &headers) {
+        return redirect;
+    }
     ApiError::RouteNotFound {
         method: method.to_string(),
         path: uri.path().to_owned(),
     }
+    .into_response()
 }
 
 /// A known path with a method it does not serve. With API keys, only an admin key learns

@@ -182,6 +182,15 @@ pub async fn version_metadata(
     metadata_of(&lv)
 }
 
+/// The version's signatures as TF Serving's `SignatureDefMap` (REST's
+/// `metadata.signature_def`, gRPC's GetModelMetadata).
+pub(crate) fn signature_defs(lv: &LoadedVersion) -> Result<SignatureDefMapView, Error> {
+    match lv.text() {
+        Ok(text) => Ok(text_signatures(text.model.hidden_size())),
+        Err(_) => Ok(tf_signatures(&lv.layers()?.model)),
+    }
+}
+
 fn metadata_of(lv: &LoadedVersion) -> Result<Response, ApiError> {
     if let Ok(text) = lv.text() {
         if text.model.is_classifier() {

@@ -25,8 +25,8 @@ use utoipa::{IntoParams, OpenApi};
 
 use super::error::{status_and_code, ApiError};
 use super::{
-    datasets, evaluate, explain, health, jobs, metrics, models, predict, repository, text, types,
-    v2,
+    console, datasets, evaluate, explain, health, jobs, metrics, models, predict, repository, text,
+    types, v2,
 };
 use crate::auth::{Rule, Scope};
 use crate::dataset::DatasetError;
@@ -100,6 +100,10 @@ use crate::state::AppState;
         text::model_predict,
         text::rerank,
         text::model_rerank,
+        console::home,
+        console::page,
+        console::item,
+        console::asset,
     ),
     components(schemas(
         super::error::ErrorResponse,
@@ -116,6 +120,7 @@ use crate::state::AppState;
         (name = "datasets", description = "Training data: CSV or JSON records, profiled at upload"),
         (name = "training", description = "Training jobs: submit, follow, cancel"),
         (name = "operations", description = "Health, metrics and this document"),
+        (name = "console", description = "The web console (HTML pages and their assets; open: the data comes from the API above)"),
     )
 )]
 struct ApiDoc;
@@ -474,6 +479,11 @@ error_set! {
         Error::DeadlineExceeded(std::time::Duration::ZERO),
         Error::Forward(S),
         Error::Internal(S),
+    ];
+    /// A console page or asset that does not exist.
+    ConsoleErrors = [
+        Error::InvalidInput(S),
+        ApiError::RouteNotFound { method: S, path: S },
     ];
     /// A model upload: validated (loaded and run once) before it is published.
     UploadErrors = [

@@ -201,7 +201,9 @@ fn decode(
     }
 }
 
-fn check_task(lv: &LoadedVersion, verb: Verb) -> Result<(), Error> {
+/// Refuses a verb the version's task does not answer (`:classify` of a regression model…);
+/// gRPC's Classify and Regress ask it too.
+pub(crate) fn check_task(lv: &LoadedVersion, verb: Verb) -> Result<(), Error> {
     let model = &lv.layers()?.model;
     match (verb, model.task()) {
         (Verb::Predict | Verb::Explain | Verb::Evaluate, _)

@@ -19,12 +19,14 @@ use super::extract::{check_name, Deadline, JsonBody, Path};
 use super::openapi::{ModelPath, TextErrors, Timeout};
 use super::respond;
 use crate::error::Error;
+use crate::metrics::Protocol;
 use crate::registry::LoadedVersion;
 use crate::serving::text::{
     Embeddings, PredictRequest, Predictions, RerankRequest, Sequence, TextRequest,
 };
 use crate::state::AppState;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// One text or several.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -307,8 +309,11 @@ fn text_version(state: &AppState, name: Option<&str>) -> Result<Arc<LoadedVersio
     }
 }
 
-fn timed(mut res: Response, e: &Embeddings) -> Response {
+/// The answer with its timing headers; the request's duration observed (from `start`, the
+/// handler holding the body, as for every model).
+fn timed(mut res: Response, e: &Embeddings, lv: &LoadedVersion, start: Instant) -> Response {
     respond::timing_headers(&mut res, &e.timing);
+    lv.observe_request(Protocol::Http, start);
     res
 }
 
@@ -318,6 +323,7 @@ async fn embed_on(
     timeout: Option<std::time::Duration>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
+    let start = Instant::now();
     let req: EmbedRequest = parse(body)?;
     let lv = text_version(state, name)?;
     let embeddings = state
@@ -334,7 +340,7 @@ async fn embed_on(
         )
         .await?;
     let body = serde_json::to_vec(&embeddings.vectors).expect("floats serialize");
-    Ok(timed(respond::json(body), &embeddings))
+    Ok(timed(respond::json(body), &embeddings, &lv, start))
 }
 
 fn timed_p(mut res: Response, p: &Predictions) -> Response {
@@ -514,6 +520,7 @@ async fn openai_on(
     timeout: Option<std::time::Duration>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
+    let start = Instant::now();
     let req: OpenAiRequest = parse(body)?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
@@ -576,7 +583,7 @@ async fn openai_on(
         },
     };
     let body = serde_json::to_vec(&answer).expect("embeddings serialize");
-    Ok(timed(respond::json(body), &embeddings))
+    Ok(timed(respond::json(body), &embeddings, &lv, start))
 }
 
 /// TF Serving's `:predict` on a text model: `{"instances": ["text", …]}` (row format) →
@@ -616,6 +623,7 @@ pub(crate) async fn tf_predict(
             .into()),
         };
     }
+    let start = Instant::now();
     if verb != Verb::Predict {
         return Err(Error::InvalidInput(format!(
             "model '{}' is a text embedding model: it answers :predict, not :classify or :regress",
@@ -650,7 +658,7 @@ pub(crate) async fn tf_predict(
     let mut answer = serde_json::Map::new();
     answer.insert(key.into(), serde_json::json!(embeddings.vectors));
     let body = serde_json::to_vec(&answer).expect("floats serialize");
-    Ok(timed(respond::json(body), &embeddings))
+    Ok(timed(respond::json(body), &embeddings, lv, start))
 }
 
 /// TF Serving's `:predict` on a text classifier: `{"instances": ["text" | ["a", "b"], …]}`

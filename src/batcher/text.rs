@@ -131,6 +131,13 @@ impl Drop for TextInner {
     }
 }
 
+impl TextBatcher {
+    /// Its Prometheus families (labelled with its model and version).
+    pub fn metrics(&self) -> &crate::metrics::BatchMetrics {
+        &self.inner.stats.prom
+    }
+}
+
 /// Starts `spec.workers` workers for one text version (each on a rayon pool of its own,
 /// as the row batcher's).
 pub fn spawn_text(

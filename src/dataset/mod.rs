@@ -33,6 +33,7 @@
 mod csv;
 mod json;
 mod profile;
+pub mod remote;
 mod store;
 mod table;
 mod upload;
@@ -82,6 +83,10 @@ pub enum DatasetError {
     /// An upload was used after it failed or finished, or its task died. HTTP: 500.
     #[error("{0}")]
     Internal(String),
+    /// The shared storage (object store, catalog database) failed or cannot be reached,
+    /// after bounded retries; nothing half-done is left visible. HTTP: 503 with Retry-After.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl DatasetError {

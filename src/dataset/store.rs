@@ -22,6 +22,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::profile::Profile;
+use super::remote::RemoteDatasets;
 use super::table::{Source, Table};
 use super::upload::UploadOptions;
 use super::{DatasetError, Delimiter, Format};
@@ -42,6 +43,9 @@ pub struct DatasetStore {
     /// the same file. One slot, emptied by the job that takes it. Shared by the clones; a
     /// `std` mutex, held only to swap the slot.
     kept: Arc<Mutex<Option<KeptTable>>>,
+    /// Shared by replicas: the files in object storage, the metadata in PostgreSQL, and
+    /// `dir` only a cache (see [`super::remote`]). `None`: this directory is the store.
+    remote: Option<Arc<RemoteDatasets>>,
 }
 
 /// A dataset id and its parsed table.
@@ -96,7 +100,19 @@ impl DatasetStore {
             dir,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             kept: Arc::default(),
+            remote: None,
         })
+    }
+
+    /// Shares the datasets through object storage and PostgreSQL; the directory becomes
+    /// this replica's cache.
+    pub fn with_remote(mut self, remote: RemoteDatasets) -> DatasetStore {
+        self.remote = Some(Arc::new(remote));
+        self
+    }
+
+    pub(super) fn remote(&self) -> Option<&RemoteDatasets> {
+        self.remote.as_deref()
     }
 
     /// Sets the largest upload accepted, in bytes.
@@ -135,6 +151,9 @@ impl DatasetStore {
     /// Every stored dataset, oldest first. A dataset whose `meta.json` cannot be read is
     /// logged and left out.
     pub fn list(&self) -> Result<Vec<DatasetInfo>, DatasetError> {
+        if let Some(remote) = &self.remote {
+            return remote.list();
+        }
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(DatasetError::io(&self.dir))? {
             let entry = entry.map_err(DatasetError::io(&self.dir))?;
@@ -155,7 +174,12 @@ impl DatasetStore {
 
     pub fn get(&self, id: &str) -> Result<DatasetInfo, DatasetError> {
         check_id(id)?;
-        self.read_meta(id)
+        match &self.remote {
+            Some(remote) => remote
+                .get(id)?
+                .ok_or_else(|| DatasetError::NotFound(id.into())),
+            None => self.read_meta(id),
+        }
     }
 
     /// Removes the dataset's directory and files.
@@ -164,6 +188,16 @@ impl DatasetStore {
         // The data is the user's: no parsed copy outlives it.
         self.forget_kept(id);
         let dir = self.dir.join(id);
+        if let Some(remote) = &self.remote {
+            self.get(id)?;
+            if !remote.delete(id)? {
+                return Err(DatasetError::NotFound(id.into()));
+            }
+            // The cached copy, if this replica has one.
+            let _ = fs::remove_dir_all(&dir);
+            tracing::info!(dataset = id, "dataset deleted from the object store");
+            return Ok(());
+        }
         match fs::remove_dir_all(&dir) {
             Ok(()) => {
                 tracing::info!(dataset = id, "dataset deleted");
@@ -180,13 +214,33 @@ impl DatasetStore {
     /// The path of the dataset's stored file (for a download).
     pub fn data_path(&self, id: &str) -> Result<PathBuf, DatasetError> {
         let info = self.get(id)?;
-        Ok(self.dir.join(id).join(info.format.file_name()))
+        self.local_file(&info)
+    }
+
+    /// The dataset's file on this machine: with shared storage, downloaded into the cache
+    /// first when this replica has no copy yet.
+    fn local_file(&self, info: &DatasetInfo) -> Result<PathBuf, DatasetError> {
+        let dir = self.dir.join(&info.id);
+        let path = dir.join(info.format.file_name());
+        if let Some(remote) = &self.remote {
+            if !path.is_file() {
+                fs::create_dir_all(&dir).map_err(DatasetError::io(&dir))?;
+                remote.download(&info.id, &path)?;
+                // The cache keeps the local layout (a directory without it is a leftover).
+                let json = serde_json::to_vec_pretty(info)
+                    .map_err(|e| DatasetError::Internal(format!("serializing meta.json: {e}")))?;
+                let meta = dir.join(META);
+                fs::write(&meta, json).map_err(DatasetError::io(&meta))?;
+                tracing::info!(dataset = %info.id, bytes = info.size, "dataset downloaded from the object store");
+            }
+        }
+        Ok(path)
     }
 
     /// Reads the dataset's file into a typed table (parsing it again; seconds for 100 MB).
     pub fn load_table(&self, id: &str) -> Result<Table, DatasetError> {
         let info = self.get(id)?;
-        let path = self.dir.join(id).join(info.format.file_name());
+        let path = self.local_file(&info)?;
         Source::open(&path, Some(info.format), info.delimiter)?.read_table()
     }
 
@@ -296,6 +350,14 @@ impl DatasetStore {
         if let Err(e) = placed {
             let _ = fs::remove_dir_all(&dir);
             return Err(e);
+        }
+        if let Some(remote) = &self.remote {
+            // The object is complete (the caller finished it); the row makes it a dataset.
+            if let Err(e) = remote.commit(&info) {
+                let _ = fs::remove_dir_all(&dir);
+                remote.remove_object(id);
+                return Err(e);
+            }
         }
         tracing::info!(
             dataset = id,

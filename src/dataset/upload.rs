@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::remote::RemoteUpload;
 use super::store::{new_id, DatasetInfo, DatasetStore};
 use super::{DatasetError, Delimiter, Format};
 
@@ -79,6 +80,8 @@ pub struct Upload {
     gone: bool,
     written: u64,
     options: UploadOptions,
+    /// With shared storage: the same bytes, streamed to a multipart upload.
+    remote: Option<RemoteUpload>,
 }
 
 impl DatasetStore {
@@ -94,7 +97,15 @@ impl DatasetStore {
             let temp = self.temp_path(&id);
             match OpenOptions::new().write(true).create_new(true).open(&temp) {
                 Ok(file) => {
+                    let remote = match self.remote().map(|r| r.begin(&id)).transpose() {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&temp);
+                            return Err(e);
+                        }
+                    };
                     return Ok(Upload {
+                        remote,
                         store: self.clone(),
                         id,
                         temp,
@@ -102,7 +113,7 @@ impl DatasetStore {
                         gone: false,
                         written: 0,
                         options,
-                    })
+                    });
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
                 Err(e) => {
@@ -165,6 +176,12 @@ impl Upload {
                 source: e,
             });
         }
+        if let Some(remote) = self.remote.as_mut() {
+            if let Err(e) = remote.write(chunk) {
+                self.discard();
+                return Err(e);
+            }
+        }
         self.written += chunk.len() as u64;
         Ok(())
     }
@@ -181,9 +198,26 @@ impl Upload {
         // On disk before it is renamed into place, so a crash cannot leave a torn dataset.
         file.sync_all().map_err(DatasetError::io(&self.temp))?;
         drop(file);
-        let info = self
+        // The object is complete before the row that lists it is written (in `ingest`).
+        let remote = match self.remote.take() {
+            Some(r) => {
+                r.finish()?;
+                self.store.remote()
+            }
+            None => None,
+        };
+        let info = match self
             .store
-            .ingest(&self.temp, &self.id, &self.options, self.written)?;
+            .ingest(&self.temp, &self.id, &self.options, self.written)
+        {
+            Ok(info) => info,
+            Err(e) => {
+                if let Some(remote) = remote {
+                    remote.remove_object(&self.id);
+                }
+                return Err(e);
+            }
+        };
         self.gone = true;
         Ok(info)
     }
@@ -195,6 +229,8 @@ impl Upload {
 
     fn discard(&mut self) {
         self.file = None;
+        // Aborts the multipart upload: no object appears.
+        self.remote = None;
         if !self.gone {
             self.gone = true;
             match std::fs::remove_file(&self.temp) {

@@ -10,11 +10,11 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::http::{Request, Response};
-use hyper::body::Incoming;
 use tonic::body::Body;
 use tonic::Code;
 
 use super::status;
+use super::CallBody;
 use crate::auth::Scope;
 use crate::metrics::{GrpcLabels, GrpcMethodLabels, GrpcMetrics};
 use crate::state::AppState;
@@ -33,6 +33,11 @@ enum Call {
     RepositoryModelUnload,
     HealthCheck,
     HealthWatch,
+    TfPredict,
+    TfClassify,
+    TfRegress,
+    TfGetModelMetadata,
+    TfGetModelStatus,
     /// Not a call kiln serves: answered UNIMPLEMENTED, unchecked (it reveals nothing), as
     /// REST's unmatched paths reach the 404 fallback.
     Other,
@@ -75,6 +80,26 @@ const CALLS: &[(Call, &str)] = &[
         Call::RepositoryModelUnload,
         "/inference.GRPCInferenceService/RepositoryModelUnload",
     ),
+    (
+        Call::TfPredict,
+        "/tensorflow.serving.PredictionService/Predict",
+    ),
+    (
+        Call::TfClassify,
+        "/tensorflow.serving.PredictionService/Classify",
+    ),
+    (
+        Call::TfRegress,
+        "/tensorflow.serving.PredictionService/Regress",
+    ),
+    (
+        Call::TfGetModelMetadata,
+        "/tensorflow.serving.PredictionService/GetModelMetadata",
+    ),
+    (
+        Call::TfGetModelStatus,
+        "/tensorflow.serving.ModelService/GetModelStatus",
+    ),
     (Call::HealthCheck, "/grpc.health.v1.Health/Check"),
     (Call::HealthWatch, "/grpc.health.v1.Health/Watch"),
 ];
@@ -96,9 +121,16 @@ impl Call {
             | Call::HealthCheck
             | Call::HealthWatch
             | Call::Other => None,
-            Call::ModelReady | Call::ServerMetadata | Call::ModelMetadata | Call::ModelInfer => {
-                Some(Scope::Predict)
-            }
+            // As REST's /v1/models/… routes: predict and read models.
+            Call::ModelReady
+            | Call::ServerMetadata
+            | Call::ModelMetadata
+            | Call::ModelInfer
+            | Call::TfPredict
+            | Call::TfClassify
+            | Call::TfRegress
+            | Call::TfGetModelMetadata
+            | Call::TfGetModelStatus => Some(Scope::Predict),
             Call::RepositoryIndex | Call::RepositoryModelLoad | Call::RepositoryModelUnload => {
                 Some(Scope::Admin)
             }
@@ -143,9 +175,9 @@ fn record(metrics: &GrpcMetrics, method: &'static str, code: Code, start: Instan
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-impl<S> tower::Service<Request<Incoming>> for Edge<S>
+impl<S> tower::Service<Request<CallBody>> for Edge<S>
 where
-    S: tower::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+    S: tower::Service<Request<CallBody>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -159,7 +191,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> BoxFuture {
+    fn call(&mut self, req: Request<CallBody>) -> BoxFuture {
         let start = Instant::now();
         let (call, method) = Call::of(req.uri().path());
         let metrics = self.state.metrics.grpc.clone();

@@ -1,7 +1,7 @@
 //! `grpc.health.v1.Health`, so that Kubernetes gRPC probes and grpc-health-probe work:
 //! SERVING when `/health/ready` would answer 200 (every startup model loaded or failed, not
 //! draining), NOT_SERVING otherwise. Computed on each call from the same state, so it needs
-//! nothing kept in step. Services: `""` (the server) and `inference.GRPCInferenceService`.
+//! nothing kept in step. Services: `""` (the server) and each one kiln serves ([`SERVICES`]).
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -12,6 +12,14 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use crate::state::AppState;
+
+/// The services a health check may name: the server (`""`) and each one kiln serves.
+const SERVICES: &[&str] = &[
+    "",
+    "inference.GRPCInferenceService",
+    "tensorflow.serving.PredictionService",
+    "tensorflow.serving.ModelService",
+];
 
 /// How often a `Watch` looks at the readiness again.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -32,7 +40,7 @@ pub(super) fn ready(state: &AppState) -> bool {
 }
 
 fn status_of(state: &AppState, service: &str) -> Option<ServingStatus> {
-    if !matches!(service, "" | "inference.GRPCInferenceService") {
+    if !SERVICES.contains(&service) {
         return None;
     }
     Some(if ready(state) {
@@ -44,7 +52,7 @@ fn status_of(state: &AppState, service: &str) -> Option<ServingStatus> {
 
 fn unknown(service: &str) -> Status {
     Status::not_found(format!(
-        "unknown service '{service}': kiln answers for \"\" and \"inference.GRPCInferenceService\""
+        "unknown service '{service}': kiln answers for {SERVICES:?}"
     ))
 }
 

@@ -43,7 +43,7 @@ fn version(v: &str) -> Option<&str> {
 /// The call's `grpc-timeout` (the client's deadline) as the request's deadline: digits
 /// then a unit, H M S m u n. A malformed one is refused, as REST refuses a malformed
 /// `X-Request-Timeout-Ms`.
-fn deadline<T>(req: &Request<T>) -> Result<Option<Duration>, Status> {
+pub(super) fn deadline<T>(req: &Request<T>) -> Result<Option<Duration>, Status> {
     let Some(v) = req.metadata().get("grpc-timeout") else {
         return Ok(None);
     };
@@ -221,7 +221,8 @@ fn output(
     }
 }
 
-fn timing_metadata(res: &mut Response<pb::ModelInferResponse>, t: &Timing) {
+/// The answer's `x-queue-time`, `x-inference-time` (ms) and `x-batch-size`, as REST's headers.
+pub(super) fn timing_metadata<T>(res: &mut Response<T>, t: &Timing) {
     let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1e3);
     let m = res.metadata_mut();
     for (key, value) in [
@@ -335,6 +336,7 @@ impl Inference {
         timeout: Option<Duration>,
         span: &tracing::Span,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let start = Instant::now();
         if let Some(out) = req.outputs.iter().find(|o| o.name != "embedding") {
             return Err(status::from(Error::InvalidInput(format!(
                 "output '{}': a text model answers 'embedding'",
@@ -385,6 +387,7 @@ impl Inference {
             raw_output_contents: raw,
         });
         timing_metadata(&mut res, &embeddings.timing);
+        lv.observe_request(Protocol::Grpc, start);
         Ok(res)
     }
 }

@@ -15,7 +15,9 @@ pub const ERROR_CODE: &str = "kiln-error-code";
 fn serving_code(err: &Error) -> Code {
     match err {
         Error::ModelNotFound(_) | Error::VersionNotFound { .. } => Code::NotFound,
-        Error::ModelUnavailable { .. } | Error::ShuttingDown => Code::Unavailable,
+        Error::ModelUnavailable { .. } | Error::ShuttingDown | Error::StorageUnavailable(_) => {
+            Code::Unavailable
+        }
         // The client must change the request (split it, for too many rows).
         Error::InvalidInput(_)
         | Error::InvalidModelName(_)

@@ -1,4 +1,4 @@
-//! Checkpoints on disk: `<data>/checkpoints/<job>/ckpt/{tensors.safetensors, meta.json,
+//! Checkpoints on disk (and, with `--object-store`, mirrored there: [`Mirror`]): `<data>/checkpoints/<job>/ckpt/{tensors.safetensors, meta.json,
 //! epoch.json}` (`epoch.json`: the epoch's history entry, so that a crash between the
 //! checkpoint and the history row loses neither),
 //! replaced after every epoch by writing `ckpt.tmp` and renaming, so a crash at any moment
@@ -114,6 +114,118 @@ pub fn load_event(dir: &Path) -> Option<EpochEvent> {
 /// Removes a job's checkpoints (after it finished).
 pub fn remove(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Checkpoints mirrored to object storage (`--object-store`), so that a job taken over by
+/// another replica resumes from its last epoch, whatever machine it ran on:
+///
+/// ```text
+/// <prefix>/checkpoints/<job>/<epoch>/{tensors.safetensors, meta.json, epoch.json}
+/// <prefix>/checkpoints/<job>/latest      the epoch of the last complete upload
+/// ```
+///
+/// Each epoch's files are uploaded under the epoch's own key first, then `latest` is
+/// replaced (one object, written whole) and the previous epoch's objects removed: a reader
+/// following `latest` always finds a complete checkpoint. Object store errors (after the
+/// client's bounded retries) fail the job with the reason.
+pub struct Mirror {
+    objects: crate::remote::Objects,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Mirror {
+    /// Must be called within the server's runtime; its methods block (job threads).
+    pub fn new(objects: crate::remote::Objects) -> Mirror {
+        Mirror {
+            objects,
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        tokio::task::block_in_place(|| self.runtime.block_on(f))
+    }
+
+    /// Uploads the checkpoint [`save`] just wrote in `dir` (the job's directory).
+    pub fn upload(&self, job: &str, dir: &Path, epoch: u32) -> Result<(), String> {
+        let cur = dir.join("ckpt");
+        let upload = async {
+            for file in [TENSORS, META, EVENT] {
+                let bytes = std::fs::read(cur.join(file))
+                    .map_err(|e| format!("{}: {e}", cur.join(file).display()))?;
+                self.objects
+                    .put(&format!("checkpoints/{job}/{epoch}/{file}"), bytes.into())
+                    .await
+                    .map_err(|e| format!("uploading the checkpoint: {e}"))?;
+            }
+            let previous = self.latest(job).await?;
+            self.objects
+                .put(
+                    &format!("checkpoints/{job}/latest"),
+                    epoch.to_string().into_bytes().into(),
+                )
+                .await
+                .map_err(|e| format!("uploading the checkpoint: {e}"))?;
+            if let Some(p) = previous.filter(|p| *p != epoch) {
+                if let Err(e) = self
+                    .objects
+                    .delete_all(&format!("checkpoints/{job}/{p}"))
+                    .await
+                {
+                    tracing::warn!(job, error = %e, "cannot remove an older checkpoint");
+                }
+            }
+            Ok(())
+        };
+        self.block(upload)
+    }
+
+    async fn latest(&self, job: &str) -> Result<Option<u32>, String> {
+        match self.objects.get(&format!("checkpoints/{job}/latest")).await {
+            Ok(b) => Ok(std::str::from_utf8(&b)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())),
+            Err(crate::remote::ObjectError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(format!("reading the checkpoint: {e}")),
+        }
+    }
+
+    /// Brings the job's latest checkpoint from the object store into `dir` when this
+    /// machine has none or an older one; then [`load`] reads it as usual.
+    pub fn fetch(&self, job: &str, dir: &Path) -> Result<(), String> {
+        let Some(epoch) = self.block(self.latest(job))? else {
+            return Ok(());
+        };
+        if load_event(dir).is_some_and(|e| e.epoch >= epoch) {
+            return Ok(());
+        }
+        let tmp = dir.join("ckpt.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        for file in [TENSORS, META, EVENT] {
+            let bytes = self
+                .block(
+                    self.objects
+                        .get(&format!("checkpoints/{job}/{epoch}/{file}")),
+                )
+                .map_err(|e| format!("downloading the checkpoint: {e}"))?;
+            std::fs::write(tmp.join(file), &bytes)
+                .map_err(|e| format!("{}: {e}", tmp.join(file).display()))?;
+        }
+        let (cur, old) = (dir.join("ckpt"), dir.join("ckpt.old"));
+        let _ = std::fs::remove_dir_all(&old);
+        let _ = std::fs::remove_dir_all(&cur);
+        std::fs::rename(&tmp, &cur).map_err(|e| format!("installing the checkpoint: {e}"))?;
+        tracing::info!(job, epoch, "checkpoint downloaded from the object store");
+        Ok(())
+    }
+
+    /// Removes the job's checkpoints from the object store (after it finished).
+    pub fn remove(&self, job: &str) {
+        if let Err(e) = self.block(self.objects.delete_all(&format!("checkpoints/{job}"))) {
+            tracing::warn!(job, error = %e, "cannot remove the job's checkpoints from the object store");
+        }
+    }
 }
 
 #[cfg(test)]

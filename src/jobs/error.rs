@@ -42,6 +42,7 @@ impl JobError {
     pub(crate) fn from_dataset(e: DatasetError, missing: impl FnOnce() -> JobError) -> JobError {
         match e {
             DatasetError::NotFound(_) | DatasetError::InvalidId(_) => missing(),
+            e @ DatasetError::Unavailable(_) => JobError::Unavailable(e.to_string()),
             e @ (DatasetError::Invalid(_)
             | DatasetError::TooLarge { .. }
             | DatasetError::Io { .. }

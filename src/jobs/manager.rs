@@ -9,6 +9,11 @@
 //! - Progress goes to the store (the history) and to a broadcast channel per running job,
 //!   which `GET …/events` turns into server-sent events.
 //! - After a crash, jobs left `running` are queued again and resume from their checkpoint.
+//! - A spec with a `search` runs as a parent job and one child job per trial: the parent
+//!   prepares the data, queues the trials ([`JobStore::spawn_children`]) and goes to
+//!   `waiting`, which frees its job slot; every scheduler (of any replica sharing the store)
+//!   claims the children like any job. Once they have all ended the parent is claimable
+//!   again: it picks the winner ([`search::conclude`]), refits it if asked, and publishes.
 //! - With a shared store (PostgreSQL), a heartbeat task renews the leases of the jobs
 //!   running here, passes on cancels made through other replicas, stops jobs whose lease
 //!   was lost (they run elsewhere now), and tells readiness whether the database answers.
@@ -25,13 +30,17 @@ use tokio::sync::{broadcast, Notify, Semaphore};
 
 use super::checkpoint;
 use super::error::JobError;
-use super::store::{CancelOutcome, JobEnd, JobFilter, JobRecord, JobState, JobStore, StoreError};
+use super::store::{
+    now_ms, CancelOutcome, JobEnd, JobFilter, JobRecord, JobState, JobStore, NewChild, StoreError,
+};
 use crate::config::TrainingConfig;
 use crate::dataset::DatasetStore;
 use crate::registry::{Registry, VersionState};
 use crate::store::{validate_and_publish, ModelFiles, ModelStore};
+use crate::training::prepare::Prepared;
 use crate::training::run;
-use crate::training::spec::JobSpec;
+use crate::training::search::{self, StageMeta, TrialResult};
+use crate::training::spec::{JobSpec, ResolvedSpec};
 use crate::training::trainer::{Checkpoint, EpochEvent, Hooks, Outcome};
 
 /// A message on a running job's event stream.
@@ -64,6 +73,8 @@ struct Inner {
     datasets: Arc<DatasetStore>,
     models: Arc<dyn ModelStore>,
     checkpoints: PathBuf,
+    /// With shared object storage: every checkpoint uploaded there too.
+    mirror: Option<checkpoint::Mirror>,
     registry: Arc<Registry>,
     runtime: tokio::runtime::Handle,
     /// Jobs running in this process. A `std` mutex: held only to insert, remove or look up.
@@ -88,6 +99,8 @@ pub struct JobManager {
 pub struct JobDetails {
     pub record: JobRecord,
     pub history: Vec<EpochEvent>,
+    /// A search job's trials, as child jobs (once it has queued them), by trial.
+    pub children: Vec<JobRecord>,
 }
 
 fn new_job_id() -> String {
@@ -129,6 +142,8 @@ pub struct JobParts {
     /// Where finished jobs publish their models.
     pub models: Arc<dyn ModelStore>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Shared object storage for checkpoints (`None`: the data directory only).
+    pub checkpoint_store: Option<crate::remote::Objects>,
 }
 
 impl JobManager {
@@ -141,6 +156,7 @@ impl JobManager {
             registry,
             models,
             metrics,
+            checkpoint_store,
         } = parts;
         let checkpoints = config.data_dir.join("checkpoints");
         recover_interrupted(store.as_ref(), &checkpoints)?;
@@ -149,6 +165,7 @@ impl JobManager {
             datasets,
             models,
             checkpoints,
+            mirror: checkpoint_store.map(checkpoint::Mirror::new),
             registry,
             runtime: tokio::runtime::Handle::current(),
             running: Mutex::new(HashMap::new()),
@@ -234,7 +251,16 @@ impl JobManager {
                 .get(&id)?
                 .ok_or(JobError::NotFound(id.clone()))?;
             let history = inner.store.history(&id)?;
-            Ok(JobDetails { record, history })
+            let children = if record.spec.trials.is_empty() {
+                Vec::new()
+            } else {
+                inner.store.children(&id)?
+            };
+            Ok(JobDetails {
+                record,
+                history,
+                children,
+            })
         })
         .await
     }
@@ -245,7 +271,7 @@ impl JobManager {
     }
 
     /// Cancels a queued job at once, or asks a running one to stop (within one step when it
-    /// runs here, else at its next epoch).
+    /// runs here, else at its next epoch). A search job's trials are cancelled with it.
     pub async fn cancel(&self, id: &str) -> Result<JobRecord, JobError> {
         if !valid_job_id(id) {
             return Err(JobError::NotFound(id.to_owned()));
@@ -270,6 +296,17 @@ impl JobManager {
                     }
                 }
             }
+            let children = inner.store.children(&id)?;
+            let map = inner.running.lock().expect("job map lock");
+            for child in &children {
+                if let Some(r) = map.get(&child.id) {
+                    r.flags.cancel.store(true, Ordering::Release);
+                } else if child.state.is_final() {
+                    // A finished trial's weights, kept for its search: not needed now.
+                    checkpoint::remove(&inner.checkpoints.join(&child.id));
+                }
+            }
+            drop(map);
             inner.store.get(&id)?.ok_or(JobError::NotFound(id))
         })
         .await
@@ -518,6 +555,9 @@ impl Hooks for JobHooks<'_> {
             .epoch_seconds
             .observe(event.epoch_seconds);
         checkpoint::save(&self.ckdir, ck, event)?;
+        if let Some(mirror) = &self.inner.mirror {
+            mirror.upload(self.id, &self.ckdir, event.epoch)?;
+        }
         let cancel = match self.inner.store.record_epoch(self.id, event) {
             Ok(cancel) => cancel,
             Err(StoreError::LeaseLost(_)) => {
@@ -542,6 +582,8 @@ enum Ending {
     Requeued,
     /// Its lease ran out: the job is another replica's now, and nothing here changes it.
     Lost,
+    /// A search job queued its trials and waits for them (the store has it `waiting`).
+    Waiting(usize),
 }
 
 fn run_job(inner: &Inner, job: JobRecord, flags: &StopFlags, events: &broadcast::Sender<JobEvent>) {
@@ -552,11 +594,11 @@ fn run_job(inner: &Inner, job: JobRecord, flags: &StopFlags, events: &broadcast:
     let stored = match &ending {
         Ending::Done(end) => inner.store.finish(&id, end),
         Ending::Requeued => inner.store.requeue(&id),
-        Ending::Lost => Ok(false),
+        Ending::Lost | Ending::Waiting(_) => Ok(false),
     };
     let ended_here = match stored {
         Ok(true) => true,
-        Ok(false) if matches!(ending, Ending::Lost) => false,
+        Ok(false) if matches!(ending, Ending::Lost | Ending::Waiting(_)) => false,
         Ok(false) => {
             tracing::error!(job = %id, "the job was no longer running here in the store (its lease ran out?)");
             false
@@ -577,6 +619,13 @@ fn run_job(inner: &Inner, job: JobRecord, flags: &StopFlags, events: &broadcast:
         Ending::Done(JobEnd::Failed(e)) => {
             tracing::warn!(job = %id, %replica, error = %e, "training job failed");
         }
+        Ending::Done(JobEnd::Trial(r)) => {
+            let parent = job.parent.as_deref().unwrap_or("?");
+            tracing::info!(job = %id, %replica, parent, trial = r.config.trial, outcome = %r.outcome, score = ?r.score, "search trial ended");
+        }
+        Ending::Waiting(n) => {
+            tracing::info!(job = %id, %replica, trials = n, "search job queued its trials and waits for them");
+        }
         Ending::Requeued => {
             tracing::info!(job = %id, "training job stopped by shutdown; it resumes at the next start");
         }
@@ -585,12 +634,43 @@ fn run_job(inner: &Inner, job: JobRecord, flags: &StopFlags, events: &broadcast:
         }
     }
     // The checkpoint goes only with a job that ended here: one that runs elsewhere now
-    // (lost lease) may resume from it.
-    if ended_here && matches!(ending, Ending::Done(_)) {
+    // (lost lease) may resume from it. A trial that succeeded keeps its (final weights) for
+    // its search, which removes it when it ends; a search takes its trials' with its own.
+    let keep = if let Ending::Done(JobEnd::Trial(r)) = &ending {
+        r.outcome != "skipped"
+            && job
+                .parent
+                .as_deref()
+                .and_then(|p| inner.store.get(p).ok().flatten())
+                .is_none_or(|p| !p.state.is_final())
+    } else {
+        false
+    };
+    if ended_here && matches!(ending, Ending::Done(_)) && !keep {
         checkpoint::remove(&ckdir);
+        if let Some(mirror) = &inner.mirror {
+            mirror.remove(&id);
+        }
+        if !job.spec.trials.is_empty() {
+            for child in inner.store.children(&id).unwrap_or_default() {
+                checkpoint::remove(&inner.checkpoints.join(&child.id));
+                if let Some(mirror) = &inner.mirror {
+                    mirror.remove(&child.id);
+                }
+            }
+        }
     }
     let _ = events.send(JobEvent::Ended);
     inner.running.lock().expect("job map lock").remove(&id);
+}
+
+/// With object storage: the job's last checkpoint brought here first (it may have been
+/// written on another replica).
+fn fetch_checkpoint(inner: &Inner, id: &str, dir: &Path) -> Result<(), String> {
+    match &inner.mirror {
+        Some(mirror) => mirror.fetch(id, dir),
+        None => Ok(()),
+    }
 }
 
 fn execute(
@@ -601,44 +681,20 @@ fn execute(
     ckdir: &Path,
 ) -> Ending {
     let fail = |m: String| Ending::Done(JobEnd::Failed(m));
-    let spec = &job.spec;
-    let dataset = &spec.spec.dataset;
-    let table = match inner.datasets.take_table(dataset) {
-        Ok(t) => t,
-        Err(e) => return fail(format!("dataset '{dataset}': {e}")),
-    };
-    let validation = match &spec.spec.validation_dataset {
-        None => None,
-        Some(v) => match inner.datasets.load_table(v) {
-            Ok(t) => Some(t),
-            Err(e) => return fail(format!("validation dataset '{v}': {e}")),
-        },
-    };
-    // A text job: the base model encodes the texts; the head trains on the embeddings.
-    let text_job = match text_job(inner, spec) {
-        Ok(t) => t,
-        Err(e) => return fail(e),
-    };
-    let (table, validation) = match &text_job {
-        Some(tj) => {
-            let embedded = tj
-                .embed(&table)
-                .and_then(|t| Ok((t, validation.as_ref().map(|v| tj.embed(v)).transpose()?)));
-            match embedded {
-                Ok((t, v)) => (std::sync::Arc::new(t), v),
-                Err(e) => return fail(e),
-            }
-        }
-        None => (table, validation),
-    };
-    let spec = text_job.as_ref().map_or(spec, |tj| &tj.derived);
-    let data = match run::prepare_data(&table, spec, validation.as_ref()) {
+    let (data, text_job) = match load_data(inner, job) {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
-    drop((table, validation));
-    if let Err(e) = inner.store.set_report(&job.id, &data.report) {
-        return fail(e.to_string());
+    // A text job trains with its derived spec (the embedding columns as features).
+    let spec = text_job.as_ref().map_or(&job.spec, |tj| &tj.derived);
+    if job.parent.is_some() {
+        return execute_trial(inner, job, &data, flags, events, ckdir);
+    }
+    if !spec.trials.is_empty() {
+        return execute_search(inner, job, &data, flags, events, ckdir);
+    }
+    if let Err(e) = fetch_checkpoint(inner, &job.id, ckdir) {
+        return fail(format!("cannot resume: {e}"));
     }
     let resume = match checkpoint::load(ckdir) {
         Ok(c) => c,
@@ -661,21 +717,83 @@ fn execute(
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    if flags.lost.load(Ordering::Acquire) {
-        return Ending::Lost;
+    if flags.lost.load(Ordering::Acquire) || result.trained.outcome == Outcome::Cancelled {
+        return stopped(flags);
     }
-    if result.trained.outcome == Outcome::Cancelled {
-        return if flags.shutdown.load(Ordering::Acquire) && !flags.cancel.load(Ordering::Acquire) {
-            Ending::Requeued
-        } else {
-            Ending::Done(JobEnd::Cancelled)
-        };
-    }
+    publish(inner, job, &result, text_job.as_ref())
+}
+
+/// The job's dataset (and validation dataset), prepared; the report goes to the store.
+fn load_data(
+    inner: &Inner,
+    job: &JobRecord,
+) -> Result<(Prepared, Option<crate::training::text::TextJob>), String> {
+    let spec = &job.spec;
+    let dataset = &spec.spec.dataset;
+    let table = inner
+        .datasets
+        .take_table(dataset)
+        .map_err(|e| format!("dataset '{dataset}': {e}"))?;
+    let validation = match &spec.spec.validation_dataset {
+        None => None,
+        Some(v) => Some(
+            inner
+                .datasets
+                .load_table(v)
+                .map_err(|e| format!("validation dataset '{v}': {e}"))?,
+        ),
+    };
+    // A text job: the base model encodes the texts; the head trains on the embeddings.
+    let text_job = text_job(inner, spec)?;
+    let data = match &text_job {
+        Some(tj) => {
+            let table = tj.embed(&table)?;
+            let validation = validation.as_ref().map(|v| tj.embed(v)).transpose()?;
+            run::prepare_data(&table, &tj.derived, validation.as_ref())?
+        }
+        None => run::prepare_data(&table, spec, validation.as_ref())?,
+    };
+    inner
+        .store
+        .set_report(&job.id, &data.report)
+        .map_err(|e| e.to_string())?;
+    Ok((data, text_job))
+}
+
+/// The base model of a text job (`base_model`), read from the model store at the version
+/// pinned when the job was queued; `None` for other jobs.
+fn text_job(
+    inner: &Inner,
+    spec: &crate::training::spec::ResolvedSpec,
+) -> Result<Option<crate::training::text::TextJob>, String> {
+    let Some(base) = &spec.spec.base_model else {
+        return Ok(None);
+    };
+    let version = spec
+        .spec
+        .base_version
+        .ok_or("the job's base_version is missing")?;
+    let stored = inner
+        .runtime
+        .block_on(inner.models.read(base, version))
+        .map_err(|e| format!("base_model '{base}' version {version}: {e}"))?;
+    crate::training::text::TextJob::open(spec, stored.files, &stored.location).map(Some)
+}
+
+/// Publishes a finished run's model and ends the job with its version.
+fn publish(
+    inner: &Inner,
+    job: &JobRecord,
+    result: &run::RunResult,
+    text_job: Option<&crate::training::text::TextJob>,
+) -> Ending {
+    let fail = |m: String| Ending::Done(JobEnd::Failed(m));
+    let spec = &job.spec;
     // Published, then loaded into the registry (this version only) before the job counts
     // as succeeded: a client that sees `succeeded` can predict at once.
     let name = &spec.spec.model;
-    let files = match &text_job {
-        Some(tj) => tj.package(&result, Some(&job.id)),
+    let files = match text_job {
+        Some(tj) => tj.package(result, Some(&job.id)),
         None => ModelFiles::trained(&result.model_spec, &result.weights).map_err(|e| e.to_string()),
     };
     let files = match files {
@@ -708,24 +826,302 @@ fn execute(
     })
 }
 
-/// The base model of a text job (`base_model`), read from the model store at the version
-/// pinned when the job was queued; `None` for other jobs.
-fn text_job(
+/// How a job stopped without finishing its run: by a shutdown (back to the queue), a lost
+/// lease, or a cancel.
+fn stopped(flags: &StopFlags) -> Ending {
+    if flags.lost.load(Ordering::Acquire) {
+        Ending::Lost
+    } else if flags.shutdown.load(Ordering::Acquire) && !flags.cancel.load(Ordering::Acquire) {
+        Ending::Requeued
+    } else {
+        Ending::Done(JobEnd::Cancelled)
+    }
+}
+
+/// A search job: the first time, queues its trials as child jobs and waits; once they have
+/// all ended, picks the winner, refits it if the spec asks (checkpointed and resumable like
+/// any run), and publishes.
+fn execute_search(
     inner: &Inner,
-    spec: &crate::training::spec::ResolvedSpec,
-) -> Result<Option<crate::training::text::TextJob>, String> {
-    let Some(base) = &spec.spec.base_model else {
-        return Ok(None);
+    job: &JobRecord,
+    data: &Prepared,
+    flags: &StopFlags,
+    events: &broadcast::Sender<JobEvent>,
+    ckdir: &Path,
+) -> Ending {
+    let fail = |m: String| Ending::Done(JobEnd::Failed(m));
+    let spec = &job.spec;
+    let children = match inner.store.children(&job.id) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
     };
-    let version = spec
-        .spec
-        .base_version
-        .ok_or("the job's base_version is missing")?;
-    let stored = inner
-        .runtime
-        .block_on(inner.models.read(base, version))
-        .map_err(|e| format!("base_model '{base}' version {version}: {e}"))?;
-    crate::training::text::TextJob::open(spec, stored.files, &stored.location).map(Some)
+    if children.is_empty() {
+        let deadline_ms = spec
+            .spec
+            .search
+            .as_ref()
+            .and_then(|s| s.time_budget_seconds)
+            .map(|b| now_ms().saturating_add((b * 1000.0).ceil() as i64));
+        let planned: Vec<NewChild> = spec
+            .trials
+            .iter()
+            .map(|cfg| NewChild {
+                id: new_job_id(),
+                trial: cfg.trial,
+                spec: spec.trial_spec(cfg, data.width),
+                deadline_ms,
+            })
+            .collect();
+        return match inner.store.spawn_children(&job.id, &planned) {
+            Ok(true) => Ending::Waiting(planned.len()),
+            Ok(false) if flags.lost.load(Ordering::Acquire) => Ending::Lost,
+            // Not running here any more: a cancel came first (or the lease went).
+            Ok(false) => match inner.store.get(&job.id) {
+                Ok(Some(r)) if r.cancel_requested => Ending::Done(JobEnd::Cancelled),
+                _ => Ending::Lost,
+            },
+            Err(e) => fail(e.to_string()),
+        };
+    }
+    // Every trial has ended: what each did, in trial order.
+    let (monitor, tie) = search::selection(spec);
+    let mut trials: Vec<TrialResult> = Vec::with_capacity(children.len());
+    for child in &children {
+        let Some(cfg) = spec
+            .trials
+            .iter()
+            .find(|c| Some(c.trial) == child.trial)
+            .cloned()
+        else {
+            return fail(format!("trial job '{}' has no planned trial", child.id));
+        };
+        let mut r = match (&child.trial_result, child.state) {
+            (Some(r), _) => r.clone(),
+            (None, JobState::Failed) => TrialResult::without_run(cfg.clone(), "failed"),
+            (None, _) => TrialResult::without_run(cfg.clone(), "cancelled"),
+        };
+        r.config = cfg;
+        r.job = Some(child.id.clone());
+        r.state = Some(child.state.as_str().to_owned());
+        r.replica = child.replica.clone();
+        r.error = child.error.clone().filter(|e| e != super::store::SKIPPED);
+        trials.push(r);
+    }
+    let Some(b) = search::best_of(&monitor, tie.as_deref(), &trials) else {
+        let why: Vec<String> = trials
+            .iter()
+            .map(|t| {
+                let error = t
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                format!("trial {} {}{error}", t.config.trial, t.outcome)
+            })
+            .collect();
+        return fail(format!(
+            "no trial of the search finished: {}",
+            why.join("; ")
+        ));
+    };
+    // The winner's served weights, from its checkpoint (only needed without a refit).
+    let winner = &children[b];
+    let best = if spec.spec.training.refit() {
+        None
+    } else {
+        let dir = inner.checkpoints.join(&winner.id);
+        if let Err(e) = fetch_checkpoint(inner, &winner.id, &dir) {
+            return fail(format!("the winning trial's weights: {e}"));
+        }
+        match checkpoint::load(&dir) {
+            Ok(Some(ck)) if ck.meta.stage.as_ref().is_some_and(|s| s.done) => Some(ck.weights),
+            Ok(_) => {
+                return fail(format!(
+                    "the weights of the winning trial {} (job '{}') are not in {}: replicas \
+                     that share neither the data directory nor an object store need \"refit\": true",
+                    trials[b].config.trial,
+                    winner.id,
+                    inner.checkpoints.display()
+                ))
+            }
+            Err(e) => return fail(format!("the winning trial's weights: {e}")),
+        }
+    };
+    // A refit resumes from the parent's own checkpoint.
+    if let Err(e) = fetch_checkpoint(inner, &job.id, ckdir) {
+        return fail(format!("cannot resume: {e}"));
+    }
+    let resume = match checkpoint::load(ckdir) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot resume: {e}")),
+    };
+    let from = resume.as_ref().map_or(0, |c| c.epoch);
+    if let Err(e) = rewind_history(inner.store.as_ref(), &job.id, ckdir, from) {
+        return fail(e.to_string());
+    }
+    let resume = resume.map(|ck| search::split_resume(ck).2);
+    let st = StageMeta {
+        index: trials.len() as u32,
+        offset: 0,
+        seconds: 0.0,
+        trials: trials.clone(),
+        best: Some(b),
+        done: false,
+    };
+    let mut hooks = JobHooks {
+        inner,
+        id: &job.id,
+        flags,
+        events,
+        ckdir: ckdir.to_owned(),
+    };
+    let staged = match search::conclude(
+        spec, data, st, trials, b, best, resume, &mut hooks, data.width,
+    ) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    if staged.trained.outcome == Outcome::Cancelled {
+        return stopped(flags);
+    }
+    let result = run::package(spec, data, staged, Some(&job.id));
+    publish(inner, job, &result, None)
+}
+
+/// What a trial's job tells its hooks besides the job's own: the search's deadline.
+struct TrialHooks<'a> {
+    job: JobHooks<'a>,
+    trial: u32,
+    deadline_ms: Option<i64>,
+    out_of_time: std::cell::Cell<bool>,
+    /// The last epoch's event and checkpoint state (the result checkpoint reuses them).
+    last: Option<(EpochEvent, crate::training::trainer::CheckpointMeta)>,
+}
+
+impl Hooks for TrialHooks<'_> {
+    fn should_stop(&self) -> bool {
+        if self.job.should_stop() {
+            return true;
+        }
+        if self.deadline_ms.is_some_and(|d| now_ms() >= d) {
+            self.out_of_time.set(true);
+            return true;
+        }
+        false
+    }
+
+    fn epoch_done(&mut self, event: &EpochEvent, ck: &Checkpoint) -> Result<(), String> {
+        let mut e = event.clone();
+        e.trial = Some(self.trial);
+        e.stage = Some("trial".to_owned());
+        e.stage_epoch = Some(event.epoch);
+        self.job.epoch_done(&e, ck)?;
+        self.last = Some((e, ck.meta.clone()));
+        Ok(())
+    }
+}
+
+/// A search trial's job: trains its trial spec on the search's split (stopped by the
+/// search's deadline), keeps its served weights in its checkpoint for the search, and ends
+/// with its result. Not started before the deadline: skipped (but trial 1 always runs, so a
+/// search always has a trial to publish).
+fn execute_trial(
+    inner: &Inner,
+    job: &JobRecord,
+    data: &Prepared,
+    flags: &StopFlags,
+    events: &broadcast::Sender<JobEvent>,
+    ckdir: &Path,
+) -> Ending {
+    let fail = |m: String| Ending::Done(JobEnd::Failed(m));
+    let spec: &ResolvedSpec = &job.spec;
+    let trial = job.trial.unwrap_or(1);
+    let config = crate::training::spec::TrialConfig {
+        trial,
+        width: None,
+        depth: None,
+        learning_rate: None,
+        dropout: None,
+    };
+    if let Err(e) = fetch_checkpoint(inner, &job.id, ckdir) {
+        return fail(format!("cannot resume: {e}"));
+    }
+    let resume = match checkpoint::load(ckdir) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot resume: {e}")),
+    };
+    // Ended before a restart came between its result checkpoint and the store.
+    if let Some(stage) = resume.as_ref().and_then(|ck| ck.meta.stage.as_ref()) {
+        if let (true, Some(r)) = (stage.done, stage.trials.first()) {
+            return Ending::Done(JobEnd::Trial(Box::new(r.clone())));
+        }
+    }
+    if resume.is_none() && trial > 1 && job.deadline_ms.is_some_and(|d| now_ms() >= d) {
+        return Ending::Done(JobEnd::Trial(Box::new(TrialResult::without_run(
+            config, "skipped",
+        ))));
+    }
+    let from = resume.as_ref().map_or(0, |c| c.epoch);
+    if let Err(e) = rewind_history(inner.store.as_ref(), &job.id, ckdir, from) {
+        return fail(e.to_string());
+    }
+    let mut hooks = TrialHooks {
+        job: JobHooks {
+            inner,
+            id: &job.id,
+            flags,
+            events,
+            ckdir: ckdir.to_owned(),
+        },
+        trial,
+        deadline_ms: job.deadline_ms,
+        out_of_time: std::cell::Cell::new(false),
+        last: None,
+    };
+    let started = std::time::Instant::now();
+    let trained = match search::run_trial(spec, data, resume, &mut hooks) {
+        Ok(t) => t,
+        Err(e) => return fail(e.to_string()),
+    };
+    let out_of_time = hooks.out_of_time.get();
+    if flags.lost.load(Ordering::Acquire) || (trained.outcome == Outcome::Cancelled && !out_of_time)
+    {
+        return stopped(flags);
+    }
+    let (monitor, tie) = search::selection(spec);
+    let result = TrialResult::of_run(
+        config,
+        &trained,
+        (&monitor, tie.as_deref()),
+        out_of_time,
+        started.elapsed().as_secs_f64(),
+    );
+    // The served weights, for the search to publish (a checkpoint marked `done`).
+    if let Some((event, mut meta)) = hooks.last.take() {
+        meta.stage = Some(StageMeta {
+            index: 1,
+            trials: vec![result.clone()],
+            best: Some(0),
+            done: true,
+            ..StageMeta::default()
+        });
+        let ck = Checkpoint {
+            epoch: event.epoch,
+            weights: trained.weights,
+            optimizer: Vec::new(),
+            best_weights: None,
+            meta,
+        };
+        if let Err(e) = checkpoint::save(ckdir, &ck, &event) {
+            return fail(format!("keeping the trial's weights: {e}"));
+        }
+        if let Some(mirror) = &inner.mirror {
+            if let Err(e) = mirror.upload(&job.id, ckdir, event.epoch) {
+                return fail(format!("keeping the trial's weights: {e}"));
+            }
+        }
+    }
+    Ending::Done(JobEnd::Trial(Box::new(result)))
 }
 
 #[cfg(test)]
@@ -770,6 +1166,7 @@ mod tests {
             registry,
             models,
             metrics,
+            checkpoint_store: None,
         };
         let jobs = JobManager::start(&training, parts).unwrap();
         let spec = format!(

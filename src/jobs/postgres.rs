@@ -32,7 +32,7 @@ use tokio_postgres::Row;
 
 use super::store::{
     now_ms, to_json, CancelOutcome, Heartbeat, JobEnd, JobFilter, JobRecord, JobState, JobStore,
-    RawRecord, StoreError,
+    NewChild, ParentFilter, RawRecord, StoreError,
 };
 use crate::preprocess::DataReport;
 use crate::training::spec::ResolvedSpec;
@@ -49,10 +49,11 @@ const POOL_SIZE: usize = 8;
 const MIGRATION_LOCK: i64 = 0x6b69_6c6e_6a6f_6273;
 
 /// The schema, one entry per version; a version once released never changes.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "jobs, their epoch history and leases",
-    "
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "jobs, their epoch history and leases",
+        "
 CREATE TABLE jobs (
     seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -80,13 +81,31 @@ CREATE TABLE job_epochs (
     PRIMARY KEY (job_id, epoch)
 );
 ",
-)];
+    ),
+    (
+        2,
+        "search trials as child jobs",
+        "
+ALTER TABLE jobs
+    ADD COLUMN parent TEXT REFERENCES jobs (id) ON DELETE CASCADE,
+    ADD COLUMN trial INTEGER,
+    ADD COLUMN deadline_ms BIGINT,
+    ADD COLUMN trial_result TEXT;
+CREATE INDEX jobs_parent ON jobs (parent, trial) WHERE parent IS NOT NULL;
+CREATE INDEX jobs_waiting ON jobs (seq) WHERE state = 'waiting';
+",
+    ),
+];
 
 /// A job row with its last epoch event, in the order [`read_row`] reads them.
 const SELECT: &str = "SELECT j.id, j.state, j.spec, \
      (SELECT e.event FROM job_epochs e WHERE e.job_id = j.id ORDER BY e.epoch DESC LIMIT 1), \
      j.report, j.metrics, j.version, j.error, j.created_ms, j.started_ms, j.finished_ms, \
-     j.cancel_requested, j.replica FROM jobs j";
+     j.cancel_requested, j.replica, j.parent, j.trial, j.deadline_ms, j.trial_result \
+     FROM jobs j";
+
+/// Jobs that are not final (children a waiting search job waits for).
+const NOT_FINAL: &str = "('queued', 'running', 'waiting')";
 
 fn read_row(r: &Row) -> Result<RawRecord, tokio_postgres::Error> {
     Ok(RawRecord {
@@ -103,6 +122,10 @@ fn read_row(r: &Row) -> Result<RawRecord, tokio_postgres::Error> {
         finished_ms: r.try_get(10)?,
         cancel_requested: r.try_get(11)?,
         replica: r.try_get(12)?,
+        parent: r.try_get(13)?,
+        trial: r.try_get::<_, Option<i32>>(14)?.map(i64::from),
+        deadline_ms: r.try_get(15)?,
+        trial_result: r.try_get(16)?,
     })
 }
 
@@ -339,18 +362,27 @@ impl JobStore for PgJobStore {
                 None => None,
             };
             let limit = i64::try_from(f.limit).unwrap_or(i64::MAX);
+            let (top, parent) = match &f.parent {
+                ParentFilter::Any => (false, None),
+                ParentFilter::TopLevel => (true, None),
+                ParentFilter::Of(p) => (false, Some(p.as_str())),
+            };
             let rows = c
                 .query(
                     &format!(
                         "{SELECT} WHERE ($1::text IS NULL OR j.state = $1) \
                          AND ($2::text IS NULL OR j.model = $2) \
-                         AND ($3::bigint IS NULL OR j.seq < $3) ORDER BY j.seq DESC LIMIT $4"
+                         AND ($3::bigint IS NULL OR j.seq < $3) \
+                         AND (NOT $5 OR j.parent IS NULL) \
+                         AND ($6::text IS NULL OR j.parent = $6) ORDER BY j.seq DESC LIMIT $4"
                     ),
                     &[
                         &f.state.map(JobState::as_str),
                         &f.model,
                         &before_seq,
                         &limit,
+                        &top,
+                        &parent,
                     ],
                 )
                 .await
@@ -393,13 +425,15 @@ impl JobStore for PgJobStore {
         self.call(async |c| {
             let claimed = c
                 .query_opt(
-                    "UPDATE jobs j SET state = 'running', \
+                    &format!("UPDATE jobs j SET state = 'running', \
                         started_ms = COALESCE(j.started_ms, $2), replica = $1, \
                         lease_until = now() + make_interval(secs => $3) \
-                     FROM (SELECT id, state, replica FROM jobs \
+                     FROM (SELECT id, state, replica FROM jobs p \
                            WHERE state = 'queued' OR (state = 'running' AND lease_until < now()) \
+                              OR (state = 'waiting' AND NOT EXISTS (SELECT 1 FROM jobs c \
+                                  WHERE c.parent = p.id AND c.state IN {NOT_FINAL})) \
                            ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) next \
-                     WHERE j.id = next.id RETURNING j.id, next.state, next.replica",
+                     WHERE j.id = next.id RETURNING j.id, next.state, next.replica"),
                     &[&self.replica, &now_ms(), &self.lease_secs()],
                 )
                 .await
@@ -414,6 +448,60 @@ impl JobStore for PgJobStore {
                 tracing::warn!(job = %id, from = from.as_deref().unwrap_or("?"), "took over a job whose replica stopped renewing its lease");
             }
             select_one(c, &id).await
+        })
+    }
+
+    fn spawn_children(&self, parent: &str, children: &[NewChild]) -> Result<bool, StoreError> {
+        self.call(async |c| {
+            let tx = c.transaction().await.map_err(pg_error)?;
+            let moved = tx
+                .execute(
+                    "UPDATE jobs SET state = 'waiting', lease_until = NULL \
+                     WHERE id = $1 AND state = 'running' AND replica = $2 \
+                     AND NOT cancel_requested",
+                    &[&parent, &self.replica],
+                )
+                .await
+                .map_err(pg_error)?;
+            if moved != 1 {
+                return Ok(false);
+            }
+            let now = now_ms();
+            for child in children {
+                let trial = i32::try_from(child.trial).unwrap_or(i32::MAX);
+                tx.execute(
+                    "INSERT INTO jobs (id, model, state, spec, created_ms, parent, trial, deadline_ms) \
+                     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7)",
+                    &[
+                        &child.id,
+                        &child.spec.spec.model,
+                        &to_json(&child.spec),
+                        &now,
+                        &parent,
+                        &trial,
+                        &child.deadline_ms,
+                    ],
+                )
+                .await
+                .map_err(pg_error)?;
+            }
+            tx.commit().await.map_err(pg_error)?;
+            Ok(true)
+        })
+    }
+
+    fn children(&self, parent: &str) -> Result<Vec<JobRecord>, StoreError> {
+        self.call(async |c| {
+            let rows = c
+                .query(
+                    &format!("{SELECT} WHERE j.parent = $1 ORDER BY j.trial"),
+                    &[&parent],
+                )
+                .await
+                .map_err(pg_error)?;
+            rows.iter()
+                .map(|r| read_row(r).map_err(pg_error)?.decode())
+                .collect()
         })
     }
 
@@ -496,7 +584,8 @@ impl JobStore for PgJobStore {
             let outcome = if tx
                 .execute(
                     "UPDATE jobs SET state = 'cancelled', cancel_requested = TRUE, \
-                     finished_ms = $2, lease_until = NULL WHERE id = $1 AND state = 'queued'",
+                     finished_ms = $2, lease_until = NULL \
+                     WHERE id = $1 AND state IN ('queued', 'waiting')",
                     &[&id, &now_ms()],
                 )
                 .await
@@ -526,24 +615,33 @@ impl JobStore for PgJobStore {
                     ),
                 }
             };
+            if matches!(outcome, CancelOutcome::Cancelled | CancelOutcome::Requested) {
+                tx.execute(
+                    "UPDATE jobs SET state = 'cancelled', cancel_requested = TRUE, \
+                     finished_ms = $2, lease_until = NULL WHERE parent = $1 AND state = 'queued'",
+                    &[&id, &now_ms()],
+                )
+                .await
+                .map_err(pg_error)?;
+                tx.execute(
+                    "UPDATE jobs SET cancel_requested = TRUE WHERE parent = $1 AND state = 'running'",
+                    &[&id],
+                )
+                .await
+                .map_err(pg_error)?;
+            }
             tx.commit().await.map_err(pg_error)?;
             Ok(outcome)
         })
     }
 
     fn finish(&self, id: &str, end: &JobEnd) -> Result<bool, StoreError> {
-        let (version, metrics, error) = match end {
-            JobEnd::Succeeded { version, metrics } => {
-                (Some(*version as i64), Some(to_json(metrics)), None)
-            }
-            JobEnd::Failed(e) => (None, None, Some(e.as_str())),
-            JobEnd::Cancelled => (None, None, None),
-        };
+        let (version, metrics, error, result) = end.columns();
         self.call(async |c| {
             let changed = c
                 .execute(
                     "UPDATE jobs SET state = $3, version = $4, metrics = $5, error = $6, \
-                     finished_ms = $7, lease_until = NULL \
+                     finished_ms = $7, lease_until = NULL, trial_result = $8 \
                      WHERE id = $1 AND state = 'running' AND replica = $2",
                     &[
                         &id,
@@ -553,6 +651,7 @@ impl JobStore for PgJobStore {
                         &metrics,
                         &error,
                         &now_ms(),
+                        &result,
                     ],
                 )
                 .await

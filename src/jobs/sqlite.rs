@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::store::{
     json_column, now_ms, to_json, CancelOutcome, JobEnd, JobFilter, JobRecord, JobState, JobStore,
-    RawRecord, StoreError,
+    NewChild, ParentFilter, RawRecord, StoreError,
 };
 use crate::preprocess::DataReport;
 use crate::training::spec::ResolvedSpec;
@@ -63,11 +63,28 @@ CREATE TABLE IF NOT EXISTS job_epochs (
 );
 ";
 
+/// The schema's versions after the first (`SCHEMA`, with `replica`), in order; the database
+/// keeps its version in `PRAGMA user_version`. A version once released never changes.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    2,
+    "search trials as child jobs",
+    "
+ALTER TABLE jobs ADD COLUMN parent TEXT;
+ALTER TABLE jobs ADD COLUMN trial INTEGER;
+ALTER TABLE jobs ADD COLUMN deadline_ms INTEGER;
+ALTER TABLE jobs ADD COLUMN trial_result TEXT;
+CREATE INDEX jobs_parent ON jobs(parent, trial) WHERE parent IS NOT NULL;
+",
+)];
+
 /// A job row with its last epoch event, in the order [`read_row`] reads them.
 const SELECT: &str = "SELECT j.id, j.state, j.spec, \
      (SELECT e.event FROM job_epochs e WHERE e.job_id = j.id ORDER BY e.epoch DESC LIMIT 1), \
      j.report, j.metrics, j.version, j.error, j.created_ms, j.started_ms, j.finished_ms, \
-     j.cancel_requested, j.replica FROM jobs j";
+     j.cancel_requested, j.replica, j.parent, j.trial, j.deadline_ms, j.trial_result FROM jobs j";
+
+/// Jobs that are not final (children a waiting search job waits for).
+const NOT_FINAL: &str = "('queued', 'running', 'waiting')";
 
 fn read_row(r: &rusqlite::Row) -> rusqlite::Result<RawRecord> {
     Ok(RawRecord {
@@ -84,6 +101,10 @@ fn read_row(r: &rusqlite::Row) -> rusqlite::Result<RawRecord> {
         finished_ms: r.get(10)?,
         cancel_requested: r.get::<_, i64>(11)? != 0,
         replica: r.get(12)?,
+        parent: r.get(13)?,
+        trial: r.get(14)?,
+        deadline_ms: r.get(15)?,
+        trial_result: r.get(16)?,
     })
 }
 
@@ -94,23 +115,52 @@ fn select_one(conn: &Connection, id: &str) -> Result<Option<JobRecord>, StoreErr
         .transpose()
 }
 
+/// Creates or upgrades the schema, in one transaction: version 1 is `SCHEMA` (a database
+/// from before `replica` existed gains the column, NULL in old rows), then [`MIGRATIONS`].
+/// A database newer than this binary is refused.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current: i32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let latest = MIGRATIONS.last().map_or(1, |m| m.0);
+    if current > latest {
+        return Err(StoreError::Database(
+            format!(
+                "the job database schema is at version {current}, newer than this kiln knows \
+                 ({latest}): run a newer kiln"
+            )
+            .into(),
+        ));
+    }
+    if current < 1 {
+        tx.execute_batch(SCHEMA)?;
+        let has_replica = tx
+            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'replica'")?
+            .exists([])?;
+        if !has_replica {
+            tx.execute_batch("ALTER TABLE jobs ADD COLUMN replica TEXT")?;
+        }
+    }
+    for &(version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        tx.execute_batch(sql)?;
+        tracing::info!(version, description, "job database migrated");
+    }
+    if current < latest {
+        tx.pragma_update(None, "user_version", latest)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 // === impl SqliteJobStore ===
 
 impl SqliteJobStore {
     /// Opens (creating) the database file.
     pub fn open(path: &Path) -> Result<SqliteJobStore, StoreError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        // A database from before `replica` existed gains the column (NULL in old rows).
-        let has_replica = conn
-            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'replica'")?
-            .exists([])?;
-        if !has_replica {
-            conn.execute_batch("ALTER TABLE jobs ADD COLUMN replica TEXT")?;
-        }
+        migrate(&mut conn)?;
         Ok(SqliteJobStore {
             conn: Mutex::new(conn),
             replica: None,
@@ -156,11 +206,24 @@ impl JobStore for SqliteJobStore {
         };
         let mut stmt = conn.prepare(&format!(
             "{SELECT} WHERE (?1 IS NULL OR j.state = ?1) AND (?2 IS NULL OR j.model = ?2) \
-             AND (?3 IS NULL OR j.seq < ?3) ORDER BY j.seq DESC LIMIT ?4"
+             AND (?3 IS NULL OR j.seq < ?3) AND (?5 = 0 OR j.parent IS NULL) \
+             AND (?6 IS NULL OR j.parent = ?6) ORDER BY j.seq DESC LIMIT ?4"
         ))?;
         let limit = i64::try_from(f.limit).unwrap_or(i64::MAX);
+        let (top, parent) = match &f.parent {
+            ParentFilter::Any => (false, None),
+            ParentFilter::TopLevel => (true, None),
+            ParentFilter::Of(p) => (false, Some(p.as_str())),
+        };
         let rows = stmt.query_map(
-            params![f.state.map(JobState::as_str), f.model, before_seq, limit],
+            params![
+                f.state.map(JobState::as_str),
+                f.model,
+                before_seq,
+                limit,
+                top,
+                parent
+            ],
             read_row,
         )?;
         rows.map(|r| r?.decode()).collect()
@@ -193,7 +256,11 @@ impl JobStore for SqliteJobStore {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let id: Option<String> = tx
             .query_row(
-                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1",
+                &format!(
+                    "SELECT id FROM jobs j WHERE state = 'queued' OR (state = 'waiting' \
+                     AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent = j.id \
+                     AND c.state IN {NOT_FINAL})) ORDER BY seq LIMIT 1"
+                ),
                 [],
                 |r| r.get(0),
             )
@@ -203,12 +270,50 @@ impl JobStore for SqliteJobStore {
         };
         tx.execute(
             "UPDATE jobs SET state = 'running', started_ms = COALESCE(started_ms, ?2), \
-             replica = ?3 WHERE id = ?1 AND state = 'queued'",
+             replica = ?3 WHERE id = ?1 AND state IN ('queued', 'waiting')",
             params![id, now_ms(), self.replica],
         )?;
         let record = select_one(&tx, &id)?;
         tx.commit()?;
         Ok(record)
+    }
+
+    fn spawn_children(&self, parent: &str, children: &[NewChild]) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if tx.execute(
+            "UPDATE jobs SET state = 'waiting' WHERE id = ?1 AND state = 'running' \
+             AND cancel_requested = 0",
+            [parent],
+        )? != 1
+        {
+            return Ok(false);
+        }
+        let now = now_ms();
+        for c in children {
+            tx.execute(
+                "INSERT INTO jobs (id, model, state, spec, created_ms, parent, trial, deadline_ms) \
+                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    c.id,
+                    c.spec.spec.model,
+                    to_json(&c.spec),
+                    now,
+                    parent,
+                    c.trial,
+                    c.deadline_ms
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn children(&self, parent: &str) -> Result<Vec<JobRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("{SELECT} WHERE j.parent = ?1 ORDER BY j.trial"))?;
+        let rows = stmt.query_map([parent], read_row)?;
+        rows.map(|r| r?.decode()).collect()
     }
 
     fn interrupted(&self) -> Result<Vec<JobRecord>, StoreError> {
@@ -256,7 +361,7 @@ impl JobStore for SqliteJobStore {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let outcome = if tx.execute(
             "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_ms = ?2 \
-             WHERE id = ?1 AND state = 'queued'",
+             WHERE id = ?1 AND state IN ('queued', 'waiting')",
             params![id, now_ms()],
         )? == 1
         {
@@ -278,22 +383,27 @@ impl JobStore for SqliteJobStore {
                 }
             }
         };
+        if matches!(outcome, CancelOutcome::Cancelled | CancelOutcome::Requested) {
+            tx.execute(
+                "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_ms = ?2 \
+                 WHERE parent = ?1 AND state = 'queued'",
+                params![id, now_ms()],
+            )?;
+            tx.execute(
+                "UPDATE jobs SET cancel_requested = 1 WHERE parent = ?1 AND state = 'running'",
+                [id],
+            )?;
+        }
         tx.commit()?;
         Ok(outcome)
     }
 
     fn finish(&self, id: &str, end: &JobEnd) -> Result<bool, StoreError> {
-        let (version, metrics, error) = match end {
-            JobEnd::Succeeded { version, metrics } => {
-                (Some(*version as i64), Some(to_json(metrics)), None)
-            }
-            JobEnd::Failed(e) => (None, None, Some(e.as_str())),
-            JobEnd::Cancelled => (None, None, None),
-        };
+        let (version, metrics, error, result) = end.columns();
         let changed = self.conn().execute(
-            "UPDATE jobs SET state = ?2, version = ?3, metrics = ?4, error = ?5, finished_ms = ?6 \
-             WHERE id = ?1 AND state = 'running'",
-            params![id, end.state().as_str(), version, metrics, error, now_ms()],
+            "UPDATE jobs SET state = ?2, version = ?3, metrics = ?4, error = ?5, finished_ms = ?6, \
+             trial_result = ?7 WHERE id = ?1 AND state = 'running'",
+            params![id, end.state().as_str(), version, metrics, error, now_ms(), result],
         )?;
         Ok(changed == 1)
     }
@@ -524,6 +634,44 @@ mod tests {
         drop(s);
         // Opening again does not add it twice.
         SqliteJobStore::open(&path).unwrap();
+    }
+
+    /// A database of schema version 1 (jobs without parents) is migrated once, keeping its
+    /// jobs; one newer than this binary is refused, saying so.
+    #[test]
+    fn versioned_migrations_upgrade_once_and_refuse_a_newer_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO jobs (id, model, state, spec, created_ms) VALUES ('job_old', 'iris', 'queued', ?1, 1)",
+                [to_json(&spec("iris"))],
+            )
+            .unwrap();
+        }
+        let s = SqliteJobStore::open(&path).unwrap();
+        let old = s.get("job_old").unwrap().unwrap();
+        assert_eq!((old.parent, old.trial), (None, None));
+        assert!(s.children("job_old").unwrap().is_empty());
+        drop(s);
+        let version = |p: &Path| -> i32 {
+            Connection::open(p)
+                .unwrap()
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(version(&path), 2);
+        SqliteJobStore::open(&path).unwrap();
+        assert_eq!(version(&path), 2);
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 3)
+            .unwrap();
+        let err = SqliteJobStore::open(&path).err().unwrap().to_string();
+        assert!(err.contains("version 3") && err.contains("newer"), "{err}");
     }
 
     #[test]

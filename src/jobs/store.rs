@@ -4,7 +4,9 @@
 //!
 //! Records are typed here and in the manager; JSON appears only inside an implementation, at
 //! its columns. Every state change is one conditional step in the store (claim: queued →
-//! running; cancel: queued → cancelled; finish and requeue: running → …), so two callers
+//! running, or waiting → running once a search's trial jobs have all ended; spawning the
+//! trials: running → waiting with the children inserted; cancel: queued or waiting →
+//! cancelled, children included; finish and requeue: running → …), so two callers
 //! racing on one job — a cancel and the scheduler, or two replicas sharing a database —
 //! cannot both win. A store shared by several processes ([`super::PgJobStore`]) implements
 //! the same steps with row locks (`FOR UPDATE SKIP LOCKED` for the claim) and ties `running`
@@ -24,16 +26,21 @@ use utoipa::ToSchema;
 
 use crate::preprocess::DataReport;
 use crate::training::metrics::Metrics;
+use crate::training::search::TrialResult;
 use crate::training::spec::ResolvedSpec;
 use crate::training::trainer::EpochEvent;
 
 /// A job's lifecycle: queued → running → succeeded | failed | cancelled. A running job goes
 /// back to queued when the server stops it (shutdown, crash); a queued one may be cancelled.
+/// A search job goes running → waiting when it has queued its trials as child jobs, and is
+/// claimable again (waiting → running) once every child has ended: it holds no job slot
+/// while it waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Queued,
     Running,
+    Waiting,
     Succeeded,
     Failed,
     Cancelled,
@@ -44,6 +51,7 @@ impl JobState {
         match self {
             JobState::Queued => "queued",
             JobState::Running => "running",
+            JobState::Waiting => "waiting",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
@@ -54,6 +62,7 @@ impl JobState {
         Some(match s {
             "queued" => JobState::Queued,
             "running" => JobState::Running,
+            "waiting" => JobState::Waiting,
             "succeeded" => JobState::Succeeded,
             "failed" => JobState::Failed,
             "cancelled" => JobState::Cancelled,
@@ -93,6 +102,14 @@ pub struct JobRecord {
     pub cancel_requested: bool,
     /// The replica that claimed the job last (`--replica-id`), once one has.
     pub replica: Option<String>,
+    /// A search trial's job: the search job it belongs to.
+    pub parent: Option<String>,
+    /// A search trial's job: its trial number (`TrialConfig::trial`, 1-based).
+    pub trial: Option<u32>,
+    /// A search trial's job: Unix milliseconds when the search's time budget runs out.
+    pub deadline_ms: Option<i64>,
+    /// A search trial's job, once ended: how the trial did (what its search compares).
+    pub trial_result: Option<TrialResult>,
 }
 
 impl JobRecord {
@@ -105,10 +122,19 @@ impl JobRecord {
 /// How a running job ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobEnd {
-    Succeeded { version: u64, metrics: Metrics },
+    Succeeded {
+        version: u64,
+        metrics: Metrics,
+    },
     Failed(String),
     Cancelled,
+    /// A search trial's job ended with a result for its search: `succeeded` (its metrics
+    /// are the trial's), or `cancelled` when it was skipped (the time budget ran out first).
+    Trial(Box<TrialResult>),
 }
+
+/// The error a skipped trial's job records.
+pub const SKIPPED: &str = "skipped: the search's time budget ran out before this trial started";
 
 impl JobEnd {
     pub fn state(&self) -> JobState {
@@ -116,14 +142,55 @@ impl JobEnd {
             JobEnd::Succeeded { .. } => JobState::Succeeded,
             JobEnd::Failed(_) => JobState::Failed,
             JobEnd::Cancelled => JobState::Cancelled,
+            JobEnd::Trial(r) if r.outcome == "skipped" => JobState::Cancelled,
+            JobEnd::Trial(_) => JobState::Succeeded,
         }
     }
+
+    /// The columns a finish writes: `(version, metrics, error, trial_result)`, JSON as text.
+    pub(super) fn columns(&self) -> (Option<i64>, Option<String>, Option<&str>, Option<String>) {
+        match self {
+            JobEnd::Succeeded { version, metrics } => {
+                (Some(*version as i64), Some(to_json(metrics)), None, None)
+            }
+            JobEnd::Failed(e) => (None, None, Some(e.as_str()), None),
+            JobEnd::Cancelled => (None, None, None, None),
+            JobEnd::Trial(r) => (
+                None,
+                r.metrics.as_ref().map(to_json),
+                (r.outcome == "skipped").then_some(SKIPPED),
+                Some(to_json(r)),
+            ),
+        }
+    }
+}
+
+/// A search trial to queue as a child job ([`JobStore::spawn_children`]).
+#[derive(Debug, Clone)]
+pub struct NewChild {
+    pub id: String,
+    pub trial: u32,
+    /// The trial's own spec (`ResolvedSpec::trial_spec`).
+    pub spec: ResolvedSpec,
+    pub deadline_ms: Option<i64>,
+}
+
+/// Which jobs a list holds, by parent.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub enum ParentFilter {
+    /// Every job, search trials included.
+    #[default]
+    Any,
+    /// Only jobs that are not a search's trials.
+    TopLevel,
+    /// Only the trials of this search job.
+    Of(String),
 }
 
 /// What [`JobStore::request_cancel`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CancelOutcome {
-    /// The job was queued: it is cancelled now.
+    /// The job was queued (or waiting for its trials): it is cancelled now.
     Cancelled,
     /// The job is running: it is asked to stop (it reads the request at its next epoch; the
     /// process running it is also told directly when it is this one).
@@ -138,6 +205,7 @@ pub enum CancelOutcome {
 pub struct JobFilter {
     pub state: Option<JobState>,
     pub model: Option<String>,
+    pub parent: ParentFilter,
     /// Return jobs created strictly before this job (keyset pagination, newest first).
     pub before: Option<String>,
     pub limit: usize,
@@ -190,9 +258,17 @@ pub trait JobStore: Send + Sync + 'static {
     /// Jobs per state.
     fn count_by_state(&self) -> Result<Vec<(JobState, i64)>, StoreError>;
 
-    /// Takes the oldest queued job and marks it running, in one step: a job is claimed by
-    /// one caller only.
+    /// Takes the oldest queued job — or waiting job whose children have all ended — and marks
+    /// it running, in one step: a job is claimed by one caller only.
     fn claim_next(&self) -> Result<Option<JobRecord>, StoreError>;
+
+    /// Queues a search's trials as child jobs and moves the search job from running (held
+    /// here, no cancel asked) to waiting, all in one step; `false` (and nothing stored) when
+    /// the parent was not in that state.
+    fn spawn_children(&self, parent: &str, children: &[NewChild]) -> Result<bool, StoreError>;
+
+    /// A search job's children, by trial.
+    fn children(&self, parent: &str) -> Result<Vec<JobRecord>, StoreError>;
 
     /// Jobs found `running` when the server starts: a crash or a kill stopped them.
     fn interrupted(&self) -> Result<Vec<JobRecord>, StoreError>;
@@ -207,7 +283,8 @@ pub trait JobStore: Send + Sync + 'static {
     /// Forgets the epochs after `epoch` (they will be recomputed on resume).
     fn truncate_history(&self, id: &str, epoch: u32) -> Result<(), StoreError>;
 
-    /// Cancels a queued job at once, or asks a running one to stop.
+    /// Cancels a queued or waiting job at once, or asks a running one to stop; the job's
+    /// children (a search's trials) likewise, in the same step.
     fn request_cancel(&self, id: &str) -> Result<CancelOutcome, StoreError>;
 
     /// Moves a running job to its final state; `false` if it was not running.
@@ -248,6 +325,10 @@ pub(super) struct RawRecord {
     pub finished_ms: Option<i64>,
     pub cancel_requested: bool,
     pub replica: Option<String>,
+    pub parent: Option<String>,
+    pub trial: Option<i64>,
+    pub deadline_ms: Option<i64>,
+    pub trial_result: Option<String>,
 }
 
 impl RawRecord {
@@ -273,6 +354,10 @@ impl RawRecord {
             finished_ms: self.finished_ms,
             cancel_requested: self.cancel_requested,
             replica: self.replica,
+            parent: self.parent,
+            trial: self.trial.map(|t| t as u32),
+            deadline_ms: self.deadline_ms,
+            trial_result: opt(&id, "trial_result", self.trial_result)?,
             id,
         })
     }

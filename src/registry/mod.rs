@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::batcher::{BatcherHandle, StatsSnapshot, TextBatcher};
 use crate::config::RegistryConfig;
@@ -78,6 +78,16 @@ impl LoadedVersion {
         match &self.served {
             Served::Layers(l) => l.batcher.stats(),
             Served::Text(t) => t.batcher.stats(),
+        }
+    }
+
+    /// A request answered, end to end (decoded to encoded), started at `start`:
+    /// `kiln_request_duration_seconds{model, version, protocol}`, text and layer models alike.
+    pub fn observe_request(&self, protocol: crate::metrics::Protocol, start: Instant) {
+        let seconds = start.elapsed().as_secs_f64();
+        match &self.served {
+            Served::Layers(l) => l.batcher.metrics().observe_request(protocol, seconds),
+            Served::Text(t) => t.batcher.metrics().observe_request(protocol, seconds),
         }
     }
 
@@ -159,6 +169,8 @@ pub struct Registry {
     sync_lock: tokio::sync::Mutex<()>,
     /// Set once the first scan has loaded (or failed) every model found at startup.
     initial_load_done: AtomicBool,
+    /// Why the last scan of the store failed (`None`: it answered); readiness shows it.
+    scan_error: std::sync::Mutex<Option<String>>,
 }
 
 /// A copy of one model's states, for listing.
@@ -184,6 +196,7 @@ impl Registry {
             sync_lock: tokio::sync::Mutex::new(()),
             unloaded: std::sync::Mutex::new(std::collections::HashSet::new()),
             initial_load_done: AtomicBool::new(false),
+            scan_error: std::sync::Mutex::new(None),
         }
     }
 
@@ -256,6 +269,16 @@ impl Registry {
     /// Releases the readiness latch (the watcher does this after its first scan).
     pub fn mark_initial_load_done(&self) {
         self.initial_load_done.store(true, Ordering::Release);
+    }
+
+    /// Why the model store could not be listed at the last scan (a shared store that is
+    /// unreachable); `None` when it answered. Loaded versions serve either way.
+    pub fn store_unavailable(&self) -> Option<String> {
+        self.scan_error.lock().expect("scan error lock").clone()
+    }
+
+    pub(crate) fn set_scan_error(&self, e: Option<String>) {
+        *self.scan_error.lock().expect("scan error lock") = e;
     }
 
     pub fn is_initial_load_done(&self) -> bool {

@@ -1,5 +1,6 @@
-//! The watcher task: asks the store for its catalog every `poll_interval` and brings the
-//! registry in line with it and with each model's version policy. This is what serves a
+//! The watcher task: asks the store for its catalog every `poll_interval` (and at once when
+//! the store reports a change, see `ModelStore::changes`) and brings the registry in line
+//! with it and with each model's version policy. This is what serves a
 //! version an operator dropped into the models directory by hand; kiln's own publishers
 //! (uploads, jobs) load their new version at once through `Registry::load_version`.
 
@@ -14,11 +15,26 @@ use crate::store::Versions;
 pub fn spawn_watcher(registry: Arc<Registry>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let poll = registry.config.poll_interval;
+        let mut changes = registry.store.changes();
         registry.sync().await;
         registry.mark_initial_load_done();
         tracing::info!(models = registry.list().len(), "initial model load done");
         loop {
-            tokio::time::sleep(poll).await;
+            // A shared catalog's notification (another replica published or deleted) syncs
+            // at once; the poll is the fallback.
+            match changes.as_mut() {
+                Some(rx) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(poll) => {}
+                        changed = rx.changed() => {
+                            if changed.is_err() {
+                                changes = None;
+                            }
+                        }
+                    }
+                }
+                None => tokio::time::sleep(poll).await,
+            }
             registry.sync().await;
         }
     })
@@ -42,10 +58,14 @@ impl Registry {
     pub(crate) async fn sync(self: &Arc<Self>) {
         let _one_at_a_time = self.sync_lock.lock().await;
         let catalog = match self.store.scan().await {
-            Ok(c) => c,
+            Ok(c) => {
+                self.set_scan_error(None);
+                c
+            }
             Err(e) => {
                 // Keep serving what is loaded; the next poll tries again.
                 tracing::error!(error = %e, "cannot list the model store");
+                self.set_scan_error(Some(e.to_string()));
                 return;
             }
         };

@@ -65,11 +65,11 @@ impl Server {
             tls,
             header_read_timeout: cfg.header_read_timeout,
             body_read_timeout: cfg.body_read_timeout,
-            slots: Slots {
-                semaphore: Arc::new(Semaphore::new(cfg.max_connections)),
-                open: metrics.http_connections.clone(),
-                limit_reached: metrics.http_connection_limit_reached.clone(),
-            },
+            slots: Slots::new(
+                cfg.max_connections,
+                metrics.http_connections.clone(),
+                metrics.http_connection_limit_reached.clone(),
+            ),
         }
     }
 
@@ -185,8 +185,9 @@ fn accept_error_is_fatal_for_a_while(e: &std::io::Error) -> bool {
 
 // === impl Slots ===
 
-/// The connection limit: one semaphore permit per open connection.
-struct Slots {
+/// The connection limit: one semaphore permit per open connection. The HTTP and the gRPC
+/// accept loops each have one (`max_connections` each).
+pub(crate) struct Slots {
     /// `max_connections` permits; never closed.
     semaphore: Arc<Semaphore>,
     open: Gauge,
@@ -194,14 +195,24 @@ struct Slots {
 }
 
 /// An open connection's share of the limit; dropping it frees the place.
-struct Slot {
+pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
     open: Gauge,
 }
 
 impl Slots {
+    /// `max` places; `open` counts the open connections, `limit_reached` the times every
+    /// place was taken when a connection could have been accepted.
+    pub(crate) fn new(max: usize, open: Gauge, limit_reached: Counter) -> Slots {
+        Slots {
+            semaphore: Arc::new(Semaphore::new(max)),
+            open,
+            limit_reached,
+        }
+    }
+
     /// A free place, waiting for one when every place is taken.
-    async fn wait(&self) -> OwnedSemaphorePermit {
+    pub(crate) async fn wait(&self) -> OwnedSemaphorePermit {
         if let Ok(permit) = self.semaphore.clone().try_acquire_owned() {
             return permit;
         }
@@ -214,7 +225,8 @@ impl Slots {
             .expect("the connection semaphore is never closed")
     }
 
-    fn open(&self, permit: OwnedSemaphorePermit) -> Slot {
+    /// The place of a connection just accepted.
+    pub(crate) fn open(&self, permit: OwnedSemaphorePermit) -> Slot {
         self.open.inc();
         Slot {
             _permit: permit,

@@ -22,6 +22,10 @@ pub enum StoreError {
         at: String,
         source: std::io::Error,
     },
+    /// A shared engine (the object store, the catalog's database) failed or could not be
+    /// reached, after bounded retries: says which and why (never a credential).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<StoreError> for Error {
@@ -36,6 +40,7 @@ impl From<StoreError> for Error {
             },
             StoreError::Invalid(e) => Error::InvalidModel(e.to_string()),
             e @ StoreError::Io { .. } => Error::Internal(e.to_string()),
+            StoreError::Unavailable(m) => Error::StorageUnavailable(m),
         }
     }
 }

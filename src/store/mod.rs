@@ -23,6 +23,7 @@
 
 mod error;
 mod local;
+mod object;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -38,6 +39,7 @@ use crate::model::ModelError;
 
 pub use error::StoreError;
 pub use local::{read_version_dir, LocalDir};
+pub use object::ObjectStoreModels;
 
 /// A store operation's future (boxed: the trait must stay object-safe).
 pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
@@ -174,6 +176,13 @@ pub trait ModelStore: Send + Sync + 'static {
 
     /// Where a version lives, for people (log lines, `kiln import`'s answer).
     fn location(&self, name: &str, version: u64) -> String;
+
+    /// A counter that moves when another process may have changed the store (a shared
+    /// catalog's notifications): the registry's watcher rescans at once instead of at its
+    /// next poll. `None` (the default): polling only.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// Model names: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`, no `..`. Checked before any path is built

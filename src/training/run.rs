@@ -50,6 +50,17 @@ pub fn train_and_package(
         "training runs on a rayon pool of its own (see `device::spawn_compute`)"
     );
     let staged = search::run_stages(spec, data, resume, hooks).map_err(|e| e.to_string())?;
+    Ok(package(spec, data, staged, job))
+}
+
+/// Packages a finished run of stages (`run_stages`, or a search's [`search::conclude`]):
+/// the served model's spec, with the trials and the refit reported in its metrics.
+pub fn package(
+    spec: &ResolvedSpec,
+    data: &Prepared,
+    staged: search::Staged,
+    job: Option<&str>,
+) -> RunResult {
     let mut trained = staged.trained;
     // A search reports every trial; a refit says what it trained: in the job's metrics and
     // the model's training information.
@@ -71,11 +82,11 @@ pub fn train_and_package(
         job,
     ))));
     let weights = trained.weights.clone();
-    Ok(RunResult {
+    RunResult {
         trained,
         model_spec,
         weights,
-    })
+    }
 }
 
 fn training_info(

@@ -2,11 +2,13 @@
 //! and the refit on every row. A plain spec is one stage and goes straight to the trainer.
 //!
 //! Each trial is a complete run of its own spec ([`ResolvedSpec::trial_spec`] then
-//! [`run_trial`]): that is the seam a sub-job runner can call when trials spread across
-//! replicas. Here they run in sequence inside one job, which sees one event stream: every
-//! epoch event names its stage and trial, epochs are numbered across stages (the job's
-//! history is keyed by epoch), and every checkpoint carries [`StageMeta`] — the finished
-//! trials and where the run stands — so a restarted job resumes in the right stage.
+//! [`run_trial`]). The server runs each trial as a sub-job of its own (the job system: a
+//! child job record, claimable by any replica), then calls [`conclude`] with the trials'
+//! results to pick the winner and refit it. `kiln train` (no job system) runs them here, in
+//! sequence, with [`run_stages`]: one event stream, where every epoch event names its stage
+//! and trial, epochs are numbered across stages, and every checkpoint carries [`StageMeta`]
+//! — the finished trials and where the run stands — so an interrupted run resumes in the
+//! right stage.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -27,7 +29,7 @@ use super::trainer::{
 const BEST_PREFIX: &str = "search_best/";
 
 /// How one trial did, as the job reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TrialResult {
     #[serde(flatten)]
     pub config: TrialConfig,
@@ -47,6 +49,67 @@ pub struct TrialResult {
     #[schema(value_type = Option<Object>)]
     pub metrics: Option<Metrics>,
     pub seconds: f64,
+    /// The sub-job that ran the trial (server jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// The sub-job's final state (`succeeded`, `failed`, `cancelled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The replica that ran the sub-job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    /// Why the sub-job failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl TrialResult {
+    /// A trial that did not train: `outcome` is `skipped` (no time left), `failed` or
+    /// `cancelled`; it does not compete.
+    pub fn without_run(config: TrialConfig, outcome: &str) -> TrialResult {
+        TrialResult {
+            config,
+            outcome: outcome.to_owned(),
+            epochs_run: 0,
+            best_epoch: None,
+            score: None,
+            tie: None,
+            metrics: None,
+            seconds: 0.0,
+            job: None,
+            state: None,
+            replica: None,
+            error: None,
+        }
+    }
+
+    /// How a finished trial run did, judged by `monitor` (and `tie`; see [`selection`]).
+    pub fn of_run(
+        config: TrialConfig,
+        trained: &Trained,
+        (monitor, tie): (&str, Option<&str>),
+        out_of_time: bool,
+        seconds: f64,
+    ) -> TrialResult {
+        let m = &trained.final_metrics;
+        TrialResult {
+            outcome: if out_of_time {
+                "time_budget".into()
+            } else {
+                match trained.outcome {
+                    Outcome::EarlyStopped => "early_stopped".into(),
+                    Outcome::Completed | Outcome::Cancelled => "completed".into(),
+                }
+            },
+            epochs_run: trained.epochs_run,
+            best_epoch: trained.best_epoch,
+            score: read(m, monitor),
+            tie: tie.and_then(|t| read(m, t)),
+            metrics: Some(m.clone()),
+            seconds,
+            ..TrialResult::without_run(config, "completed")
+        }
+    }
 }
 
 /// Where a run of several stages stands (in every checkpoint it writes).
@@ -61,6 +124,10 @@ pub struct StageMeta {
     pub trials: Vec<TrialResult>,
     /// Index of the best trial so far.
     pub best: Option<usize>,
+    /// A trial sub-job's checkpoint after it ended: its weights are the trial's served
+    /// weights and `trials` holds its one result (a restart finishes it from there).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
 }
 
 /// A finished multi-stage run: the model to publish and what the stages did.
@@ -87,8 +154,8 @@ pub fn run_trial(
 }
 
 /// The metric trials are compared by and its tie-breaker: the early-stopping monitor when
-/// there is one, else the task's default.
-fn selection(spec: &ResolvedSpec) -> (String, Option<String>) {
+/// there is one, else the task's default. A trial's spec gives the same as its search's.
+pub fn selection(spec: &ResolvedSpec) -> (String, Option<String>) {
     match spec.spec.training.early_stopping() {
         Some(es) if es.monitor.starts_with("val_") => (es.monitor.clone(), es.tie_breaker.clone()),
         _ => (
@@ -112,6 +179,20 @@ fn read(m: &Metrics, name: &str) -> Option<f64> {
         "r2" => m.r2,
         _ => None,
     }
+}
+
+/// The best of `trials` by `monitor` (the first of equals); `None` when none has a score.
+pub fn best_of(monitor: &str, tie_name: Option<&str>, trials: &[TrialResult]) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (i, t) in trials.iter().enumerate() {
+        if t.score.is_none() {
+            continue;
+        }
+        if best.is_none_or(|b| beats(monitor, tie_name, t, &trials[b])) {
+            best = Some(i);
+        }
+    }
+    best
 }
 
 fn beats(monitor: &str, tie_name: Option<&str>, a: &TrialResult, b: &TrialResult) -> bool {
@@ -240,18 +321,11 @@ pub fn run_stages(
     let mut st = StageMeta::default();
     let mut best_weights: Option<HashMap<String, Tensor>> = None;
     let mut local = None;
-    if let Some(mut ck) = resume {
-        if let Some(meta) = ck.meta.stage.take() {
-            let best: HashMap<String, Tensor> = ck
-                .weights
-                .iter()
-                .filter_map(|(k, v)| Some((k.strip_prefix(BEST_PREFIX)?.to_owned(), v.clone())))
-                .collect();
-            ck.weights.retain(|k, _| !k.starts_with(BEST_PREFIX));
-            best_weights = (!best.is_empty()).then_some(best);
-            ck.epoch -= meta.offset;
-            ck.meta.epoch -= meta.offset;
+    if let Some(ck) = resume {
+        let (meta, best, ck) = split_resume(ck);
+        if let Some(meta) = meta {
             st = meta;
+            best_weights = best;
         }
         local = Some(ck);
     }
@@ -261,16 +335,8 @@ pub fn run_stages(
         let cfg = &configs[i];
         let seconds_before = st.seconds;
         if budget.is_some_and(|b| seconds_before >= b) && st.best.is_some() {
-            st.trials.push(TrialResult {
-                config: cfg.clone(),
-                outcome: "skipped".into(),
-                epochs_run: 0,
-                best_epoch: None,
-                score: None,
-                tie: None,
-                metrics: None,
-                seconds: 0.0,
-            });
+            st.trials
+                .push(TrialResult::without_run(cfg.clone(), "skipped"));
             st.index += 1;
             continue;
         }
@@ -299,24 +365,13 @@ pub fn run_stages(
                 monitor,
             });
         }
-        let m = &trained.final_metrics;
-        let result = TrialResult {
-            config: cfg.clone(),
-            outcome: if out_of_time {
-                "time_budget".into()
-            } else {
-                match trained.outcome {
-                    Outcome::EarlyStopped => "early_stopped".into(),
-                    Outcome::Completed | Outcome::Cancelled => "completed".into(),
-                }
-            },
-            epochs_run: trained.epochs_run,
-            best_epoch: trained.best_epoch,
-            score: read(m, &monitor),
-            tie: tie_name.as_deref().and_then(|t| read(m, t)),
-            metrics: Some(m.clone()),
-            seconds: seconds - seconds_before,
-        };
+        let result = TrialResult::of_run(
+            cfg.clone(),
+            &trained,
+            (&monitor, tie_name.as_deref()),
+            out_of_time,
+            seconds - seconds_before,
+        );
         let wins = match st.best {
             None => true,
             Some(b) => beats(&monitor, tie_name.as_deref(), &result, &st.trials[b]),
@@ -330,11 +385,57 @@ pub fn run_stages(
         }
         st.index += 1;
     }
+    debug_assert_eq!(st.index, n);
+    let trials = if searching {
+        st.trials.clone()
+    } else {
+        Vec::new()
+    };
     let b = st.best.expect("the first trial always runs");
+    conclude(
+        spec,
+        data,
+        st,
+        trials,
+        b,
+        best_weights,
+        local,
+        hooks,
+        data.width,
+    )
+}
+
+/// The end of a search (or of a plain run with a refit): publishes the winner `b` of
+/// `st.trials` — its weights (`best`) as they are, or refitted on every row when the spec
+/// asks for a refit (`best` is then not needed). `report` is what the job reports of the
+/// trials (nothing for a plain run); `resume` is a checkpoint of the refit. The server calls
+/// this in the search's parent job once every trial sub-job has ended.
+#[allow(clippy::too_many_arguments)]
+pub fn conclude(
+    spec: &ResolvedSpec,
+    data: &Prepared,
+    st: StageMeta,
+    report: Vec<TrialResult>,
+    b: usize,
+    best: Option<HashMap<String, Tensor>>,
+    resume: Option<Checkpoint>,
+    hooks: &mut dyn Hooks,
+    width: usize,
+) -> Result<Staged, TrainError> {
+    let (monitor, _) = selection(spec);
+    let refit = spec.spec.training.refit();
+    let searching = !report.is_empty();
+    let mut local = resume;
     let winner = st.trials[b].clone();
     let best_trial = searching.then_some(winner.config.trial);
     let metrics = winner.metrics.clone().unwrap_or_default();
     if !refit {
+        let Some(weights) = best else {
+            return Err(TrainError::Hook(format!(
+                "the weights of the winning trial {} cannot be read",
+                winner.config.trial
+            )));
+        };
         return Ok(Staged {
             trained: Trained {
                 outcome: if winner.outcome == "early_stopped" {
@@ -342,14 +443,14 @@ pub fn run_stages(
                 } else {
                     Outcome::Completed
                 },
-                weights: best_weights.expect("kept with the best trial"),
+                weights,
                 epochs_run: winner.epochs_run,
                 best_epoch: winner.best_epoch,
                 final_metrics: metrics,
                 evaluated_on: "validation",
             },
-            spec: Some(spec.trial_spec(&configs[b], data.width)),
-            trials: st.trials,
+            spec: Some(spec.trial_spec(&winner.config, width)),
+            trials: report,
             best_trial,
             refit: None,
             monitor,
@@ -366,7 +467,7 @@ pub fn run_stages(
         _ => winner.epochs_run,
     }
     .max(1);
-    let mut refit_spec = spec.trial_spec(&configs[b], data.width);
+    let mut refit_spec = spec.trial_spec(&winner.config, width);
     refit_spec.spec.training.epochs = Some(epochs);
     refit_spec.spec.training.early_stopping = Some(None);
     refit_spec.spec.training.refit = Some(false);
@@ -376,7 +477,7 @@ pub fn run_stages(
     let seconds_before = st.seconds;
     let mut sh = StageHooks {
         outer: &mut *hooks,
-        meta: st.clone(),
+        meta: st,
         trial: None,
         stage: "refit",
         best_weights: None,
@@ -386,7 +487,6 @@ pub fn run_stages(
         out_of_time: std::cell::Cell::new(false),
     };
     let refitted = trainer::train(&refit_spec, &all, local.take(), &mut sh)?;
-    debug_assert_eq!(st.index, n);
     let outcome = refitted.outcome;
     Ok(Staged {
         trained: Trained {
@@ -399,11 +499,35 @@ pub fn run_stages(
             evaluated_on: "validation_before_refit",
         },
         spec: Some(refit_spec),
-        trials: if searching { st.trials } else { Vec::new() },
+        trials: report,
         best_trial,
         refit: Some((epochs, rows)),
         monitor,
     })
+}
+
+/// Splits a checkpoint written under [`StageHooks`] into where the run stood, the best
+/// trial's weights it carried, and the checkpoint of the stage itself (epochs counted from
+/// the stage's start).
+pub fn split_resume(
+    mut ck: Checkpoint,
+) -> (
+    Option<StageMeta>,
+    Option<HashMap<String, Tensor>>,
+    Checkpoint,
+) {
+    let Some(meta) = ck.meta.stage.take() else {
+        return (None, None, ck);
+    };
+    let best: HashMap<String, Tensor> = ck
+        .weights
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(BEST_PREFIX)?.to_owned(), v.clone())))
+        .collect();
+    ck.weights.retain(|k, _| !k.starts_with(BEST_PREFIX));
+    ck.epoch -= meta.offset;
+    ck.meta.epoch -= meta.offset;
+    (Some(meta), (!best.is_empty()).then_some(best), ck)
 }
 
 #[cfg(test)]

@@ -111,6 +111,9 @@ pub fn resolve(
             base.name
         ));
     }
+    if spec.search.is_some() {
+        return bad("search with base_model is not supported yet: give the head's layers");
+    }
     let columns = text_columns(&spec, table)?;
     if spec.task == Some(Task::Regression) {
         return bad("a text job trains a classifier: task must be \"classification\"");

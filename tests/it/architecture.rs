@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules by layer, lowest first. A module may use modules of lower layers only.
 const LAYERS: &[&[&str]] = &[
+    // Connections to the engines replicas share (object storage, PostgreSQL).
+    &["remote"],
     // Base: know nothing of kiln.
     &["error", "device", "shutdown", "metrics", "dataset"],
     &["config", "preprocess"],

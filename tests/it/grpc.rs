@@ -18,7 +18,7 @@ use crate::util::*;
 
 type Client = GrpcInferenceServiceClient<Channel>;
 
-async fn channel(addr: SocketAddr) -> Channel {
+pub(crate) async fn channel(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -59,12 +59,14 @@ fn le_f32(bytes: &[u8]) -> Vec<f32> {
 }
 
 /// The status of a call that must fail, with its message.
-fn refused<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
+pub(crate) fn refused<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+) -> (Code, String) {
     let s = r.expect_err("the call must be refused");
     (s.code(), s.message().to_owned())
 }
 
-fn models() -> tempfile::TempDir {
+pub(crate) fn models() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     fixture(dir.path(), "mlp", 1, &mlp_spec(6));
     fixture(dir.path(), "tab", 1, &tabular_spec());
@@ -545,8 +547,24 @@ async fn call_with_timeout(
     req: &pb::ModelInferRequest,
     timeout: &str,
 ) -> (Code, String) {
+    call_raw(
+        addr,
+        "/inference.GRPCInferenceService/ModelInfer",
+        req,
+        timeout,
+    )
+    .await
+}
+
+/// A unary call to `path` with a `grpc-timeout` header over a bare HTTP/2 connection: the
+/// server's status code and message.
+pub(crate) async fn call_raw(
+    addr: SocketAddr,
+    path: &str,
+    req: &impl prost::Message,
+    timeout: &str,
+) -> (Code, String) {
     use http_body_util::{BodyExt, Full};
-    use prost::Message;
     let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
@@ -557,14 +575,12 @@ async fn call_with_timeout(
     let mut body = vec![0u8];
     body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
     body.extend_from_slice(&msg);
-    let request = axum::http::Request::post(format!(
-        "http://{addr}/inference.GRPCInferenceService/ModelInfer"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .header("grpc-timeout", timeout)
-    .body(Full::new(axum::body::Bytes::from(body)))
-    .unwrap();
+    let request = axum::http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(Full::new(axum::body::Bytes::from(body)))
+        .unwrap();
     let res = send.send_request(request).await.unwrap();
     let headers = res.headers().clone();
     let collected = res.into_body().collect().await.unwrap();
@@ -782,6 +798,116 @@ async fn a_stopping_server_finishes_calls_in_flight_and_refuses_new_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_connections_a_new_grpc_connection_waits_until_one_closes() {
+    let dir = models();
+    let s = Server::start(dir.path(), "max_connections = 1").await;
+    let addr = s.grpc.unwrap();
+    let live = |c: Channel| async move {
+        GrpcInferenceServiceClient::new(c)
+            .server_live(pb::ServerLiveRequest {})
+            .await
+            .map(|r| r.into_inner().live)
+    };
+    let a = channel(addr).await;
+    assert!(live(a.clone()).await.unwrap());
+    // The kernel completes the second connection's handshake (backlog); kiln does not
+    // accept it while the first is open.
+    let b = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let mut second = tokio::spawn(live(b));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut second)
+            .await
+            .is_err(),
+        "a second gRPC connection was served with max_connections = 1"
+    );
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}: {metrics}"))
+    };
+    // Only the first is open (accepted); the second waits.
+    assert_eq!(value("kiln_grpc_connections"), 1.0);
+    assert!(value("kiln_grpc_connection_limit_reached_total") >= 1.0);
+    drop(a);
+    let answered = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("served once the first connection closed")
+        .unwrap();
+    assert!(answered.unwrap());
+    s.stop().await;
+}
+
+/// REST's body read timeout on gRPC: a request message that stalls (a frame header
+/// announcing 100 bytes, 10 of them, then nothing) is answered DEADLINE_EXCEEDED
+/// (`body_timeout`, REST's 408) instead of holding its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_message_is_deadline_exceeded() {
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, StreamBody};
+    let dir = models();
+    let s = Server::start(dir.path(), "body_read_timeout_ms = 300").await;
+    let addr = s.grpc.unwrap();
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut head = vec![0u8];
+    head.extend_from_slice(&100u32.to_be_bytes());
+    head.extend_from_slice(&[0u8; 10]);
+    let first = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+        hyper::body::Frame::data(axum::body::Bytes::from(head)),
+    )]);
+    let body = StreamBody::new(first.chain(futures_util::stream::pending()));
+    let request = axum::http::Request::post(format!(
+        "http://{addr}/inference.GRPCInferenceService/ModelInfer"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(body)
+    .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), send.send_request(request))
+        .await
+        .expect("a stalled message is answered")
+        .unwrap();
+    let headers = res.headers().clone();
+    let collected = tokio::time::timeout(Duration::from_secs(10), res.into_body().collect())
+        .await
+        .expect("the answer ends")
+        .unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let field = |name: &str| {
+        headers
+            .get(name)
+            .or_else(|| trailers.get(name))
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        Code::from(field("grpc-status").parse::<i32>().unwrap()),
+        Code::DeadlineExceeded,
+        "{}",
+        field("grpc-message")
+    );
+    assert_eq!(field("kiln-error-code"), "body_timeout");
+    drop(send);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_grpc_listen_turns_grpc_off() {
     let dir = models();
     let s = Server::start(dir.path(), "grpc_listen = \"\"").await;
@@ -789,20 +915,51 @@ async fn an_empty_grpc_listen_turns_grpc_off() {
     s.stop().await;
 }
 
-/// The committed code generated from proto/ is the code of the committed .proto
-/// (regenerate with tools/protogen; docs/grpc.md).
+/// The committed code generated from proto/ is the code of the committed .proto files
+/// (regenerate with tools/protogen; docs/grpc.md): each generated file names the files it
+/// came from and their SHA-256.
 #[test]
 fn generated_code_matches_its_proto() {
     use sha2::Digest;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let proto = std::fs::read(root.join("proto/inference.proto")).unwrap();
-    let hash: String = sha2::Sha256::digest(&proto)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let code = std::fs::read_to_string(root.join("src/grpc/proto/inference.rs")).unwrap();
-    assert!(
-        code.lines().take(3).any(|l| l == format!("// proto sha256: {hash}")),
-        "src/grpc/proto/inference.rs is stale: run cargo run --manifest-path tools/protogen/Cargo.toml"
+    let dir = root.join("src/grpc/proto");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let code = std::fs::read_to_string(&path).unwrap();
+        let header = |key: &str| {
+            code.lines()
+                .take(4)
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("{} has no '{key}' line", path.display()))
+                .to_owned()
+        };
+        let mut hasher = sha2::Sha256::new();
+        for proto in header("// protos: ").split(' ') {
+            hasher.update(std::fs::read(root.join("proto").join(proto)).unwrap());
+        }
+        let hash: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            header("// proto sha256: "),
+            hash,
+            "{} is stale: run cargo run --manifest-path tools/protogen/Cargo.toml",
+            path.display()
+        );
+        checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    checked.sort();
+    assert_eq!(
+        checked,
+        [
+            "google.protobuf.rs",
+            "inference.rs",
+            "tensorflow.error.rs",
+            "tensorflow.rs",
+            "tensorflow.serving.rs"
+        ]
     );
 }

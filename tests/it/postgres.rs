@@ -9,8 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln::jobs::store::CancelOutcome;
+use kiln::jobs::store::{CancelOutcome, NewChild, ParentFilter};
 use kiln::jobs::{JobEnd, JobFilter, JobRecord, JobState, JobStore, PgJobStore, SqliteJobStore};
+use kiln::training::search::TrialResult;
 use kiln::training::spec::{JobSpec, ResolvedSpec};
 use kiln::training::trainer::EpochEvent;
 use serde_json::{json, Value};
@@ -176,6 +177,101 @@ fn contract(open: Open) {
         ]
     );
     assert!(s.get("job_zzz").unwrap().is_none());
+
+    children_contract(&*s);
+}
+
+/// A search job and its trials as child jobs: queued together with the parent's move to
+/// waiting, listed by parent, claimed like any job; the parent is claimable again only once
+/// every child has ended, and a cancel of the parent reaches its children.
+fn children_contract(s: &dyn JobStore) {
+    let child = |id: &str, trial: u32| NewChild {
+        id: id.to_owned(),
+        trial,
+        spec: spec("iris"),
+        deadline_ms: Some(42),
+    };
+    s.insert("job_p", &spec("iris")).unwrap();
+    assert_eq!(s.claim_next().unwrap().unwrap().id, "job_p");
+    let kids = [child("job_p1", 1), child("job_p2", 2)];
+    assert!(s.spawn_children("job_p", &kids).unwrap());
+    assert!(
+        !s.spawn_children("job_p", &kids).unwrap(),
+        "a waiting job spawned twice"
+    );
+    let p = s.get("job_p").unwrap().unwrap();
+    assert_eq!(p.state, JobState::Waiting);
+    let c = s.children("job_p").unwrap();
+    assert_eq!(ids(&c), ["job_p1", "job_p2"]);
+    assert_eq!(
+        (c[1].parent.as_deref(), c[1].trial, c[1].deadline_ms),
+        (Some("job_p"), Some(2), Some(42))
+    );
+    let list = |parent: ParentFilter| {
+        s.list(&JobFilter {
+            parent,
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    assert_eq!(
+        ids(&list(ParentFilter::Of("job_p".into()))),
+        ["job_p2", "job_p1"]
+    );
+    assert!(list(ParentFilter::TopLevel)
+        .iter()
+        .all(|j| j.parent.is_none()));
+    assert_eq!(
+        list(ParentFilter::Any).len(),
+        list(ParentFilter::TopLevel).len() + 2
+    );
+    // The children are claimed (oldest first); the parent not before both have ended.
+    assert_eq!(s.claim_next().unwrap().unwrap().id, "job_p1");
+    assert_eq!(s.claim_next().unwrap().unwrap().id, "job_p2");
+    assert!(s.claim_next().unwrap().is_none());
+    let result: TrialResult = serde_json::from_value(json!({
+        "trial": 1, "outcome": "completed", "epochs_run": 3, "score": 0.9,
+        "metrics": {"accuracy": 0.9}, "seconds": 0.5}))
+    .unwrap();
+    assert!(s
+        .finish("job_p1", &JobEnd::Trial(Box::new(result)))
+        .unwrap());
+    let p1 = s.get("job_p1").unwrap().unwrap();
+    assert_eq!(p1.state, JobState::Succeeded);
+    assert_eq!(p1.trial_result.unwrap().score, Some(0.9));
+    assert!(
+        s.claim_next().unwrap().is_none(),
+        "claimed before its trials ended"
+    );
+    assert!(s
+        .finish("job_p2", &JobEnd::Failed("diverged".into()))
+        .unwrap());
+    let p = s.claim_next().unwrap().unwrap();
+    assert_eq!((p.id.as_str(), p.state), ("job_p", JobState::Running));
+    assert!(s.finish("job_p", &JobEnd::Cancelled).unwrap());
+
+    // Cancel of a waiting search: it and its queued trials at once, the running one asked.
+    s.insert("job_q", &spec("iris")).unwrap();
+    assert_eq!(s.claim_next().unwrap().unwrap().id, "job_q");
+    assert!(s
+        .spawn_children("job_q", &[child("job_q1", 1), child("job_q2", 2)])
+        .unwrap());
+    assert_eq!(s.claim_next().unwrap().unwrap().id, "job_q1");
+    assert_eq!(s.request_cancel("job_q").unwrap(), CancelOutcome::Cancelled);
+    let c = s.children("job_q").unwrap();
+    assert_eq!(
+        (c[0].state, c[0].cancel_requested),
+        (JobState::Running, true)
+    );
+    assert_eq!(c[1].state, JobState::Cancelled);
+    assert!(s.record_epoch("job_q1", &epoch(1)).unwrap());
+    // A running search asked to cancel spawns nothing.
+    s.insert("job_r", &spec("iris")).unwrap();
+    assert_eq!(s.claim_next().unwrap().unwrap().id, "job_r");
+    assert_eq!(s.request_cancel("job_r").unwrap(), CancelOutcome::Requested);
+    assert!(!s.spawn_children("job_r", &[child("job_r1", 1)]).unwrap());
+    assert!(s.children("job_r").unwrap().is_empty());
 }
 
 #[test]
@@ -208,6 +304,36 @@ fn the_job_store_contract_holds_on_postgres() {
 
 /// Replicas starting at once migrate the schema one at a time; then two replicas claiming
 /// from one queue as fast as they can each get different jobs, and every job is claimed.
+/// A database at schema version 1 (from before trial jobs) is upgraded at connect, keeping
+/// its jobs, which then list as top-level jobs.
+#[test]
+fn a_version_1_database_is_upgraded_keeping_its_jobs() {
+    let Some(db) = Db::new() else { return };
+    let rt = runtime();
+    let s = connect(&rt, &db.url, "r1");
+    s.insert("job_old", &spec("iris")).unwrap();
+    drop(s);
+    // Back to version 1, as an older kiln left it.
+    crate::pg::execute(
+        &db.url,
+        "DROP INDEX jobs_parent; DROP INDEX jobs_waiting; \
+         ALTER TABLE jobs DROP COLUMN parent, DROP COLUMN trial, DROP COLUMN deadline_ms, \
+         DROP COLUMN trial_result; DELETE FROM kiln_schema_migrations WHERE version = 2;",
+    );
+    let s = connect(&rt, &db.url, "r1");
+    let old = s.get("job_old").unwrap().unwrap();
+    assert_eq!((old.state, old.parent), (JobState::Queued, None));
+    let top = s
+        .list(&JobFilter {
+            parent: ParentFilter::TopLevel,
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&top), ["job_old"]);
+    assert!(s.children("job_old").unwrap().is_empty());
+}
+
 #[test]
 fn replicas_migrate_together_and_never_claim_the_same_job() {
     let Some(db) = Db::new() else { return };

@@ -460,6 +460,7 @@ async fn text_infer(
     if lv.text()?.model.is_classifier() {
         return text_classify(state, lv, req, timeout).await;
     }
+    let start = std::time::Instant::now();
     if let Some(out) = req.outputs.iter().flatten().find(|o| o.name != "embedding") {
         return Err(Error::InvalidInput(format!(
             "output '{}': a text model answers 'embedding'",
@@ -494,6 +495,7 @@ async fn text_infer(
     }
     let mut res = super::respond::json(serde_json::to_vec(&answer).expect("JSON values serialize"));
     super::respond::timing_headers(&mut res, &embeddings.timing);
+    lv.observe_request(crate::metrics::Protocol::Http, start);
     Ok(res)
 }
 
