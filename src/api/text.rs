@@ -343,8 +343,10 @@ async fn embed_on(
     Ok(timed(respond::json(body), &embeddings, &lv, start))
 }
 
-fn timed_p(mut res: Response, p: &Predictions) -> Response {
+/// A classifier's answer with its timing headers; the request's duration observed.
+fn timed_p(mut res: Response, p: &Predictions, lv: &LoadedVersion, start: Instant) -> Response {
     respond::timing_headers(&mut res, &p.timing);
+    lv.observe_request(Protocol::Http, start);
     res
 }
 
@@ -368,6 +370,7 @@ async fn predict_on(
     timeout: Option<std::time::Duration>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
+    let start = Instant::now();
     let req: PredictBody = parse(body)?;
     check_direction(req.truncation_direction.as_deref())?;
     let lv = text_version(state, name)?;
@@ -395,7 +398,7 @@ async fn predict_on(
         PredictAnswer::Batch(rows)
     };
     let body = serde_json::to_vec(&answer).expect("scores serialize");
-    Ok(timed_p(respond::json(body), &p))
+    Ok(timed_p(respond::json(body), &p, &lv, start))
 }
 
 async fn rerank_on(
@@ -404,6 +407,7 @@ async fn rerank_on(
     timeout: Option<std::time::Duration>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
+    let start = Instant::now();
     let req: RerankBody = parse(body)?;
     check_direction(req.truncation_direction.as_deref())?;
     let lv = text_version(state, name)?;
@@ -433,7 +437,9 @@ async fn rerank_on(
         .collect();
     ranks.sort_by(|a, b| b.score.total_cmp(&a.score));
     let body = serde_json::to_vec(&RerankResponse(ranks)).expect("ranks serialize");
-    Ok(respond::json(body))
+    let res = respond::json(body);
+    lv.observe_request(Protocol::Http, start);
+    Ok(res)
 }
 
 async fn tokenize_on(
@@ -684,6 +690,7 @@ async fn tf_classifier_predict(
     timeout: Option<std::time::Duration>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
+    let start = Instant::now();
     let req: TfClassifierRequest = parse(body)?;
     let (inputs, key): (Vec<Sequence>, &str) = match (req.instances, req.inputs) {
         (Some(v), None) => (v.into_iter().map(Sequence::from).collect(), "predictions"),
@@ -702,7 +709,7 @@ async fn tf_classifier_predict(
     let mut answer = serde_json::Map::new();
     answer.insert(key.into(), serde_json::json!(p.scores));
     let body = serde_json::to_vec(&answer).expect("scores serialize");
-    Ok(timed_p(respond::json(body), &p))
+    Ok(timed_p(respond::json(body), &p, lv, start))
 }
 
 async fn classify_texts(
@@ -758,6 +765,7 @@ async fn tf_classify(
     timeout: Option<std::time::Duration>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
+    let start = Instant::now();
     let req: TfClassifyRequest = parse(body)?;
     let context = req.context.unwrap_or_default();
     let inputs = req
@@ -796,7 +804,7 @@ async fn tf_classify(
         warnings: &[],
     })
     .expect("scores serialize");
-    Ok(timed_p(respond::json(body), &p))
+    Ok(timed_p(respond::json(body), &p, lv, start))
 }
 
 /// `POST /predict`

@@ -508,6 +508,7 @@ async fn text_classify(
     req: InferRequest,
     timeout: Option<std::time::Duration>,
 ) -> Result<Response, ApiError> {
+    let start = std::time::Instant::now();
     let wanted: Vec<String> = match &req.outputs {
         Some(outs) if !outs.is_empty() => outs.iter().map(|o| o.name.clone()).collect(),
         _ => vec!["probabilities".into(), "label".into()],
@@ -611,6 +612,7 @@ async fn text_classify(
     }
     let mut res = super::respond::json(serde_json::to_vec(&answer).expect("JSON values serialize"));
     super::respond::timing_headers(&mut res, &p.timing);
+    lv.observe_request(crate::metrics::Protocol::Http, start);
     Ok(res)
 }
 
