@@ -28,7 +28,7 @@ use prost::Message;
 use serde_json::json;
 
 use super::common::{env_or, http_status};
-use super::versus::{has_wrk, parse_wrk, run_wrk_on};
+use super::versus::{has_wrk, parse_wrk, run_wrk_on, wrk_ms};
 use super::{connection, median, rows, RunResult, Scenario, Settings, MODEL, ROW_LEN};
 
 /// One gRPC client: its own HTTP/2 connection, calls back to back until `end`.
@@ -182,25 +182,11 @@ fn parse_h2load(out: &str) -> (f64, f64, u64) {
         } else if let Some(rest) = l.strip_prefix("time for request:") {
             // min, max, mean, sd, +/- sd
             if let Some(mean) = rest.split_whitespace().nth(2) {
-                mean_ms = h2load_ms(mean);
+                mean_ms = wrk_ms(mean);
             }
         }
     }
     (rps, mean_ms, errors)
-}
-
-/// h2load's durations (`812us`, `1.23ms`, `2.01s`) in milliseconds.
-fn h2load_ms(v: &str) -> f64 {
-    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
-        (n, 1e-3)
-    } else if let Some(n) = v.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1e3)
-    } else {
-        (v, f64::NAN)
-    };
-    num.parse::<f64>().map_or(f64::NAN, |x| x * scale)
 }
 
 /// h2load: one thread, `clients` connections with one stream each, for `warmup` + `secs`.

@@ -121,8 +121,8 @@ pub(crate) fn has_wrk() -> bool {
         .is_ok()
 }
 
-/// wrk's duration figures (`812.00us`, `1.23ms`, `2.01s`) in milliseconds.
-fn wrk_ms(v: &str) -> f64 {
+/// wrk's and h2load's duration figures (`812.00us`, `1.23ms`, `2.01s`) in milliseconds.
+pub(crate) fn wrk_ms(v: &str) -> f64 {
     let (num, scale) = if let Some(n) = v.strip_suffix("us") {
         (n, 1e-3)
     } else if let Some(n) = v.strip_suffix("ms") {
