@@ -255,7 +255,7 @@ pub struct ListQuery {
     model: Option<String>,
     /// A search job's id: list its trials' child jobs. `any`: every job, trials included.
     /// Absent: only jobs that are not a search's trials.
-    #[param(nullable = false)]
+    #[param(pattern = "^(any|job_[0-9a-f]{16})$", nullable = false)]
     parent: Option<String>,
     /// Jobs per page, 1 to 1000 (default 50).
     #[param(minimum = 1, maximum = 1000, nullable = false)]

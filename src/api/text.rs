@@ -82,6 +82,7 @@ pub struct PredictBody {
     pub truncate: bool,
     /// Only `right` (what the model's spec says); accepted as TEI clients send it.
     #[serde(default)]
+    #[schema(pattern = "^(right|Right)$", nullable = false)]
     pub truncation_direction: Option<String>,
     /// The head's outputs as they are (logits), not probabilities.
     #[serde(default)]
@@ -112,7 +113,9 @@ pub struct RerankBody {
     pub texts: Vec<String>,
     #[serde(default)]
     pub truncate: bool,
+    /// Only `right`, as in `/predict`.
     #[serde(default)]
+    #[schema(pattern = "^(right|Right)$", nullable = false)]
     pub truncation_direction: Option<String>,
     /// The cross-encoder's output as it is (a logit), not its sigmoid.
     #[serde(default)]

@@ -26,8 +26,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::config::SslMode;
+use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
 use super::store::{
@@ -35,6 +34,7 @@ use super::store::{
     NewChild, ParentFilter, RawRecord, StoreError,
 };
 use crate::preprocess::DataReport;
+use crate::remote::pg::{self, PgError};
 use crate::training::spec::ResolvedSpec;
 use crate::training::trainer::EpochEvent;
 
@@ -42,11 +42,17 @@ use crate::training::trainer::EpochEvent;
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// The longest one store call may take (waiting for a connection included).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connecting, and waiting for a free pooled connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_SIZE: usize = 8;
 /// The advisory lock that serializes migrations ("kilnjobs" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b69_6c6e_6a6f_6273;
+
+/// The job tables' schema, migrated at startup (`remote::pg::migrate`).
+const SCHEMA: pg::Schema = pg::Schema {
+    table: "kiln_schema_migrations",
+    lock: MIGRATION_LOCK,
+    migrations: MIGRATIONS,
+    what: "job database",
+};
 
 /// The schema, one entry per version; a version once released never changes.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -129,47 +135,22 @@ fn read_row(r: &Row) -> Result<RawRecord, tokio_postgres::Error> {
     })
 }
 
-/// The driver's error, as unavailable when the database could not be reached or went away.
-fn pg_error(e: tokio_postgres::Error) -> StoreError {
-    let connection_lost = e.is_closed()
-        || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>())
-        || e.code().is_some_and(|c| {
-            let c = c.code();
-            // Class 08: connection exception; 57P01-57P03: shutting down, cannot connect now.
-            c.starts_with("08") || c.starts_with("57P")
-        });
-    if connection_lost {
-        StoreError::Unavailable(describe(&e))
-    } else {
-        StoreError::Database(describe(&e).into())
+impl From<PgError> for StoreError {
+    fn from(e: PgError) -> StoreError {
+        match e {
+            PgError::Unavailable(m) => StoreError::Unavailable(m),
+            PgError::Database(m) => StoreError::Database(m.into()),
+        }
     }
 }
 
-/// The driver's error with what it wraps (its own text is only "db error" for what the
-/// server said, e.g. a failed password authentication).
-fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
+/// The driver's error, as unavailable when the database could not be reached or went away.
+fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    pg::pg_error(e).into()
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    match e {
-        deadpool_postgres::PoolError::Backend(e) => pg_error(e),
-        e @ (deadpool_postgres::PoolError::Timeout(_)
-        | deadpool_postgres::PoolError::Closed
-        | deadpool_postgres::PoolError::NoRuntimeSpecified
-        | deadpool_postgres::PoolError::PostCreateHook(_)) => {
-            StoreError::Unavailable(e.to_string())
-        }
-    }
+    pg::pool_error(e).into()
 }
 
 pub struct PgJobStore {
@@ -186,39 +167,9 @@ impl PgJobStore {
     /// may hold a password): the caller names it, masked (`config::Database::shown`).
     /// `replica` is this process's `--replica-id`.
     pub async fn connect(url: &str, replica: &str) -> Result<PgJobStore, StoreError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Database(format!("invalid database URL: {e}").into()))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("kiln");
-        }
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
-        let manager = if config.get_ssl_mode() == SslMode::Require {
-            let (tls, _unreadable) =
-                tokio_postgres_rustls::MakeRustlsConnect::with_native_certs().map_err(|e| {
-                    StoreError::Database(
-                        format!("sslmode=require, and no trusted root certificate could be loaded: {e:?}").into(),
-                    )
-                })?;
-            Manager::from_config(config, tls, manager_config)
-        } else {
-            Manager::from_config(config, tokio_postgres::NoTls, manager_config)
-        };
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|e| StoreError::Database(e.to_string().into()))?;
+        let pool = pg::pool(url, POOL_SIZE)?;
         let mut client = pool.get().await.map_err(pool_error)?;
-        migrate(&mut client).await?;
+        pg::migrate(&mut client, &SCHEMA).await?;
         drop(client);
         Ok(PgJobStore {
             pool,
@@ -271,52 +222,6 @@ impl PgJobStore {
     fn lease_secs(&self) -> f64 {
         self.lease.as_secs_f64()
     }
-}
-
-async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), StoreError> {
-    let tx = client.transaction().await.map_err(pg_error)?;
-    // Held until the commit: a second replica starting now waits here, then finds the
-    // schema up to date.
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(pg_error)?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS kiln_schema_migrations (
-            version INTEGER PRIMARY KEY,
-            description TEXT NOT NULL,
-            applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-    )
-    .await
-    .map_err(pg_error)?;
-    let current: i32 = tx
-        .query_one(
-            "SELECT COALESCE(MAX(version), 0) FROM kiln_schema_migrations",
-            &[],
-        )
-        .await
-        .map_err(pg_error)?
-        .get(0);
-    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
-    if current > latest {
-        return Err(StoreError::Database(
-            format!(
-                "the database schema is at version {current}, newer than this kiln knows ({latest}): \
-                 run a newer kiln"
-            )
-            .into(),
-        ));
-    }
-    for &(version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-        tx.batch_execute(sql).await.map_err(pg_error)?;
-        tx.execute(
-            "INSERT INTO kiln_schema_migrations (version, description) VALUES ($1, $2)",
-            &[&version, &description],
-        )
-        .await
-        .map_err(pg_error)?;
-        tracing::info!(version, description, "job database migrated");
-    }
-    tx.commit().await.map_err(pg_error)
 }
 
 async fn select_one(

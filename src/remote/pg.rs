@@ -120,8 +120,9 @@ fn rustls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
         })
 }
 
-/// A pool on `url`, the catalog migrated. Fails when the database cannot be reached.
-pub async fn connect(url: &str) -> Result<Pool, PgError> {
+/// A pool of `size` connections on `url` (TLS when it says `sslmode=require`); connects
+/// lazily. Shared by the catalog and the job store (`jobs::postgres`).
+pub fn pool(url: &str, size: usize) -> Result<Pool, PgError> {
     let config = parse(url)?;
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
@@ -131,55 +132,92 @@ pub async fn connect(url: &str) -> Result<Pool, PgError> {
     } else {
         Manager::from_config(config, tokio_postgres::NoTls, manager_config)
     };
-    let pool = Pool::builder(manager)
-        .max_size(POOL_SIZE)
+    Pool::builder(manager)
+        .max_size(size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(CONNECT_TIMEOUT))
         .create_timeout(Some(CONNECT_TIMEOUT))
         .recycle_timeout(Some(CONNECT_TIMEOUT))
         .build()
-        .map_err(|e| PgError::Database(e.to_string()))?;
+        .map_err(|e| PgError::Database(e.to_string()))
+}
+
+/// A pool on `url`, the catalog migrated. Fails when the database cannot be reached.
+pub async fn connect(url: &str) -> Result<Pool, PgError> {
+    let pool = pool(url, POOL_SIZE)?;
     let mut client = pool.get().await.map_err(pool_error)?;
-    migrate(&mut client).await?;
+    migrate(&mut client, &CATALOG).await?;
+    drop(client);
     Ok(pool)
 }
 
-async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), PgError> {
+/// A versioned schema: the table recording its applied versions, the advisory lock that
+/// serializes replicas migrating it at once, its steps (a version once released never
+/// changes) and its name in messages.
+pub struct Schema {
+    pub table: &'static str,
+    pub lock: i64,
+    pub migrations: &'static [(i32, &'static str, &'static str)],
+    pub what: &'static str,
+}
+
+const CATALOG: Schema = Schema {
+    table: "kiln_catalog_migrations",
+    lock: MIGRATION_LOCK,
+    migrations: MIGRATIONS,
+    what: "catalog",
+};
+
+/// Brings `schema` up to its latest version in one transaction, under its advisory lock
+/// (held until the commit: a second replica starting now waits, then finds nothing to do).
+/// A database whose schema is newer than this binary is refused.
+pub async fn migrate(
+    client: &mut deadpool_postgres::Client,
+    schema: &Schema,
+) -> Result<(), PgError> {
     let tx = client.transaction().await.map_err(pg_error)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema.lock])
         .await
         .map_err(pg_error)?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS kiln_catalog_migrations (
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {} (
             version INTEGER PRIMARY KEY,
             description TEXT NOT NULL,
             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-    )
+        schema.table
+    ))
     .await
     .map_err(pg_error)?;
     let current: i32 = tx
         .query_one(
-            "SELECT COALESCE(MAX(version), 0) FROM kiln_catalog_migrations",
+            &format!("SELECT COALESCE(MAX(version), 0) FROM {}", schema.table),
             &[],
         )
         .await
         .map_err(pg_error)?
         .get(0);
-    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    let latest = schema.migrations.last().map_or(0, |m| m.0);
     if current > latest {
         return Err(PgError::Database(format!(
-            "the catalog schema is at version {current}, newer than this kiln knows ({latest}): run a newer kiln"
+            "the {} schema is at version {current}, newer than this kiln knows ({latest}): run a newer kiln",
+            schema.what
         )));
     }
-    for &(version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+    let insert = format!(
+        "INSERT INTO {} (version, description) VALUES ($1, $2)",
+        schema.table
+    );
+    for &(version, description, sql) in schema.migrations.iter().filter(|m| m.0 > current) {
         tx.batch_execute(sql).await.map_err(pg_error)?;
-        tx.execute(
-            "INSERT INTO kiln_catalog_migrations (version, description) VALUES ($1, $2)",
-            &[&version, &description],
-        )
-        .await
-        .map_err(pg_error)?;
-        tracing::info!(version, description, "catalog migrated");
+        tx.execute(&insert, &[&version, &description])
+            .await
+            .map_err(pg_error)?;
+        tracing::info!(
+            version,
+            description,
+            schema = schema.what,
+            "schema migrated"
+        );
     }
     tx.commit().await.map_err(pg_error)
 }
