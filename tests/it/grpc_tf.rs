@@ -730,6 +730,7 @@ async fn a_full_queue_a_passed_deadline_and_a_stopping_server_over_predict() {
     assert!(codes.contains(&Ok(())), "{codes:?}");
 
     // A deadline that passes while the worker is busy: DEADLINE_EXCEEDED, never computed.
+    let before = requests_seen(&s).await;
     let busy = {
         let req = slow(4);
         tokio::spawn(async move {
@@ -737,7 +738,7 @@ async fn a_full_queue_a_passed_deadline_and_a_stopping_server_over_predict() {
             c.predict(req).await.map(|_| ()).map_err(|s| s.code())
         })
     };
-    wait_until_computing(&s).await;
+    wait_until_computing(&s, before).await;
     let (code, message) = call_raw(
         addr,
         "/tensorflow.serving.PredictionService/Predict",
@@ -749,6 +750,7 @@ async fn a_full_queue_a_passed_deadline_and_a_stopping_server_over_predict() {
     assert_eq!(busy.await.unwrap(), Ok(()));
 
     // Stopping: the call in flight is answered, new calls are UNAVAILABLE.
+    let before_stop = requests_seen(&s).await;
     let in_flight = {
         let req = slow(4);
         tokio::spawn(async move {
@@ -756,7 +758,7 @@ async fn a_full_queue_a_passed_deadline_and_a_stopping_server_over_predict() {
             c.predict(req).await.map(|_| ()).map_err(|s| s.code())
         })
     };
-    wait_until_computing(&s).await;
+    wait_until_computing(&s, before_stop).await;
     let stopped = tokio::spawn(s.stop());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -783,14 +785,19 @@ async fn a_full_queue_a_passed_deadline_and_a_stopping_server_over_predict() {
     stopped.await.unwrap();
 }
 
-/// Waits until the slow model's worker has taken a request and the queue is empty.
-async fn wait_until_computing(s: &Server) {
-    let before = {
-        let (_, list) = s.get("/v1/models").await;
-        list["models"][0]["versions"][0]["stats"]["requests"]
-            .as_u64()
-            .unwrap_or(0)
-    };
+/// The version's answered-or-taken request count, read before a request is sent so that
+/// [`wait_until_computing`] cannot miss it.
+async fn requests_seen(s: &Server) -> u64 {
+    let (_, list) = s.get("/v1/models").await;
+    list["models"][0]["versions"][0]["stats"]["requests"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Waits until a request sent after `before` was counted (`requests_seen`) has left the
+/// queue for the worker; fails after 60 s instead of hanging.
+async fn wait_until_computing(s: &Server, before: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let (_, list) = s.get("/v1/models").await;
         let stats = &list["models"][0]["versions"][0]["stats"];
@@ -799,6 +806,10 @@ async fn wait_until_computing(s: &Server) {
         {
             return;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the worker: {stats}"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
