@@ -178,10 +178,12 @@ pub struct ErrorResponse<'a> {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = status_and_code(&self);
-        let storage_detail = match &self {
-            ApiError::Serving(Error::StorageUnavailable(d))
-            | ApiError::Dataset(DatasetError::Unavailable(d)) => Some(d),
-            _ => None,
+        let storage_detail = if let ApiError::Serving(Error::StorageUnavailable(d))
+        | ApiError::Dataset(DatasetError::Unavailable(d)) = &self
+        {
+            Some(d)
+        } else {
+            None
         };
         let message = if let Some(detail) = storage_detail {
             // The detail (which bucket, which key) goes to the log.

@@ -224,7 +224,7 @@ pub(crate) fn refuse_verb(method: &str, prefix: &str, segment: &str) -> Result<(
 /// A POST of a resource path without a `:verb` (`POST /v1/models/iris`): 405 with the
 /// resource's methods.
 pub(crate) fn require_verb(
-    prefix: &str,
+    prefix: impl std::fmt::Display,
     segment: &str,
     allow: &'static str,
 ) -> Result<(), ApiError> {

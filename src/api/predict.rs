@@ -26,7 +26,6 @@ use crate::error::Error;
 use crate::metrics::Protocol;
 use crate::model::format::Task;
 use crate::registry::LoadedVersion;
-use crate::registry::Served;
 use crate::serving::{Prediction, Rows};
 use crate::state::AppState;
 
@@ -74,8 +73,9 @@ pub async fn version_verb(
     Deadline(timeout): Deadline,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
+    // The path is written out only for the 405 (no allocation on the way to a prediction).
     require_verb(
-        &format!("/v1/models/{name}/versions/"),
+        format_args!("/v1/models/{name}/versions/"),
         &segment,
         "GET,HEAD,DELETE",
     )?;
@@ -157,7 +157,7 @@ async fn handle(
     }
     let serving = state.serving();
     let lv = serving.version(name, version)?;
-    if lv.text().is_ok() {
+    if lv.is_text() {
         return super::text::tf_predict(state, &lv, verb, timeout, &body).await;
     }
     check_task(&lv, verb)?;
@@ -178,13 +178,7 @@ async fn handle(
         .predict(&lv, rows, timeout, &tracing::Span::current())
         .await?;
     let answer = encode(&prediction, verb, decoded.layout, &decoded.warnings);
-    if let Served::Layers(layers) = &lv.served {
-        let seconds = start.elapsed().as_secs_f64();
-        layers
-            .batcher
-            .metrics()
-            .observe_request(Protocol::Http, seconds);
-    }
+    lv.observe_request(Protocol::Http, start);
     Ok(answer)
 }
 

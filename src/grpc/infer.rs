@@ -270,7 +270,7 @@ impl Inference {
         let serving = state.serving();
         let raw_out = !req.raw_input_contents.is_empty()
             || bool_param(&req.parameters, "binary_data_output") == Some(true);
-        if lv.text().is_ok() {
+        if lv.is_text() {
             return self.embed(&lv, req, raw_out, timeout, span).await;
         }
         let layers = lv.layers().map_err(status::from)?;
@@ -317,10 +317,7 @@ impl Inference {
         });
         timing_metadata(&mut res, &prediction.timing);
         // From the decoded request to the encoded answer, as REST's infer observes it.
-        layers
-            .batcher
-            .metrics()
-            .observe_request(Protocol::Grpc, start.elapsed().as_secs_f64());
+        lv.observe_request(Protocol::Grpc, start);
         Ok(res)
     }
 }

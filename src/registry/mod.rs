@@ -62,6 +62,12 @@ impl LoadedVersion {
         }
     }
 
+    /// Whether this is a transformer (a question the predict paths ask first: no error is
+    /// built for the answer "no").
+    pub fn is_text(&self) -> bool {
+        matches!(self.served, Served::Text(_))
+    }
+
     /// The transformer, or 400 when this is a layer-list model.
     pub fn text(&self) -> Result<&TextServed, Error> {
         match &self.served {

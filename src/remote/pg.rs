@@ -93,7 +93,10 @@ pub fn pg_error(e: tokio_postgres::Error) -> PgError {
 pub fn pool_error(e: deadpool_postgres::PoolError) -> PgError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg_error(e),
-        e => PgError::Unavailable(e.to_string()),
+        e @ (deadpool_postgres::PoolError::Timeout(_)
+        | deadpool_postgres::PoolError::Closed
+        | deadpool_postgres::PoolError::NoRuntimeSpecified
+        | deadpool_postgres::PoolError::PostCreateHook(_)) => PgError::Unavailable(e.to_string()),
     }
 }
 

@@ -38,7 +38,6 @@ use crate::metrics::Protocol;
 use crate::model::format::InputDType;
 use crate::preprocess::FeatureTransform;
 use crate::registry::LoadedVersion;
-use crate::registry::Served;
 use crate::serving::Rows;
 use crate::state::AppState;
 
@@ -413,7 +412,7 @@ async fn infer_on(
     let lv = lookup(state, name, version)?;
     let serving = state.serving();
     let req: InferRequest = decode::parse_request(body.json_len.as_ref(), &body.bytes)?;
-    if lv.text().is_ok() {
+    if lv.is_text() {
         return text_infer(state, &lv, req, timeout).await;
     }
     let model = &lv.layers()?.model;
@@ -439,13 +438,7 @@ async fn infer_on(
         warnings: &decoded.warnings,
     };
     let answer = encode::answer(&prediction, envelope, &selected);
-    if let Served::Layers(layers) = &lv.served {
-        let seconds = start.elapsed().as_secs_f64();
-        layers
-            .batcher
-            .metrics()
-            .observe_request(Protocol::Http, seconds);
-    }
+    lv.observe_request(Protocol::Http, start);
     Ok(answer)
 }
 
